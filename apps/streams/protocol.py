@@ -1,0 +1,94 @@
+"""Wire protocol v1: stream names, group names, close codes and frame builders.
+
+The feed and the admin talk to sockets only through this module and
+`apps.streams.publish`; they never build frames or group names themselves.
+"""
+
+import json
+import secrets
+import time
+from enum import IntEnum
+
+PROTOCOL_VERSION = 1
+STREAMS = ("market", "foreign", "index")
+
+
+class Close(IntEnum):
+    """Close codes (see the AsyncAPI document). 40xx: do not retry unchanged;
+    41xx: back off and retry; 42xx: reconnect now."""
+
+    BAD_CREDENTIALS = 4001
+    FORBIDDEN = 4003
+    REVOKED = 4004
+    EXPIRED = 4005
+    ABUSE = 4008
+    OVER_LIMIT = 4100
+    TOO_SLOW = 4103
+    RESTARTING = 4200
+    TRY_AGAIN_LATER = 1013
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def stream_group(stream: str) -> str:
+    """Channel-layer group every socket of a stream joins."""
+    return f"stream.{stream}"
+
+
+def token_group(token_id: int) -> str:
+    """Group of every socket opened with one token (revoke, narrow, limits)."""
+    return f"token.{token_id}"
+
+
+def user_group(user_id: int) -> str:
+    return f"user.{user_id}"
+
+
+def dumps(payload: dict) -> str:
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
+
+
+def snapshot_frame(
+    stream: str, *, epoch: str, seq: int, published_ms: int, source_ms: int, feed: str, data: dict, simulated: bool
+) -> str:
+    return dumps(
+        {
+            "type": "snapshot",
+            "stream": stream,
+            "epoch": epoch,
+            "seq": seq,
+            "published_ms": published_ms,
+            "source_ms": source_ms,
+            "feed": feed,
+            "simulated": simulated,
+            "data": data,
+        }
+    )
+
+
+def feed_frame(state: str, *, since_ms: int, detail: str = "", simulated: bool = False) -> str:
+    return dumps({"type": "feed", "state": state, "since_ms": since_ms, "detail": detail, "simulated": simulated})
+
+
+def welcome_frame(stream: str, *, heartbeat_s: float, limits: dict) -> str:
+    return dumps(
+        {
+            "type": "welcome",
+            "stream": stream,
+            "protocol": PROTOCOL_VERSION,
+            "server_time_ms": now_ms(),
+            "heartbeat_s": heartbeat_s,
+            "limits": limits,
+        }
+    )
+
+
+def heartbeat_frame() -> str:
+    # Never empty: daphne silently drops empty sends.
+    return dumps({"type": "heartbeat", "nonce": secrets.token_urlsafe(6), "server_time_ms": now_ms()})
+
+
+def error_frame(code: str, message: str) -> str:
+    return dumps({"type": "error", "code": code, "message": message})

@@ -1,0 +1,44 @@
+"""The one way into the sockets: serialize once, store as latest, group_send.
+
+Consumers forward the `text` of these messages unchanged, so a frame is
+encoded once per update however many clients receive it.
+"""
+
+from channels.layers import get_channel_layer
+
+from . import protocol
+from .state import get_state
+
+FRAME = "stream.frame"  # consumer handler: stream_frame
+
+
+async def publish_snapshot(stream, data, *, epoch, source_ms, feed="live", simulated=False):
+    """Publish one complete snapshot of `stream`; returns its sequence number."""
+    if stream not in protocol.STREAMS:
+        raise ValueError(f"unknown stream {stream!r}")
+    state = get_state()
+    seq = await state.seq_next(stream, epoch)
+    text = protocol.snapshot_frame(
+        stream,
+        epoch=epoch,
+        seq=seq,
+        published_ms=protocol.now_ms(),
+        source_ms=source_ms,
+        feed=feed,
+        data=data,
+        simulated=simulated,
+    )
+    await state.latest_set(stream, text)
+    await get_channel_layer().group_send(protocol.stream_group(stream), {"type": FRAME, "text": text})
+    return seq
+
+
+async def publish_feed_state(state_name, *, detail="", simulated=False):
+    """Tell every socket that the feed changed state (live, stale, down, closed)."""
+    since_ms = protocol.now_ms()
+    record = {"state": state_name, "since_ms": since_ms, "detail": detail, "simulated": simulated}
+    await get_state().feed_set(record)
+    text = protocol.feed_frame(state_name, since_ms=since_ms, detail=detail, simulated=simulated)
+    layer = get_channel_layer()
+    for stream in protocol.STREAMS:
+        await layer.group_send(protocol.stream_group(stream), {"type": FRAME, "text": text})

@@ -1,0 +1,284 @@
+"""State shared by every process: latest frames, sequence numbers, feed state,
+connection leases and the live-session registry.
+
+Production keeps it in Redis so it holds across processes and machines;
+embedded mode keeps it in this process. Both classes have the same async API,
+and `get_state()` returns the right one for the current event loop.
+
+Leases are sorted sets (member = connection id, score = expiry in ms). Taking
+a lease drops expired members, checks every limit and adds the member to every
+set in one Lua script, so limits hold under any number of parallel connects
+and a crashed process's connections stop counting once their leases expire.
+"""
+
+import asyncio
+import json
+import time
+
+from django.conf import settings
+
+PREFIX = "stk:"
+
+# KEYS: lease sets; ARGV: ttl_ms, member, limit per key (-1 = count only).
+# Returns 0 when the lease was taken, else the 1-based index of the key whose
+# limit was reached. Uses the server clock so machines with skewed clocks agree.
+_ACQUIRE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[1])
+for i, key in ipairs(KEYS) do
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+end
+for i, key in ipairs(KEYS) do
+  local limit = tonumber(ARGV[i + 2])
+  if limit >= 0 and not redis.call('ZSCORE', key, ARGV[2]) and redis.call('ZCARD', key) >= limit then
+    return i
+  end
+end
+for i, key in ipairs(KEYS) do
+  redis.call('ZADD', key, now + ttl, ARGV[2])
+  redis.call('PEXPIRE', key, ttl * 2)
+end
+return 0
+"""
+
+# KEYS: lease sets; ARGV: ttl_ms, member. Renews only leases still held.
+_RENEW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[1])
+local held = 0
+for i, key in ipairs(KEYS) do
+  if redis.call('ZSCORE', key, ARGV[2]) then
+    redis.call('ZADD', key, 'XX', now + ttl, ARGV[2])
+    redis.call('PEXPIRE', key, ttl * 2)
+    held = held + 1
+  end
+end
+return held
+"""
+
+# KEYS: [seq hash]; ARGV: epoch. Sequence restarts at 1 when the epoch changes.
+_NEXT_SEQ = """
+local epoch = redis.call('HGET', KEYS[1], 'epoch')
+if epoch ~= ARGV[1] then
+  redis.call('HSET', KEYS[1], 'epoch', ARGV[1], 'seq', 0)
+end
+return redis.call('HINCRBY', KEYS[1], 'seq', 1)
+"""
+
+_COUNT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+return redis.call('ZCOUNT', KEYS[1], now, '+inf')
+"""
+
+
+class StateUnavailable(Exception):
+    """The shared store (Redis) cannot be reached; callers answer with 1013 / 503."""
+
+
+class MemoryState:
+    """In-process state for embedded mode (one process, no Redis)."""
+
+    embedded = True
+
+    def __init__(self):
+        self._latest = {}
+        self._seq = {}
+        self._feed = None
+        self._leases = {}  # key -> {member: expiry_s}
+        self._sessions = {}  # conn_id -> (expiry_s, info)
+
+    async def latest_get(self, stream):
+        return self._latest.get(stream)
+
+    async def latest_set(self, stream, text):
+        self._latest[stream] = text
+
+    async def seq_next(self, stream, epoch):
+        last_epoch, seq = self._seq.get(stream, (None, 0))
+        seq = seq + 1 if last_epoch == epoch else 1
+        self._seq[stream] = (epoch, seq)
+        return seq
+
+    async def feed_get(self):
+        return self._feed
+
+    async def feed_set(self, state: dict):
+        self._feed = {**(self._feed or {}), **state}
+
+    async def feed_touch(self):
+        """Record that the feed loop is alive (readiness reads its age)."""
+        self._feed = {**(self._feed or {}), "heartbeat_ms": int(time.time() * 1000)}
+
+    def _live(self, key):
+        now = time.monotonic()
+        members = self._leases.setdefault(key, {})
+        for member in [m for m, exp in members.items() if exp <= now]:
+            del members[member]
+        return members
+
+    async def lease_acquire(self, conn_id, limits, ttl):
+        # No await between check and add: atomic on one event loop.
+        sets = [(self._live(key), limit) for key, limit in limits]
+        for index, (members, limit) in enumerate(sets, start=1):
+            if limit is not None and conn_id not in members and len(members) >= limit:
+                return index
+        expiry = time.monotonic() + ttl
+        for members, _ in sets:
+            members[conn_id] = expiry
+        return 0
+
+    async def lease_renew(self, conn_id, keys, ttl):
+        expiry = time.monotonic() + ttl
+        held = 0
+        for key in keys:
+            members = self._live(key)
+            if conn_id in members:
+                members[conn_id] = expiry
+                held += 1
+        return held
+
+    async def lease_release(self, conn_id, keys):
+        for key in keys:
+            self._leases.get(key, {}).pop(conn_id, None)
+
+    async def lease_count(self, key):
+        return len(self._live(key))
+
+    async def session_put(self, conn_id, info, ttl):
+        self._sessions[conn_id] = (time.monotonic() + ttl, dict(info))
+
+    async def session_drop(self, conn_id):
+        self._sessions.pop(conn_id, None)
+
+    async def sessions(self):
+        now = time.monotonic()
+        for conn_id in [c for c, (exp, _) in self._sessions.items() if exp <= now]:
+            del self._sessions[conn_id]
+        return [info for _, info in self._sessions.values()]
+
+    async def ping(self):
+        return True
+
+
+class RedisState:
+    """Shared state in Redis (production)."""
+
+    embedded = False
+
+    def __init__(self, url):
+        import redis.asyncio as aioredis
+
+        # Short timeouts: a Redis outage must turn into a quick 1013, never a hang.
+        self.redis = aioredis.Redis.from_url(
+            url, socket_timeout=2, socket_connect_timeout=2, health_check_interval=15, decode_responses=True
+        )
+        self._acquire = self.redis.register_script(_ACQUIRE)
+        self._renew = self.redis.register_script(_RENEW)
+        self._next_seq = self.redis.register_script(_NEXT_SEQ)
+        self._count = self.redis.register_script(_COUNT)
+
+    async def _call(self, coro):
+        from redis.exceptions import ConnectionError, TimeoutError
+
+        try:
+            return await coro
+        except (ConnectionError, TimeoutError, OSError) as exc:
+            raise StateUnavailable(str(exc)) from exc
+
+    async def latest_get(self, stream):
+        return await self._call(self.redis.get(f"{PREFIX}latest:{stream}"))
+
+    async def latest_set(self, stream, text):
+        await self._call(self.redis.set(f"{PREFIX}latest:{stream}", text))
+
+    async def seq_next(self, stream, epoch):
+        return int(await self._call(self._next_seq(keys=[f"{PREFIX}seq:{stream}"], args=[epoch])))
+
+    async def feed_get(self):
+        raw, heartbeat = await self._call(self.redis.mget(f"{PREFIX}feed", f"{PREFIX}feed:heartbeat"))
+        if not raw and not heartbeat:
+            return None
+        feed = json.loads(raw) if raw else {}
+        if heartbeat:
+            feed["heartbeat_ms"] = int(heartbeat)
+        return feed
+
+    async def feed_set(self, state: dict):
+        await self._call(self.redis.set(f"{PREFIX}feed", json.dumps(state)))
+
+    async def feed_touch(self):
+        """Record that the feed loop is alive (readiness reads its age)."""
+        await self._call(self.redis.set(f"{PREFIX}feed:heartbeat", int(time.time() * 1000), ex=3600))
+
+    async def lease_acquire(self, conn_id, limits, ttl):
+        keys = [f"{PREFIX}lease:{key}" for key, _ in limits]
+        args = [int(ttl * 1000), conn_id] + [-1 if limit is None else int(limit) for _, limit in limits]
+        return int(await self._call(self._acquire(keys=keys, args=args)))
+
+    async def lease_renew(self, conn_id, keys, ttl):
+        keys = [f"{PREFIX}lease:{key}" for key in keys]
+        return int(await self._call(self._renew(keys=keys, args=[int(ttl * 1000), conn_id])))
+
+    async def lease_release(self, conn_id, keys):
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.zrem(f"{PREFIX}lease:{key}", conn_id)
+            await self._call(pipe.execute())
+
+    async def lease_count(self, key):
+        return int(await self._call(self._count(keys=[f"{PREFIX}lease:{key}"])))
+
+    async def session_put(self, conn_id, info, ttl):
+        ms = int(ttl * 1000)
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.set(f"{PREFIX}session:{conn_id}", json.dumps(info), px=ms)
+            pipe.zadd(f"{PREFIX}sessions", {conn_id: time.time() * 1000 + ms})
+            await self._call(pipe.execute())
+
+    async def session_drop(self, conn_id):
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.delete(f"{PREFIX}session:{conn_id}")
+            pipe.zrem(f"{PREFIX}sessions", conn_id)
+            await self._call(pipe.execute())
+
+    async def sessions(self):
+        await self._call(self.redis.zremrangebyscore(f"{PREFIX}sessions", "-inf", time.time() * 1000))
+        ids = await self._call(self.redis.zrange(f"{PREFIX}sessions", 0, -1))
+        if not ids:
+            return []
+        raws = await self._call(self.redis.mget([f"{PREFIX}session:{i}" for i in ids]))
+        return [json.loads(raw) for raw in raws if raw]
+
+    async def ping(self):
+        return await self._call(self.redis.ping())
+
+
+_memory = None
+_by_loop = {}
+
+
+def get_state():
+    """The shared state for this process (Redis state is per event loop:
+    redis.asyncio connections cannot cross loops)."""
+    global _memory
+    if not settings.REDIS_URL:
+        if _memory is None:
+            _memory = MemoryState()
+        return _memory
+    loop = asyncio.get_running_loop()
+    state = _by_loop.get(loop)
+    if state is None:
+        for old in [lp for lp in _by_loop if lp.is_closed()]:
+            del _by_loop[old]
+        state = _by_loop[loop] = RedisState(settings.REDIS_URL)
+    return state
+
+
+def reset_state():
+    """Forget process-local state (tests)."""
+    global _memory
+    _memory = None
+    _by_loop.clear()

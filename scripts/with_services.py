@@ -1,0 +1,190 @@
+#!/usr/bin/env python3
+"""Run a command with real Redis and PostgreSQL servers available.
+
+    python scripts/with_services.py -- pytest -q
+
+Uses REDIS_URL / DATABASE_URL when they are set. Otherwise starts a throwaway
+`redis-server` and PostgreSQL cluster (initdb/postgres from Debian's packages)
+on free loopback ports in a temporary folder, exports their URLs to the
+command, and stops them and removes the folder afterwards, whatever happens.
+Missing Debian packages (redis-server, postgresql, chromium) are installed
+with apt-get when running as root.
+"""
+
+import glob
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+PACKAGES = {  # binary that proves the package is there -> Debian package
+    "redis-server": "redis-server",
+    "postgresql": "postgresql",
+    "chromium": "chromium",
+}
+
+
+def log(message):
+    print(f"[services] {message}", file=sys.stderr, flush=True)
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def pg_bin(name):
+    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    return found[-1] if found else shutil.which(name)
+
+
+def missing_packages(need_redis, need_pg, need_browser):
+    missing = []
+    if need_redis and not shutil.which("redis-server"):
+        missing.append(PACKAGES["redis-server"])
+    if need_pg and not pg_bin("postgres"):
+        missing.append(PACKAGES["postgresql"])
+    if need_browser and not os.path.exists("/usr/bin/chromium"):
+        missing.append(PACKAGES["chromium"])
+    return missing
+
+
+def apt_install(packages):
+    if not packages:
+        return
+    if os.geteuid() != 0:
+        sys.exit(f"[services] missing Debian packages {packages}; install them (sudo apt-get install {' '.join(packages)})")
+    log(f"installing {' '.join(packages)} with apt-get")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
+    subprocess.run(
+        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *packages],
+        check=True,
+        env=env,
+        stdout=subprocess.DEVNULL,
+    )
+    # Debian starts the packaged services; ours run on their own ports instead.
+    for service in ("redis-server", "postgresql"):
+        subprocess.run(["service", service, "stop"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+
+
+def wait_for(check, what, timeout=30):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"{what} did not start within {timeout} s")
+
+
+def port_open(port):
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def start_redis(tmp):
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            "redis-server",
+            "--bind", "127.0.0.1",
+            "--port", str(port),
+            "--save", "",
+            "--appendonly", "no",
+            "--dir", tmp,
+            "--logfile", os.path.join(tmp, "redis.log"),
+        ],
+    )
+    wait_for(lambda: port_open(port), "redis-server")
+    log(f"redis-server on 127.0.0.1:{port}")
+    return proc, f"redis://127.0.0.1:{port}/0"
+
+
+def start_postgres(tmp):
+    port = free_port()
+    data = os.path.join(tmp, "pg")
+    os.makedirs(data)
+    # PostgreSQL refuses to run as root: run it as the `postgres` user.
+    as_user = []
+    if os.geteuid() == 0:
+        shutil.chown(tmp, "postgres")
+        shutil.chown(data, "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    subprocess.run(
+        [*as_user, pg_bin("initdb"), "-D", data, "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-locale"],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    proc = subprocess.Popen(
+        [
+            *as_user, pg_bin("postgres"), "-D", data, "-p", str(port), "-h", "127.0.0.1", "-k", tmp,
+            # A throwaway cluster: durability buys nothing, speed does.
+            "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
+            "-c", "max_connections=200",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=open(os.path.join(tmp, "postgres.log"), "w"),
+    )
+    wait_for(lambda: port_open(port), "postgres")
+    url = f"postgres://postgres@127.0.0.1:{port}/stocktracker"
+    subprocess.run(
+        [*as_user, pg_bin("createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "stocktracker"],
+        check=True,
+    )
+    log(f"postgres on 127.0.0.1:{port}")
+    return proc, url
+
+
+def stop(proc, name):
+    if proc.poll() is None:
+        # SIGINT is PostgreSQL's "fast shutdown"; redis-server exits on it too.
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    log(f"stopped {name}")
+
+
+def main(argv):
+    if "--" in argv:
+        argv = argv[argv.index("--") + 1 :]
+    if not argv:
+        sys.exit(__doc__)
+    env = dict(os.environ)
+    need_redis = not env.get("REDIS_URL")
+    need_pg = not env.get("DATABASE_URL")
+    apt_install(missing_packages(need_redis, need_pg, need_browser=env.get("SKIP_BROWSER_INSTALL") != "1"))
+    tmp = tempfile.mkdtemp(prefix="stocktracker-services-")
+    os.chmod(tmp, 0o755)
+    procs = []
+    try:
+        if need_redis:
+            proc, env["REDIS_URL"] = start_redis(tmp)
+            procs.append((proc, "redis-server"))
+        if need_pg:
+            proc, env["DATABASE_URL"] = start_postgres(tmp)
+            procs.append((proc, "postgres"))
+        child = subprocess.Popen(argv, env=env)
+        try:
+            return child.wait()
+        except KeyboardInterrupt:
+            child.send_signal(signal.SIGINT)
+            return child.wait()
+    finally:
+        for proc, name in reversed(procs):
+            stop(proc, name)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,23 @@
+"""ASGI entry point: HTTP through Django, websockets through session auth to the streams."""
+
+import os
+
+from django.core.asgi import get_asgi_application
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "stocktracker.settings")
+django_asgi_app = get_asgi_application()  # first: loads settings and apps
+
+from channels.auth import AuthMiddlewareStack  # noqa: E402
+from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
+
+from apps.feed.embedded import EmbeddedFeed  # noqa: E402
+from apps.streams.routing import websocket_urlpatterns  # noqa: E402
+
+application = EmbeddedFeed(
+    ProtocolTypeRouter(
+        {
+            "http": django_asgi_app,
+            "websocket": AuthMiddlewareStack(URLRouter(websocket_urlpatterns)),
+        }
+    )
+)

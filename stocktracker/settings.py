@@ -1,0 +1,258 @@
+"""Settings for stocktracker, read from the environment (and a `.env` file).
+
+Every variable is listed in `.env.example` and in the README's settings table.
+A value that cannot be parsed stops start-up with an `ImproperlyConfigured`
+error naming the variable; cross-setting mistakes are reported by the system
+checks in `apps/feed/checks.py` and `apps/streams/checks.py`.
+"""
+
+from pathlib import Path
+
+import environ
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+env = environ.Env()
+_env_file = BASE_DIR / ".env"
+if _env_file.exists():
+    environ.Env.read_env(_env_file)
+
+
+def _read(name, cast, default):
+    """Read NAME with django-environ's cast, naming the variable if it is malformed."""
+    try:
+        return getattr(env, cast)(name, default=default)
+    except (ValueError, TypeError) as exc:
+        raw = env.str(name, default="")
+        raise ImproperlyConfigured(
+            f"{name}={raw!r} is not a valid {cast}: {exc}. Fix it in the environment or .env."
+        ) from exc
+
+
+def _positive(name, cast, default, minimum=0):
+    value = _read(name, cast, default)
+    if value is not None and value < minimum:
+        raise ImproperlyConfigured(f"{name}={value!r} must be at least {minimum}.")
+    return value
+
+
+def _choice(name, default, choices):
+    value = env.str(name, default=default).strip().lower()
+    if value not in choices:
+        raise ImproperlyConfigured(f"{name}={value!r} must be one of: {', '.join(choices)}.")
+    return value
+
+
+# --- Core -------------------------------------------------------------------
+
+DEBUG = _read("DEBUG", "bool", False)
+SECRET_KEY = env.str("SECRET_KEY", default="")
+if not SECRET_KEY:
+    if not DEBUG:
+        raise ImproperlyConfigured(
+            "SECRET_KEY is not set and DEBUG is off: set SECRET_KEY (50+ random characters) "
+            "or DEBUG=true for local development."
+        )
+    SECRET_KEY = "insecure-development-key-only-for-debug-mode-do-not-deploy"
+
+ALLOWED_HOSTS = _read("ALLOWED_HOSTS", "list", ["127.0.0.1", "localhost", "[::1]"])
+CSRF_TRUSTED_ORIGINS = _read("CSRF_TRUSTED_ORIGINS", "list", [])
+
+INSTALLED_APPS = [
+    "daphne",  # its runserver serves websockets too
+    "apps.accounts",
+    "apps.streams",
+    "apps.feed",  # before channels: its runworker extends Channels' own
+    "apps.dashboard",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "channels",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "stocktracker.urls"
+ASGI_APPLICATION = "stocktracker.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# --- Database ---------------------------------------------------------------
+
+DATABASES = {"default": _read("DATABASE_URL", "db_url", f"sqlite:///{BASE_DIR / 'var' / 'db.sqlite3'}")}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    Path(DATABASES["default"]["NAME"]).parent.mkdir(parents=True, exist_ok=True)
+else:
+    # Web processes are async; persistent connections only help sync workers.
+    DATABASES["default"]["CONN_MAX_AGE"] = _positive("DATABASE_CONN_MAX_AGE", "int", 0)
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "dashboard"
+LOGOUT_REDIRECT_URL = "login"
+
+# --- Channel layer and shared state ----------------------------------------
+
+# No REDIS_URL: embedded mode (in-memory layer, in-process limits, feed inside
+# the web process). With it: everything shared lives in Redis.
+REDIS_URL = env.str("REDIS_URL", default="")
+EMBEDDED = not REDIS_URL
+CHANNEL_LAYER = _choice("CHANNEL_LAYER", "pubsub", ("pubsub", "core"))
+
+if EMBEDDED:
+    CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
+elif CHANNEL_LAYER == "pubsub":
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "CONFIG": {"hosts": [REDIS_URL], "prefix": "stk"},
+        }
+    }
+else:
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [REDIS_URL], "prefix": "stk", "capacity": 200, "expiry": 60},
+        }
+    }
+
+# --- Feed -------------------------------------------------------------------
+
+SSI_CONSUMER_ID = env.str("SSI_CONSUMER_ID", default="")
+SSI_CONSUMER_SECRET = env.str("SSI_CONSUMER_SECRET", default="")
+SSI_BASE_URL = env.str("SSI_BASE_URL", default="https://fc-data.ssi.com.vn/")
+SSI_MAX_RPS = _read("SSI_MAX_RPS", "float", 1.0)
+if SSI_MAX_RPS <= 0:
+    raise ImproperlyConfigured(f"SSI_MAX_RPS={SSI_MAX_RPS!r} must be greater than 0.")
+SSI_TIMEOUT = _positive("SSI_TIMEOUT", "float", 10.0)
+FEED_SOURCE = _choice(
+    "FEED_SOURCE", "ssi" if SSI_CONSUMER_ID and SSI_CONSUMER_SECRET else "simulator", ("ssi", "simulator")
+)
+# Seconds between cycles in trading hours; 0 picks the source's default
+# (simulator: 1 s; SSI: long enough for one cycle's requests within SSI_MAX_RPS).
+FEED_INTERVAL = _positive("FEED_INTERVAL", "float", 0.0)
+FEED_IDLE_INTERVAL = _positive("FEED_IDLE_INTERVAL", "float", 60.0, minimum=1)
+FEED_IN_PROCESS = _read("FEED_IN_PROCESS", "bool", EMBEDDED)
+FUTURES_OVERRIDE = env.str("FUTURES_OVERRIDE", default="").strip().upper()
+EXTRA_SYMBOLS = [s.strip().upper() for s in _read("EXTRA_SYMBOLS", "list", []) if s.strip()]
+SIMULATOR_CLOCK = _choice("SIMULATOR_CLOCK", "demo" if EMBEDDED else "wall", ("demo", "wall"))
+SIMULATOR_SEED = _read("SIMULATOR_SEED", "int", 20261127)
+# How many simulated seconds pass per real second on the demo clock.
+SIMULATOR_SPEED = _read("SIMULATOR_SPEED", "float", 10.0)
+if SIMULATOR_SPEED <= 0:
+    raise ImproperlyConfigured(f"SIMULATOR_SPEED={SIMULATOR_SPEED!r} must be greater than 0.")
+FEED_LEADER_TTL = _positive("FEED_LEADER_TTL", "float", 15.0, minimum=3)
+FEED_STALE_AFTER = _positive("FEED_STALE_AFTER", "float", 0.0)
+
+# --- WebSocket streams ------------------------------------------------------
+
+WS_ALLOWED_ORIGINS = _read(
+    "WS_ALLOWED_ORIGINS", "list", ["http://127.0.0.1:8000", "http://localhost:8000"]
+)
+WS_AUTH_TIMEOUT = _positive("WS_AUTH_TIMEOUT", "float", 5.0, minimum=0.1)
+WS_HEARTBEAT_INTERVAL = _positive("WS_HEARTBEAT_INTERVAL", "float", 30.0, minimum=0.1)
+WS_HEARTBEAT_TIMEOUT = _positive("WS_HEARTBEAT_TIMEOUT", "float", 20.0, minimum=0.1)
+WS_MAX_INBOUND_BYTES = _positive("WS_MAX_INBOUND_BYTES", "int", 4096, minimum=64)
+WS_INBOUND_RATE = _positive("WS_INBOUND_RATE", "float", 20.0, minimum=0.1)
+WS_INBOUND_BURST = _positive("WS_INBOUND_BURST", "int", 40, minimum=1)
+WS_MAX_CONNECTIONS_PER_IP = _positive("WS_MAX_CONNECTIONS_PER_IP", "int", 5, minimum=1)
+WS_LEASE_TTL = _positive("WS_LEASE_TTL", "float", 90.0, minimum=1)
+WS_TRUSTED_PROXIES = _read("WS_TRUSTED_PROXIES", "list", [])
+
+# --- Tokens and limits ------------------------------------------------------
+
+TOKEN_DEFAULT_EXPIRY_DAYS = _positive("TOKEN_DEFAULT_EXPIRY_DAYS", "int", 90, minimum=1)
+TOKEN_DEFAULT_MAX_CONNECTIONS = _positive("TOKEN_DEFAULT_MAX_CONNECTIONS", "int", 3, minimum=1)
+USER_DEFAULT_MAX_CONNECTIONS = _positive("USER_DEFAULT_MAX_CONNECTIONS", "int", 10, minimum=1)
+TOKEN_CACHE_TTL = _positive("TOKEN_CACHE_TTL", "float", 30.0)
+TOKEN_RECHECK_INTERVAL = _positive("TOKEN_RECHECK_INTERVAL", "float", 30.0, minimum=1)
+
+# --- Operations -------------------------------------------------------------
+
+METRICS_ALLOWED_IPS = _read("METRICS_ALLOWED_IPS", "list", ["127.0.0.1", "::1"])
+LOG_LEVEL = _choice("LOG_LEVEL", "info", ("debug", "info", "warning", "error")).upper()
+LOG_FORMAT = _choice("LOG_FORMAT", "text", ("text", "json"))
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "filters": {"redact": {"()": "apps.streams.logs.RedactSecrets"}},
+    "formatters": {
+        "text": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+        "json": {"()": "apps.streams.logs.JsonFormatter"},
+    },
+    "handlers": {
+        "console": {
+            "class": "logging.StreamHandler",
+            "formatter": LOG_FORMAT,
+            "filters": ["redact"],
+        }
+    },
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    "loggers": {
+        "django": {"level": LOG_LEVEL, "propagate": True},
+        "daphne": {"level": "WARNING" if LOG_LEVEL != "DEBUG" else "DEBUG", "propagate": True},
+    },
+}
+
+# --- Static files, i18n, security -------------------------------------------
+
+STATIC_URL = "static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = BASE_DIR / "staticfiles"
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": "django.contrib.staticfiles.storage.StaticFilesStorage"
+        if DEBUG
+        else "whitenoise.storage.CompressedManifestStaticFilesStorage"
+    },
+}
+WHITENOISE_USE_FINDERS = DEBUG
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "Asia/Ho_Chi_Minh"
+USE_I18N = True
+USE_TZ = True
+
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SAMESITE = "Lax"
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if WS_TRUSTED_PROXIES else None
+SECURE_SSL_REDIRECT = _read("SECURE_SSL_REDIRECT", "bool", False)
+SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = _read("SECURE_COOKIES", "bool", not DEBUG)
+SECURE_HSTS_SECONDS = _positive("SECURE_HSTS_SECONDS", "int", 0)
+SECURE_CONTENT_TYPE_NOSNIFF = True
+X_FRAME_OPTIONS = "DENY"
