@@ -13,9 +13,10 @@ import time
 import uuid
 from urllib.parse import parse_qs
 
-from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
+
+from apps.accounts.auth import check_token, user_max_connections
 
 from . import protocol
 from .protocol import Close
@@ -53,36 +54,25 @@ class Grant:
         self.user_max = user_max
 
 
-@database_sync_to_async
-def _token_grant(raw, stream):
-    from apps.accounts.models import ApiToken, UserLimits
-
-    token = ApiToken.objects.find(raw)
-    if token is None:
-        return None, "bad"
-    reason = token.rejection(stream)
-    if reason:
-        return None, reason
-    limits = UserLimits.for_user(token.user)
+async def _token_grant(raw, stream, ip):
+    check = await check_token(raw, stream, ip)
+    if not check.ok:
+        return None, check.reason
     return (
         Grant(
-            user_id=token.user_id,
-            username=token.user.get_username(),
-            token_id=token.id,
-            token_prefix=token.prefix,
-            token_max=token.max_connections,
-            user_max=limits.max_connections,
+            user_id=check.user_id,
+            username=check.username,
+            token_id=check.token_id,
+            token_prefix=check.token_prefix,
+            token_max=check.token_max_connections,
+            user_max=check.user_max_connections,
         ),
         None,
     )
 
 
-@database_sync_to_async
-def _session_grant(user):
-    from apps.accounts.models import UserLimits
-
-    limits = UserLimits.for_user(user)
-    return Grant(user_id=user.id, username=user.get_username(), user_max=limits.max_connections)
+async def _session_grant(user):
+    return Grant(user_id=user.id, username=user.get_username(), user_max=await user_max_connections(user.id))
 
 
 def client_ip(scope):
@@ -143,7 +133,7 @@ class StreamConsumer(AsyncWebsocketConsumer):
         return values[0] if values else None
 
     async def authenticate(self, raw):
-        grant, reason = await _token_grant(raw, self.stream)
+        grant, reason = await _token_grant(raw, self.stream, self.ip)
         if grant is None:
             code, error, message = _REJECTION_CLOSE[reason]
             await self.refuse(code, error, message)
