@@ -22,9 +22,11 @@ run: venv
 	DEBUG=$${DEBUG:-true} $(PY) manage.py runserver $(HOST):$(PORT)
 
 # Uses REDIS_URL / DATABASE_URL when set; otherwise starts throwaway servers.
+test: export DEBUG = false
+test: export SECRET_KEY ?= test-only-secret-key-0123456789-abcdefghijklmnopqrstuvwxyz
 test: venv
-	DEBUG=false SECRET_KEY=$${SECRET_KEY:-test-only-secret-key-0123456789-abcdefghijklmnopqrstuvwxyz} \
-	  $(PY) scripts/with_services.py -- $(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) manage.py collectstatic --no-input -v 0
+	$(PY) scripts/with_services.py -- $(PY) -m pytest $(PYTEST_ARGS)
 
 lint: venv
 	$(VENV)/bin/ruff check .

@@ -19,8 +19,18 @@ if _env_file.exists():
     environ.Env.read_env(_env_file)
 
 
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
 def _read(name, cast, default):
     """Read NAME with django-environ's cast, naming the variable if it is malformed."""
+    if cast == "bool":
+        # django-environ reads any unknown word as False; a typo must not flip a switch.
+        raw = env.str(name, default="true" if default else "false").strip().lower()
+        if raw not in _TRUE | _FALSE:
+            raise ImproperlyConfigured(f"{name}={raw!r} is not a valid bool: use true or false.")
+        return raw in _TRUE
     try:
         return getattr(env, cast)(name, default=default)
     except (ValueError, TypeError) as exc:

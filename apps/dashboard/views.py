@@ -1,7 +1,184 @@
+import json
+import logging
+
+from asgiref.sync import sync_to_async
 from django.contrib.auth.decorators import login_required
+from django.http import Http404, HttpResponse, JsonResponse
 from django.shortcuts import render
+from django.urls import reverse
+from django.utils import timezone
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET
+
+from apps.accounts.auth import check_token
+from apps.streams.protocol import STREAMS, now_ms
+from apps.streams.state import StateUnavailable, get_state
+
+from . import snapshots
+
+log = logging.getLogger("apps.dashboard")
+
+# Socket reconnection and polling (static/dashboard/socket.js).
+CLIENT_OPTIONS = {
+    "backoff_base_ms": 500,
+    "backoff_cap_ms": 30_000,
+    "poll_after_failures": 3,
+    "poll_interval_ms": 5_000,
+}
 
 
+def _parse(text):
+    try:
+        frame = json.loads(text) if text else None
+    except ValueError:
+        return None
+    return frame if isinstance(frame, dict) else None
+
+
+async def _render(request, template, context):
+    # Templates may touch request.user (a lazy DB read): render off the event loop.
+    return await sync_to_async(render)(request, template, context)
+
+
+@never_cache
 @login_required
-def dashboard(request):
-    return render(request, "dashboard/board.html", {})
+@require_GET
+async def dashboard(request):
+    user = await request.auser()
+    frames, feed, unavailable = {}, None, False
+    try:
+        texts = await snapshots.latest_texts(f"user:{user.pk}")
+        frames = {stream: _parse(text) for stream, text in texts.items()}
+        feed = await get_state().feed_get()
+    except StateUnavailable:
+        unavailable = True
+    market = (frames.get("market") or {}).get("data") or {}
+    stocks = sorted(market.get("stocks") or [], key=lambda s: s.get("symbol") or "")
+    config = {
+        "server_time_ms": now_ms(),
+        "login_url": reverse("login") + "?next=" + reverse("dashboard"),
+        "streams": {
+            stream: {
+                "ws": f"/ws/{stream}",
+                "snapshot": reverse("snapshot", args=[stream]),
+                "epoch": (frames.get(stream) or {}).get("epoch"),
+                "seq": (frames.get(stream) or {}).get("seq"),
+                "published_ms": (frames.get(stream) or {}).get("published_ms"),
+            }
+            for stream in STREAMS
+        },
+        "feed": feed and {k: feed.get(k) for k in ("state", "since_ms", "detail", "simulated")},
+        **CLIENT_OPTIONS,
+    }
+    foreign = (frames.get("foreign") or {}).get("data") or {}
+    tops = (foreign.get("top_buyers") or [])[:5] + (foreign.get("top_sellers") or [])[:5]
+    published = (frames.get("market") or {}).get("published_ms")
+    simulated = any((f or {}).get("simulated") for f in frames.values()) or bool(feed and feed.get("simulated"))
+    context = {
+        "frames": frames,
+        "market": market,
+        "stocks": stocks,
+        "futures": market.get("futures"),
+        "foreign": foreign,
+        "foreign_max": max([abs(r.get("net_value") or 0) for r in tops] + [1]),
+        "updated_age": max(0, round((now_ms() - published) / 1000)) if published else None,
+        "indices": ((frames.get("index") or {}).get("data") or {}).get("indices") or [],
+        "feed": feed,
+        "simulated": simulated,
+        "unavailable": unavailable,
+        "config": config,
+    }
+    return await _render(request, "dashboard/board.html", context)
+
+
+def _bearer(request):
+    scheme, _, credential = request.headers.get("Authorization", "").partition(" ")
+    return credential.strip() if scheme.lower() == "bearer" else None
+
+
+def _api_error(status, code, message, **headers):
+    response = JsonResponse({"type": "error", "code": code, "message": message}, status=status)
+    for name, value in headers.items():
+        response[name.replace("_", "-")] = value
+    return response
+
+
+_TOKEN_REJECTIONS = {
+    "bad": (401, "auth_failed", "token not recognised"),
+    "revoked": (401, "token_revoked", "token revoked"),
+    "retired": (401, "token_retired", "token replaced and its rotation grace has ended"),
+    "expired": (401, "token_expired", "token expired"),
+    "stream": (403, "stream_forbidden", "stream not allowed for this token"),
+}
+
+
+@never_cache
+@require_GET
+async def snapshot(request, stream):
+    """The latest snapshot of `stream`, byte for byte the socket's `snapshot` frame.
+    Auth: a logged-in session, or `Authorization: Bearer <token>` (never ?token=)."""
+    if stream not in STREAMS:
+        raise Http404("unknown stream")
+    raw = _bearer(request)
+    if raw is not None:
+        check = await check_token(raw, stream, request.META.get("REMOTE_ADDR"))
+        if not check.ok:
+            status, code, message = _TOKEN_REJECTIONS.get(check.reason, _TOKEN_REJECTIONS["bad"])
+            return _api_error(status, code, message, WWW_Authenticate='Bearer error="invalid_token"')
+        member = f"token:{check.token_id}"
+    else:
+        user = await request.auser()
+        if not user.is_authenticated:
+            return _api_error(401, "auth_required", "log in or send Authorization: Bearer <token>",
+                              WWW_Authenticate="Bearer")
+        member = f"user:{user.pk}"
+    try:
+        text = (await snapshots.latest_texts(member, [stream]))[stream]
+    except StateUnavailable:
+        return _api_error(503, "unavailable", "service temporarily unavailable", Retry_After="5")
+    if text is None:
+        return _api_error(503, "no_data", "no snapshot yet; the feed is starting", Retry_After="2")
+    return HttpResponse(text, content_type="application/json")
+
+
+def _token_rows(user):
+    from apps.accounts.models import ApiToken, UserLimits
+
+    now = timezone.now()
+    rows = []
+    for token in ApiToken.objects.filter(user=user).order_by("-created_at"):
+        reason = token.rejection(at=now) if hasattr(token, "rejection") else None
+        rows.append(
+            {
+                "id": token.pk,
+                "prefix": getattr(token, "prefix", ""),
+                "label": getattr(token, "label", ""),
+                "streams": list(getattr(token, "streams", None) or []),
+                "expires_at": getattr(token, "expires_at", None),
+                "retires_at": getattr(token, "retires_at", None),
+                "created_at": getattr(token, "created_at", None),
+                "last_used_at": getattr(token, "last_used_at", None),
+                "last_used_ip": getattr(token, "last_used_ip", None),
+                "max_connections": getattr(token, "max_connections", None),
+                "status": {None: "active"}.get(reason, reason),
+            }
+        )
+    return rows, UserLimits.for_user(user)
+
+
+@never_cache
+@login_required
+@require_GET
+async def tokens(request):
+    user = await request.auser()
+    rows, limits = await sync_to_async(_token_rows)(user)
+    live_total, unavailable = None, False
+    try:
+        state = get_state()
+        for row in rows:
+            row["live"] = await state.lease_count(f"token:{row['id']}")
+        live_total = await state.lease_count(f"user:{user.pk}")
+    except StateUnavailable:
+        unavailable = True
+    context = {"tokens": rows, "limits": limits, "live_total": live_total, "unavailable": unavailable}
+    return await _render(request, "dashboard/tokens.html", context)

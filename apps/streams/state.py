@@ -13,6 +13,7 @@ and a crashed process's connections stop counting once their leases expire.
 
 import asyncio
 import json
+import secrets
 import time
 
 from django.conf import settings
@@ -72,6 +73,22 @@ local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 return redis.call('ZCOUNT', KEYS[1], now, '+inf')
 """
+
+
+# KEYS: lease sets. Live members of each, in one round trip (admin lists).
+_COUNT_MANY = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local counts = {}
+for i, key in ipairs(KEYS) do
+  counts[i] = redis.call('ZCOUNT', key, now, '+inf')
+end
+return counts
+"""
+
+
+def _new_generation():
+    return secrets.token_hex(8)
 
 
 class StateUnavailable(Exception):
@@ -158,6 +175,40 @@ class MemoryState:
         for conn_id in [c for c, (exp, _) in self._sessions.items() if exp <= now]:
             del self._sessions[conn_id]
         return [info for _, info in self._sessions.values()]
+
+    # --- batch counts, generations and claims (apps.accounts) -------------------
+
+    async def lease_counts(self, keys):
+        return [len(self._live(key)) for key in keys]
+
+    @property
+    def _generations(self):
+        return self.__dict__.setdefault("_generation_values", {})
+
+    async def generation_get(self, key):
+        """The current generation of `key` (an opaque string), or None."""
+        return self._generations.get(key)
+
+    async def generation_init(self, key, ttl):
+        """Give `key` a generation if it has none (never changes an existing one)."""
+        self._generations.setdefault(key, _new_generation())
+
+    async def generation_bump(self, keys, ttl):
+        """Give every key a new generation: caches holding an older one reload."""
+        for key in keys:
+            self._generations[key] = _new_generation()
+
+    async def claim(self, key, ttl):
+        """True for the first caller in each `ttl` seconds, False for the others."""
+        claims = self.__dict__.setdefault("_claims", {})
+        now = time.monotonic()
+        if claims.get(key, 0) > now:
+            return False
+        if len(claims) > 10_000:
+            for old in [k for k, exp in claims.items() if exp <= now]:
+                del claims[old]
+        claims[key] = now + ttl
+        return True
 
     async def ping(self):
         return True
@@ -251,6 +302,38 @@ class RedisState:
             return []
         raws = await self._call(self.redis.mget([f"{PREFIX}session:{i}" for i in ids]))
         return [json.loads(raw) for raw in raws if raw]
+
+    # --- batch counts, generations and claims (apps.accounts) -------------------
+
+    async def lease_counts(self, keys):
+        if not keys:
+            return []
+        script = self.__dict__.get("_count_many") or self.__dict__.setdefault(
+            "_count_many", self.redis.register_script(_COUNT_MANY)
+        )
+        counts = await self._call(script(keys=[f"{PREFIX}lease:{key}" for key in keys]))
+        return [int(count) for count in counts]
+
+    async def generation_get(self, key):
+        """The current generation of `key` (an opaque string), or None."""
+        return await self._call(self.redis.get(f"{PREFIX}gen:{key}"))
+
+    async def generation_init(self, key, ttl):
+        """Give `key` a generation if it has none (never changes an existing one)."""
+        await self._call(self.redis.set(f"{PREFIX}gen:{key}", _new_generation(), nx=True, ex=max(1, int(ttl))))
+
+    async def generation_bump(self, keys, ttl):
+        """Give every key a new generation: caches holding an older one reload."""
+        if not keys:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for key in keys:
+                pipe.set(f"{PREFIX}gen:{key}", _new_generation(), ex=max(1, int(ttl)))
+            await self._call(pipe.execute())
+
+    async def claim(self, key, ttl):
+        """True for the first caller in each `ttl` seconds, on any process."""
+        return bool(await self._call(self.redis.set(f"{PREFIX}claim:{key}", 1, nx=True, px=max(1, int(ttl * 1000)))))
 
     async def ping(self):
         return await self._call(self.redis.ping())

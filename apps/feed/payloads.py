@@ -1,0 +1,292 @@
+"""Pure builders of the three stream payloads from SSI-shaped source rows.
+
+Every field is documented once, in docs/asyncapi.yaml. Stock prices are whole
+VND, volumes shares, values VND; index values and futures prices are points.
+A number that is not known is None (JSON null), never 0.
+"""
+
+from dataclasses import dataclass, field
+
+from . import rows as r
+from .market import INDEX_CODES, INDEX_NAMES
+
+SPEED_WINDOW_S = 60
+TOP_N = 5
+
+
+@dataclass
+class Futures:
+    symbol: str
+    alias: str
+    expiry: object  # datetime.date or None
+    row: dict | None  # DailyStockPrice row of the contract (market=DER)
+
+
+@dataclass
+class FeedData:
+    """One cycle's source data, as a source (SSI or the simulator) delivers it."""
+
+    trading_date: object  # datetime.date
+    phase: str
+    source_ms: int
+    simulated: bool = False
+    basket: list = field(default_factory=list)  # VN30 constituents
+    extra: list = field(default_factory=list)  # EXTRA_SYMBOLS
+    stocks: list = field(default_factory=list)  # DailyStockPrice rows: HOSE board (+ extras)
+    futures: Futures | None = None
+    indices: dict = field(default_factory=dict)  # DailyIndex rows by index code
+    points: dict | None = None  # sparkline points by index code, when the source has them
+
+
+# --- rows --------------------------------------------------------------------
+
+
+def stock(raw):
+    """Normalised stock quote from a DailyStockPrice row (X-TRADE/R shapes also read)."""
+    row = r.read(raw, r.STOCK_FIELDS)
+    quote = {"symbol": (row["symbol"] or "").strip().upper(), "market": (row["market"] or None)}
+    for name in ("ref", "ceiling", "floor", "open", "high", "low", "last", "avg"):
+        quote[name] = r.to_price(row[name])
+    for name in (
+        "volume",
+        "value",
+        "foreign_buy_volume",
+        "foreign_sell_volume",
+        "foreign_buy_value",
+        "foreign_sell_value",
+        "foreign_room",
+    ):
+        quote[name] = r.to_int(row[name])
+    return quote
+
+
+def _change(last, ref, places=2):
+    if last is None or not ref:
+        return None, None
+    change = last - ref
+    if isinstance(change, float):
+        change = round(change, 2)
+    return change, round(change * 100 / ref, places)
+
+
+def _quotes_by_symbol(data):
+    quotes = {}
+    for raw in data.stocks:
+        quote = stock(raw)
+        if quote["symbol"]:
+            quotes[quote["symbol"]] = quote
+    return quotes
+
+
+def board_symbols(data):
+    """VN30 constituents, then any extra symbols not already among them."""
+    seen = set(data.basket)
+    return list(data.basket) + [s for s in data.extra if s not in seen and not seen.add(s)]
+
+
+def index_value(data, code):
+    row = data.indices.get(code)
+    return r.to_float(r.read(row, ("value",))["value"]) if row else None
+
+
+# --- market -------------------------------------------------------------------
+
+
+def _stock_entry(symbol, quote):
+    quote = quote or {}
+    last, ref = quote.get("last"), quote.get("ref")
+    change, change_pct = _change(last, ref)
+    return {
+        "symbol": symbol,
+        "exchange": quote.get("market"),
+        "ref": ref,
+        "ceiling": quote.get("ceiling"),
+        "floor": quote.get("floor"),
+        "open": quote.get("open"),
+        "high": quote.get("high"),
+        "low": quote.get("low"),
+        "last": last,
+        "change": change,
+        "change_pct": change_pct,
+        "avg": quote.get("avg"),
+        "volume": quote.get("volume"),
+        "value": quote.get("value"),
+        "foreign_buy_volume": quote.get("foreign_buy_volume"),
+        "foreign_sell_volume": quote.get("foreign_sell_volume"),
+        "foreign_room": quote.get("foreign_room"),
+    }
+
+
+def futures_entry(futures, vn30):
+    row = r.read(futures.row or {}, r.STOCK_FIELDS)
+    prices = {name: r.to_points(row[name]) for name in ("ref", "ceiling", "floor", "open", "high", "low", "last")}
+    change, change_pct = _change(prices["last"], prices["ref"])
+    basis = round(prices["last"] - vn30, 2) if prices["last"] is not None and vn30 is not None else None
+    return {
+        "symbol": futures.symbol,
+        "alias": futures.alias,
+        "expiry": futures.expiry.isoformat() if futures.expiry else None,
+        **prices,
+        "change": change,
+        "change_pct": change_pct,
+        "volume": r.to_int(row["volume"]),
+        "vn30": vn30,
+        "basis": basis,
+    }
+
+
+def build_market(data):
+    quotes = _quotes_by_symbol(data)
+    return {
+        "phase": data.phase,
+        "trading_date": data.trading_date.isoformat(),
+        "stocks": [_stock_entry(symbol, quotes.get(symbol)) for symbol in board_symbols(data)],
+        "futures": futures_entry(data.futures, index_value(data, "VN30")) if data.futures else None,
+    }
+
+
+# --- foreign ------------------------------------------------------------------
+
+
+def _flow(quote):
+    buy_volume = quote["foreign_buy_volume"] or 0
+    sell_volume = quote["foreign_sell_volume"] or 0
+    buy_value = quote["foreign_buy_value"] or 0
+    sell_value = quote["foreign_sell_value"] or 0
+    return {
+        "buy_volume": buy_volume,
+        "sell_volume": sell_volume,
+        "net_volume": buy_volume - sell_volume,
+        "buy_value": buy_value,
+        "sell_value": sell_value,
+        "net_value": buy_value - sell_value,
+    }
+
+
+def _total(flows):
+    keys = ("buy_volume", "sell_volume", "net_volume", "buy_value", "sell_value", "net_value")
+    return {key: sum(flow[key] for flow in flows) for key in keys}
+
+
+def board_flow(data):
+    """Foreign totals over the whole HOSE board: the numbers the speed is measured on."""
+    quotes = _quotes_by_symbol(data)
+    return _total([_flow(q) for q in quotes.values() if (q["market"] or "HOSE") == "HOSE"])
+
+
+def foreign_speed(history, window_s=SPEED_WINDOW_S):
+    """Foreign buy/sell/net value per minute over the last `window_s` seconds.
+
+    `history` is [(source_ms, board_buy_value, board_sell_value), ...], oldest
+    first, ending with the current totals. The baseline is the newest sample at
+    least a window old, else the oldest one; None when no time has passed or
+    the totals went down (a new day).
+    """
+    speed = {"window_s": window_s, "buy_value_per_min": None, "sell_value_per_min": None, "net_value_per_min": None}
+    if len(history) < 2:
+        return speed
+    now_ms, buy, sell = history[-1]
+    base = history[0]
+    for sample in history:
+        if sample[0] <= now_ms - window_s * 1000:
+            base = sample
+    span_ms = now_ms - base[0]
+    if span_ms <= 0 or buy < base[1] or sell < base[2]:
+        return speed
+    buy_rate = round((buy - base[1]) * 60_000 / span_ms)
+    sell_rate = round((sell - base[2]) * 60_000 / span_ms)
+    speed.update(buy_value_per_min=buy_rate, sell_value_per_min=sell_rate, net_value_per_min=buy_rate - sell_rate)
+    return speed
+
+
+def build_foreign(data, history=()):
+    quotes = _quotes_by_symbol(data)
+    flows = {symbol: _flow(q) for symbol, q in quotes.items()}
+    hose = [flows[s] for s, q in quotes.items() if (q["market"] or "HOSE") == "HOSE"]
+    basket = [flows[s] for s in data.basket if s in flows]
+    ranked = sorted(
+        ((s, f) for s, f in flows.items() if (quotes[s]["market"] or "HOSE") == "HOSE"),
+        key=lambda item: (item[1]["net_value"], item[0]),
+    )
+    top_sellers = [_top(s, f) for s, f in ranked[:TOP_N] if f["net_value"] < 0]
+    top_buyers = [_top(s, f) for s, f in reversed(ranked[-TOP_N:]) if f["net_value"] > 0]
+    rows = []
+    for symbol in board_symbols(data):
+        flow = flows.get(symbol)
+        if flow is None:
+            rows.append(dict.fromkeys(_ROW_KEYS) | {"symbol": symbol})
+        else:
+            rows.append({"symbol": symbol, **flow, "room": quotes[symbol]["foreign_room"]})
+    return {
+        "trading_date": data.trading_date.isoformat(),
+        "vn30": _total(basket),
+        "board": _total(hose),
+        "top_buyers": top_buyers,
+        "top_sellers": top_sellers,
+        "rows": rows,
+        "speed": foreign_speed(list(history)),
+    }
+
+
+_ROW_KEYS = ("symbol", "buy_volume", "sell_volume", "net_volume", "buy_value", "sell_value", "net_value", "room")
+
+
+def _top(symbol, flow):
+    return {"symbol": symbol, "net_volume": flow["net_volume"], "net_value": flow["net_value"]}
+
+
+# --- index --------------------------------------------------------------------
+
+
+def index_entry(code, raw, points=()):
+    row = r.read(raw or {}, r.INDEX_FIELDS)
+    value = r.to_float(row["value"])
+    change = r.to_float(row["change"])
+    prior = r.to_float(row["prior"])
+    if prior is None and value is not None and change is not None:
+        prior = round(value - change, 2)  # DailyIndex has no prior close
+    if change is None and value is not None and prior is not None:
+        change = round(value - prior, 2)
+    change_pct = r.to_float(row["change_pct"])
+    if change_pct is None and change is not None and prior:
+        change_pct = round(change * 100 / prior, 2)
+    return {
+        "code": code,
+        "name": row["name"] or INDEX_NAMES.get(code, code),
+        "value": value,
+        "prior": prior,
+        "change": change,
+        "change_pct": change_pct,
+        "volume": r.to_int(row["volume"]),
+        "value_traded": r.to_int(row["value_traded"]),
+        "advances": r.to_int(row["advances"]),
+        "declines": r.to_int(row["declines"]),
+        "unchanged": r.to_int(row["unchanged"]),
+        "ceilings": r.to_int(row["ceilings"]),
+        "floors": r.to_int(row["floors"]),
+        "points": [list(point) for point in points],
+    }
+
+
+def build_index(data, points=None):
+    points = points or {}
+    return {
+        "trading_date": data.trading_date.isoformat(),
+        "indices": [index_entry(code, data.indices.get(code), points.get(code, ())) for code in INDEX_CODES],
+    }
+
+
+BUILDERS = {"market": build_market, "foreign": build_foreign, "index": build_index}
+
+
+def fingerprint(value):
+    """A cheap identity of a payload: equal data, equal fingerprint, no JSON."""
+    return hash(_freeze(value))
+
+
+def _freeze(value):
+    if isinstance(value, dict):
+        return tuple((key, _freeze(item)) for key, item in value.items())
+    if isinstance(value, list | tuple):
+        return tuple(_freeze(item) for item in value)
+    return value

@@ -1,0 +1,108 @@
+"""Start-up refuses bad configuration with a message that names the variable."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def manage(*args, **env):
+    base = {k: v for k, v in os.environ.items() if k not in ("REDIS_URL", "DATABASE_URL")}
+    base.update(DEBUG="true", DATABASE_URL="sqlite:////tmp/stocktracker-settings-test.sqlite3")
+    base.update(env)
+    return subprocess.run(
+        [sys.executable, "manage.py", *args], cwd=ROOT, env=base, capture_output=True, text=True, timeout=60
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("WS_MAX_CONNECTIONS_PER_IP", "abc"),
+        ("WS_HEARTBEAT_INTERVAL", "soon"),
+        ("SSI_MAX_RPS", "0"),
+        ("FEED_SOURCE", "bloomberg"),
+        ("DEBUG", "maybe"),
+        ("WS_MAX_INBOUND_BYTES", "-5"),
+        ("LOG_FORMAT", "xml"),
+    ],
+)
+def test_a_bad_value_stops_start_up_naming_the_variable(name, value):
+    result = manage("check", **{name: value})
+    assert result.returncode != 0
+    assert f"{name}=" in result.stderr
+    assert "ImproperlyConfigured" in result.stderr
+
+
+def test_debug_off_without_a_secret_key_refuses_to_start():
+    result = manage("check", DEBUG="false", SECRET_KEY="")
+    assert result.returncode != 0
+    assert "SECRET_KEY is not set" in result.stderr
+
+
+def test_the_embedded_default_needs_no_services():
+    result = manage(
+        "shell",
+        "-v",
+        "0",
+        "-c",
+        "from django.conf import settings as s;"
+        "print(s.EMBEDDED, s.CHANNEL_LAYERS['default']['BACKEND'], s.DATABASES['default']['ENGINE'],"
+        " s.FEED_SOURCE, s.FEED_IN_PROCESS, s.SIMULATOR_CLOCK)",
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [
+        "True",
+        "channels.layers.InMemoryChannelLayer",
+        "django.db.backends.sqlite3",
+        "simulator",
+        "True",
+        "demo",
+    ]
+
+
+def test_redis_mode_uses_the_pubsub_layer_and_keeps_the_feed_out_of_web_processes():
+    result = manage(
+        "shell",
+        "-v",
+        "0",
+        "-c",
+        "from django.conf import settings as s;"
+        "print(s.EMBEDDED, s.CHANNEL_LAYERS['default']['BACKEND'], s.FEED_IN_PROCESS)",
+        REDIS_URL="redis://127.0.0.1:1/0",
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["False", "channels_redis.pubsub.RedisPubSubChannelLayer", "False"]
+
+
+def test_ssi_credentials_switch_the_default_source_to_ssi():
+    result = manage(
+        "shell",
+        "-v",
+        "0",
+        "-c",
+        "from django.conf import settings as s; print(s.FEED_SOURCE)",
+        SSI_CONSUMER_ID="id",
+        SSI_CONSUMER_SECRET="secret",
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ssi"
+
+
+def test_every_setting_is_documented_in_env_example_and_the_readme():
+    import re
+
+    source = (ROOT / "stocktracker" / "settings.py").read_text()
+    names = set(re.findall(r'_(?:read|positive|choice)\(\s*"([A-Z_]+)"', source))
+    names |= set(re.findall(r'env\.str\("([A-Z_]+)"', source))
+    example = (ROOT / ".env.example").read_text()
+    readme = (ROOT / "README.md").read_text()
+    assert names, "no settings found"
+    undocumented = sorted(n for n in names if f"{n}=" not in example and f"# {n}=" not in example)
+    assert not undocumented, f"missing from .env.example: {undocumented}"
+    missing = sorted(n for n in names if f"`{n}`" not in readme)
+    assert not missing, f"missing from the README settings table: {missing}"
