@@ -66,6 +66,8 @@ if not SECRET_KEY:
         )
     SECRET_KEY = "insecure-development-key-only-for-debug-mode-do-not-deploy"
 
+# Old keys still accepted for sessions and signed values while a new SECRET_KEY rolls out.
+SECRET_KEY_FALLBACKS = _read("SECRET_KEY_FALLBACKS", "list", [])
 ALLOWED_HOSTS = _read("ALLOWED_HOSTS", "list", ["127.0.0.1", "localhost", "[::1]"])
 CSRF_TRUSTED_ORIGINS = _read("CSRF_TRUSTED_ORIGINS", "list", [])
 
@@ -142,6 +144,8 @@ LOGOUT_REDIRECT_URL = "login"
 REDIS_URL = env.str("REDIS_URL", default="")
 EMBEDDED = not REDIS_URL
 CHANNEL_LAYER = _choice("CHANNEL_LAYER", "pubsub", ("pubsub", "core"))
+# Bounded connects: a Redis outage must become a quick 1013, never a hang.
+_LAYER_HOST = {"address": REDIS_URL, "socket_connect_timeout": 2, "socket_keepalive": True, "health_check_interval": 10}
 
 if EMBEDDED:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
@@ -149,14 +153,14 @@ elif CHANNEL_LAYER == "pubsub":
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL], "prefix": "stk"},
+            "CONFIG": {"hosts": [_LAYER_HOST], "prefix": "stk"},
         }
     }
 else:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [REDIS_URL], "prefix": "stk", "capacity": 200, "expiry": 60},
+            "CONFIG": {"hosts": [_LAYER_HOST], "prefix": "stk", "capacity": 200, "expiry": 60},
         }
     }
 
@@ -202,6 +206,9 @@ WS_INBOUND_BURST = _positive("WS_INBOUND_BURST", "int", 40, minimum=1)
 WS_MAX_CONNECTIONS_PER_IP = _positive("WS_MAX_CONNECTIONS_PER_IP", "int", 5, minimum=1)
 WS_LEASE_TTL = _positive("WS_LEASE_TTL", "float", 90.0, minimum=1)
 WS_TRUSTED_PROXIES = _read("WS_TRUSTED_PROXIES", "list", [])
+# Bytes that may wait for one client before it gets only the newest frame of
+# each kind (conflation); a client stuck above it for WS_HEARTBEAT_TIMEOUT is closed 4103.
+WS_SEND_BUFFER_BYTES = _positive("WS_SEND_BUFFER_BYTES", "int", 65536, minimum=4096)
 
 # --- Tokens and limits ------------------------------------------------------
 
