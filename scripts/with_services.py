@@ -112,32 +112,36 @@ def start_postgres(tmp):
     port = free_port()
     data = os.path.join(tmp, "pg")
     os.makedirs(data)
-    # PostgreSQL refuses to run as root: run it as the `postgres` user.
-    as_user = []
+    # PostgreSQL refuses to run as root: run it as the `postgres` user, directly
+    # (no runuser wrapper in between, so our signals reach the server itself).
+    as_user = {}
     if os.geteuid() == 0:
         shutil.chown(tmp, "postgres")
         shutil.chown(data, "postgres")
-        as_user = ["runuser", "-u", "postgres", "--"]
+        as_user = {"user": "postgres", "group": "postgres", "extra_groups": []}
     subprocess.run(
-        [*as_user, pg_bin("initdb"), "-D", data, "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-locale"],
+        [pg_bin("initdb"), "-D", data, "-U", "postgres", "-A", "trust", "-E", "UTF8", "--no-locale"],
         check=True,
         stdout=subprocess.DEVNULL,
+        **as_user,
     )
     proc = subprocess.Popen(
         [
-            *as_user, pg_bin("postgres"), "-D", data, "-p", str(port), "-h", "127.0.0.1", "-k", tmp,
+            pg_bin("postgres"), "-D", data, "-p", str(port), "-h", "127.0.0.1", "-k", tmp,
             # A throwaway cluster: durability buys nothing, speed does.
             "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
             "-c", "max_connections=200",
         ],
         stdout=subprocess.DEVNULL,
         stderr=open(os.path.join(tmp, "postgres.log"), "w"),
+        **as_user,
     )
     wait_for(lambda: port_open(port), "postgres")
     url = f"postgres://postgres@127.0.0.1:{port}/stocktracker"
     subprocess.run(
-        [*as_user, pg_bin("createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "stocktracker"],
+        [pg_bin("createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres", "stocktracker"],
         check=True,
+        **as_user,
     )
     log(f"postgres on 127.0.0.1:{port}")
     return proc, url

@@ -14,9 +14,17 @@ PHASES = {
 }
 
 
+def _num(value):
+    """A number, or None for unknown (None, '' from a missing template variable, text)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return value
+
+
 def price_class(price, ref, ceiling=None, floor=None):
     """Vietnamese board colour of `price` against the day's band:
     ceiling purple, floor cyan, reference yellow, up green, down red."""
+    price, ref, ceiling, floor = _num(price), _num(ref), _num(ceiling), _num(floor)
     if price is None or ref is None:
         return ""
     if ceiling is not None and price >= ceiling:
@@ -31,6 +39,7 @@ def price_class(price, ref, ceiling=None, floor=None):
 
 
 def sign_class(change):
+    change = _num(change)
     if change is None:
         return ""
     return "c-up" if change > 0 else "c-down" if change < 0 else "c-ref"
@@ -38,18 +47,21 @@ def sign_class(change):
 
 def kprice(value):
     """VND price in thousands with two decimals: 24500 -> '24.50'."""
+    value = _num(value)
     if value is None:
         return ""
     return f"{value / 1000:,.2f}"
 
 
 def signed_kprice(value):
+    value = _num(value)
     if value is None:
         return ""
     return f"{value / 1000:+,.2f}"
 
 
 def pct(value):
+    value = _num(value)
     if value is None:
         return ""
     return f"{value:+.2f}%"
@@ -57,18 +69,21 @@ def pct(value):
 
 def number(value):
     """Shares or contracts with thousands separators."""
+    value = _num(value)
     if value is None:
         return ""
     return f"{round(value):,}"
 
 
 def points(value, digits=2):
+    value = _num(value)
     if value is None:
         return ""
     return f"{value:,.{digits}f}"
 
 
 def signed_points(value, digits=2):
+    value = _num(value)
     if value is None:
         return ""
     return f"{value:+,.{digits}f}"
@@ -76,6 +91,7 @@ def signed_points(value, digits=2):
 
 def compact(value):
     """Large counts for narrow cells: 1234567 -> '1.23M'."""
+    value = _num(value)
     if value is None:
         return ""
     size = abs(value)
@@ -87,6 +103,7 @@ def compact(value):
 
 def billions(value, signed=False):
     """VND amounts in billions (tỷ đồng) with two decimals."""
+    value = _num(value)
     if value is None:
         return ""
     return f"{value / 1e9:{'+' if signed else ''},.2f}"

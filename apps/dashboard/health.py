@@ -42,18 +42,19 @@ async def readyz(request):
     try:
         await asyncio.wait_for(state.ping(), timeout=3)
         checks["channel_layer"] = {"ok": True, "backend": "memory" if state.embedded else "redis"}
-    except (StateUnavailable, asyncio.TimeoutError) as exc:
+    except (TimeoutError, StateUnavailable) as exc:
         checks["channel_layer"] = {"ok": False, "error": str(exc) or "timeout"}
     checks["feed"] = await _feed_check(state) if checks["channel_layer"]["ok"] else {"ok": False, "error": "unknown"}
     ok = all(check["ok"] for check in checks.values())
     failed = [name for name, check in checks.items() if not check["ok"]]
-    return JsonResponse({"status": "ok" if ok else "unavailable", "failed": failed, "checks": checks}, status=200 if ok else 503)
+    body = {"status": "ok" if ok else "unavailable", "failed": failed, "checks": checks}
+    return JsonResponse(body, status=200 if ok else 503)
 
 
 async def _feed_check(state):
     try:
         feed = await asyncio.wait_for(state.feed_get(), timeout=3)
-    except (StateUnavailable, asyncio.TimeoutError):
+    except (TimeoutError, StateUnavailable):
         return {"ok": False, "error": "unreachable"}
     if not feed:
         return {"ok": False, "error": "no feed has reported yet"}

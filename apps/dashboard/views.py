@@ -129,8 +129,9 @@ async def snapshot(request, stream):
     else:
         user = await request.auser()
         if not user.is_authenticated:
-            return _api_error(401, "auth_required", "log in or send Authorization: Bearer <token>",
-                              WWW_Authenticate="Bearer")
+            return _api_error(
+                401, "auth_required", "log in or send Authorization: Bearer <token>", WWW_Authenticate="Bearer"
+            )
         member = f"user:{user.pk}"
     try:
         text = (await snapshots.latest_texts(member, [stream]))[stream]
@@ -146,8 +147,11 @@ def _token_rows(user):
 
     now = timezone.now()
     rows = []
-    for token in ApiToken.objects.filter(user=user).order_by("-created_at"):
-        reason = token.rejection(at=now) if hasattr(token, "rejection") else None
+    for token in ApiToken.objects.filter(user=user).select_related("user").order_by("-created_at"):
+        if hasattr(token, "status_at"):  # active, expiring, expired or revoked
+            status = token.status_at(now)
+        else:
+            status = {None: "active", "retired": "revoked"}.get(token.rejection(at=now), "revoked")
         rows.append(
             {
                 "id": token.pk,
@@ -160,7 +164,7 @@ def _token_rows(user):
                 "last_used_at": getattr(token, "last_used_at", None),
                 "last_used_ip": getattr(token, "last_used_ip", None),
                 "max_connections": getattr(token, "max_connections", None),
-                "status": {None: "active"}.get(reason, reason),
+                "status": status,
             }
         )
     return rows, UserLimits.for_user(user)

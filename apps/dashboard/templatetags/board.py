@@ -26,6 +26,8 @@ def phase_label(phase):
 @register.simple_tag
 def price_class(price, row):
     """Colour of `price` against the row's reference, ceiling and floor."""
+    if not row:
+        return ""
     return formatting.price_class(price, row.get("ref"), row.get("ceiling"), row.get("floor"))
 
 

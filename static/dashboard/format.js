@@ -1,0 +1,82 @@
+/* Number formats and board colours, shared by the other dashboard scripts.
+   Mirrors apps/dashboard/formatting.py: the server render and live updates agree. */
+(function () {
+  "use strict";
+  const config = JSON.parse(document.getElementById("stk-config").textContent);
+  const fmt = (digits, sign) => new Intl.NumberFormat("en-US", {
+    minimumFractionDigits: digits, maximumFractionDigits: digits, signDisplay: sign ? "always" : "auto",
+  });
+  const f2 = fmt(2), f2s = fmt(2, true), f1 = fmt(1), f1s = fmt(1, true), f0 = fmt(0);
+  const none = (v) => v === null || v === undefined || Number.isNaN(v);
+
+  function priceClass(price, ref, ceiling, floor) {
+    if (none(price) || none(ref)) return "";
+    if (!none(ceiling) && price >= ceiling) return "c-ceil";
+    if (!none(floor) && price <= floor) return "c-floor";
+    if (price > ref) return "c-up";
+    if (price < ref) return "c-down";
+    return "c-ref";
+  }
+
+  function signClass(v) {
+    if (none(v)) return "";
+    return v > 0 ? "c-up" : v < 0 ? "c-down" : "c-ref";
+  }
+
+  function compact(v) {
+    if (none(v)) return "";
+    const size = Math.abs(v);
+    for (const [limit, suffix] of [[1e9, "B"], [1e6, "M"], [1e3, "K"]]) {
+      if (size >= limit) return (v / limit).toFixed(2) + suffix;
+    }
+    return String(Math.round(v));
+  }
+
+  function sparklinePath(points, prior, width = 120, height = 32, pad = 2) {
+    const pts = (points || []).filter((p) => p && !none(p[0]) && !none(p[1]));
+    if (pts.length < 2) return { path: "", priorY: null };
+    const times = pts.map((p) => p[0]);
+    const values = pts.map((p) => p[1]).concat(none(prior) ? [] : [prior]);
+    const t0 = Math.min(...times), t1 = Math.max(...times);
+    const lo = Math.min(...values), hi = Math.max(...values);
+    const spanT = (t1 - t0) || 1, spanV = (hi - lo) || 1;
+    const r1 = (x) => Math.round(x * 10) / 10;
+    const y = (v) => r1(pad + (hi - v) / spanV * (height - 2 * pad));
+    const path = pts.map((p, i) => (i ? "L" : "M") + r1(pad + (p[0] - t0) / spanT * (width - 2 * pad)) + " " + y(p[1])).join("");
+    return { path, priorY: none(prior) ? null : y(prior) };
+  }
+
+  const escapeMap = { "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" };
+
+  window.STK = {
+    config,
+    priceClass,
+    signClass,
+    compact,
+    sparklinePath,
+    kprice: (v) => (none(v) ? "" : f2.format(v / 1000)),
+    signedKprice: (v) => (none(v) ? "" : f2s.format(v / 1000)),
+    pct: (v) => (none(v) ? "" : f2s.format(v).replace(/,/g, "") + "%"),
+    number: (v) => (none(v) ? "" : f0.format(Math.round(v))),
+    points: (v, d = 2) => (none(v) ? "" : (d === 1 ? f1 : f2).format(v)),
+    signedPoints: (v, d = 2) => (none(v) ? "" : (d === 1 ? f1s : f2s).format(v)),
+    billions: (v, signed) => (none(v) ? "" : (signed ? f2s : f2).format(v / 1e9)),
+    escape: (s) => String(s === null || s === undefined ? "" : s).replace(/[&<>"']/g, (c) => escapeMap[c]),
+    /* Restart a short highlight on an element whose value changed. */
+    flash(el, direction) {
+      el.classList.remove("flash", "flash-up", "flash-down");
+      void el.offsetWidth;
+      const cls = direction > 0 ? "flash-up" : direction < 0 ? "flash-down" : "flash";
+      el.classList.add(cls);
+      clearTimeout(el._flashTimer);
+      el._flashTimer = setTimeout(() => el.classList.remove(cls), 700);
+    },
+    /* Call fn(frame) for every snapshot of one stream. */
+    onSnapshot(stream, fn) {
+      document.addEventListener("stk:frame", (ev) => {
+        const { frame } = ev.detail;
+        if (frame.type === "snapshot" && frame.stream === stream && frame.data) fn(frame.data, frame);
+      });
+    },
+  };
+})();
