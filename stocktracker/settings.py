@@ -243,6 +243,8 @@ LOGGING = {
     "loggers": {
         "django": {"level": LOG_LEVEL, "propagate": True},
         "daphne": {"level": "WARNING" if LOG_LEVEL != "DEBUG" else "DEBUG", "propagate": True},
+        # One INFO line per SSI request is noise; the feed logs what matters.
+        "httpx": {"level": "WARNING" if LOG_LEVEL != "DEBUG" else "DEBUG", "propagate": True},
     },
 }
 

@@ -22,5 +22,7 @@ class EmbeddedFeed:
             from .runner import run_feed
 
             log.info("starting the feed inside the web process (source=%s)", settings.FEED_SOURCE)
-            self.task = asyncio.ensure_future(run_feed(stop=asyncio.Event(), elect=False))
+            # Electing costs nothing in embedded mode (always the leader) and keeps
+            # several web processes sharing Redis from all polling at once.
+            self.task = asyncio.ensure_future(run_feed(stop=asyncio.Event(), elect=True))
         return await self.app(scope, receive, send)

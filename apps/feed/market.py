@@ -110,6 +110,13 @@ def is_open(moment, board="HOSE"):
     return phase(moment, board) in OPEN_PHASES
 
 
+def is_active(moment):
+    """From shortly before the first session to shortly after the last, on a
+    trading day: the hours in which a feed polls at full speed."""
+    local = moment.astimezone(VN)
+    return is_trading_day(local.date()) and dt.time(8, 40) <= local.time() < dt.time(15, 5)
+
+
 def tick_size(price, board="HOSE"):
     """Price step in VND for a stock on `board` (HOSE table for stocks and funds)."""
     if board != "HOSE":
@@ -123,7 +130,7 @@ def tick_size(price, board="HOSE"):
 
 def round_to_tick(price, board="HOSE"):
     tick = tick_size(price, board)
-    return int(round(price / tick)) * tick
+    return round(price / tick) * tick
 
 
 def bands(ref, board="HOSE"):

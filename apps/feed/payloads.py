@@ -86,7 +86,7 @@ def board_symbols(data):
 
 def index_value(data, code):
     row = data.indices.get(code)
-    return r.to_float(r.read(row, ("value",))["value"]) if row else None
+    return r.to_float(r.read(row, r.INDEX_FIELDS, ("value",))["value"]) if row else None
 
 
 # --- market -------------------------------------------------------------------

@@ -49,7 +49,14 @@ INDEX_FIELDS = {
     "session": ("TradingSession",),
 }
 
-_LOWER = {field: tuple(name.lower() for name in names) for field, names in (STOCK_FIELDS | INDEX_FIELDS).items()}
+_LOWERED = {}
+
+
+def _lowered(table):
+    names = _LOWERED.get(id(table))
+    if names is None:
+        names = _LOWERED[id(table)] = {field: tuple(n.lower() for n in spellings) for field, spellings in table.items()}
+    return names
 
 
 def lower_keys(raw):
@@ -66,10 +73,12 @@ def pick(row, names):
     return None
 
 
-def read(raw, fields):
-    """Map a raw SSI row to our field names; values stay as SSI sent them."""
+def read(raw, table, fields=None):
+    """Map a raw SSI row to our field names (all of `table`, or `fields` of it);
+    values stay as SSI sent them."""
     row = lower_keys(raw)
-    return {field: pick(row, _LOWER[field]) for field in fields}
+    names = _lowered(table)
+    return {field: pick(row, names[field]) for field in fields or table}
 
 
 def to_decimal(value):

@@ -1,5 +1,373 @@
-"""Placeholder until the feed lands: see issue 5."""
+"""The feed loop: one cycle at a time, only on the leader, only for subscribed streams.
+
+`Feed.cycle()` is the unit a test calls: touch the heartbeat, confirm the
+leader lock, count subscribers, fetch what they need, build each payload,
+publish those whose fingerprint changed (checking the lock before each
+publish), and report the feed state when it changes. `run_feed()` is a thin
+loop around it: short sleep slices, an early wake on the `feed-wake` channel,
+lock renewal while idle, and a clean release of the lock on stop.
+
+Leadership is a redis-py Lock (key `stk:feed:leader`, TTL FEED_LEADER_TTL):
+a standby retries it every second, so it takes over within TTL + 1 s of a
+leader's death, at once after a clean stop. Embedded mode has one process
+and is always the leader.
+
+The feed never touches the database, so it has no connections to recycle.
+"""
+
+import asyncio
+import json
+import logging
+import random
+import time
+from collections import deque
+
+from channels.layers import get_channel_layer
+from django.conf import settings
+
+from apps.streams import protocol
+from apps.streams.publish import publish_feed_state, publish_snapshot
+from apps.streams.state import get_state
+
+from . import market
+from .payloads import BUILDERS, board_flow, fingerprint, index_value
+from .simulator import POINT_EVERY_S
+
+log = logging.getLogger("apps.feed")
+
+LOCK_KEY = "stk:feed:leader"
+WAKE_CHANNEL = "feed-wake"  # streams send {"type": "feed.wake"} on a stream's first subscriber
+SLICE_S = 0.5  # sleep granularity: how fast a stop or a wake is noticed
+STANDBY_RETRY_S = 1.0
+TOUCH_EVERY_S = 5.0
+DOWN_AFTER_S = 300.0  # failing this long (or unrecoverably) turns stale into down
+BACKOFF_CAP_S = 60.0
+
+
+def make_source():
+    if settings.FEED_SOURCE == "ssi":
+        from .ssi import SSISource
+
+        return SSISource()
+    from .simulator import SimulatorSource
+
+    return SimulatorSource()
+
+
+class Leadership:
+    """The leader lock in Redis; always held in embedded mode or when not electing."""
+
+    def __init__(self, elect):
+        self.elect = elect
+        self.lock = None
+        self.held = False
+        self.terms = 0  # times this process took the lock
+
+    def _lock(self, state):
+        if self.lock is None:
+            self.lock = state.redis.lock(LOCK_KEY, timeout=settings.FEED_LEADER_TTL, thread_local=False)
+        return self.lock
+
+    async def ensure(self):
+        """Hold (or renew) the lock if possible; True while this process leads."""
+        state = get_state()
+        if not self.elect or state.embedded:
+            self.terms += not self.held
+            self.held = True
+            return True
+        from redis.exceptions import LockError
+
+        lock = self._lock(state)
+        if self.held:
+            try:
+                await lock.reacquire()
+                return True
+            except LockError:
+                self.held = False
+                log.warning("lost the feed leader lock")
+        self.held = bool(await lock.acquire(blocking=False))
+        if self.held:
+            self.terms += 1
+            log.info("took the feed leader lock")
+        return self.held
+
+    async def still_held(self):
+        """Checked right before every publish: a leader that lost the lock must not publish."""
+        state = get_state()
+        if not self.elect or state.embedded:
+            return True
+        self.held = await self._lock(state).owned()
+        return self.held
+
+    async def release(self):
+        if self.lock is None or not self.held:
+            return
+        from redis.exceptions import LockError, RedisError
+
+        self.held = False
+        try:
+            await self.lock.release()
+            log.info("released the feed leader lock")
+        except (LockError, RedisError, OSError):
+            log.warning("could not release the feed leader lock; it expires on its own")
+
+
+class Feed:
+    def __init__(self, source=None, *, elect=False):
+        self.source = source or make_source()
+        self.leader = Leadership(elect)
+        self.fingerprints = {}
+        self.term = 0
+        self.feed_state = None  # (state, detail) last published by this process
+        self.epoch = None
+        self.flow = deque()  # (source_ms, board foreign buy value, sell value)
+        self.points = {}  # index code -> [[ms, value], ...] on the POINT_EVERY_S grid
+        self.failures = 0
+        self.failing_since = None
+        self.wake = asyncio.Event()
+        self.stats = {"cycles": 0, "idle": 0, "fetches": 0, "builds": 0, "published": 0}
+
+    # --- one cycle -------------------------------------------------------------------
+
+    async def cycle(self):
+        """Run one cycle; returns {stream: seq} of what it published (None when not leading)."""
+        state = get_state()
+        await state.feed_touch()
+        if not await self.leader.ensure():
+            return None
+        if self.leader.terms != self.term:
+            # Another process may have published meanwhile: compare against nothing.
+            self.term = self.leader.terms
+            self.fingerprints.clear()
+            self.feed_state = None
+        self.stats["cycles"] += 1
+        needs = set()
+        for stream in protocol.STREAMS:
+            if await state.lease_count(f"stream:{stream}") > 0:
+                needs.add(stream)
+        if not needs:
+            self.stats["idle"] += 1
+            if self.feed_state is None:
+                # Once per term, from the clock alone: readiness needs a feed state
+                # even while nobody watches (no upstream request, no payload).
+                phase = market.phase(self.source.now())
+                await self.set_feed_state("live" if phase in market.OPEN_PHASES else "closed")
+            return {}  # zero-cost idle: no upstream request, nothing built or serialized
+        data = await self.source.fetch(needs)
+        self.stats["fetches"] += 1
+        epoch = data.trading_date.isoformat()
+        if epoch != self.epoch:
+            await self._new_epoch(epoch)
+        extras = self._track(data, needs)
+        feed = "live" if data.phase in market.OPEN_PHASES else "closed"
+        await self.set_feed_state(feed)
+        published = {}
+        for stream in protocol.STREAMS:
+            if stream not in needs:
+                continue
+            payload = BUILDERS[stream](data, *extras.get(stream, ()))
+            self.stats["builds"] += 1
+            mark = fingerprint(payload)
+            if mark == self.fingerprints.get(stream):
+                continue
+            if not await self.leader.still_held():
+                log.warning("not publishing %s: no longer the leader", stream)
+                return published
+            published[stream] = await publish_snapshot(
+                stream, payload, epoch=epoch, source_ms=data.source_ms, feed=feed, simulated=data.simulated
+            )
+            self.fingerprints[stream] = mark
+            self.stats["published"] += 1
+        self.failures, self.failing_since = 0, None
+        return published
+
+    async def _new_epoch(self, epoch):
+        self.epoch = epoch
+        self.flow.clear()
+        self.points = {}
+        # A restarted or new leader picks up today's sparkline from the latest index frame.
+        raw = await get_state().latest_get("index")
+        if raw:
+            try:
+                frame = json.loads(raw)
+                if frame.get("epoch") == epoch:
+                    for entry in frame["data"]["indices"]:
+                        points = entry["points"]
+                        # The last point is the then-current value unless it lies on the grid.
+                        if len(points) >= 2 and points[-1][0] - points[-2][0] < POINT_EVERY_S * 1000:
+                            points = points[:-1]
+                        self.points[entry["code"]] = points
+            except (ValueError, KeyError, TypeError):
+                log.warning("could not read sparkline points from the latest index frame")
+
+    def _track(self, data, needs):
+        """Per-cycle history the pure builders need: foreign flow samples and index points."""
+        extras = {}
+        if "foreign" in needs:
+            totals = board_flow(data)
+            self.flow.append((data.source_ms, totals["buy_value"], totals["sell_value"]))
+            while self.flow and self.flow[0][0] < data.source_ms - 120_000:
+                self.flow.popleft()
+            extras["foreign"] = (list(self.flow),)
+        if "index" in needs:
+            if data.points is not None:
+                points = data.points
+            else:
+                points = {}
+                for code in market.INDEX_CODES:
+                    value = index_value(data, code)
+                    fixed = self.points.setdefault(code, [])
+                    if value is None:
+                        points[code] = list(fixed)
+                        continue
+                    if data.phase in market.OPEN_PHASES and (
+                        not fixed or data.source_ms >= fixed[-1][0] + POINT_EVERY_S * 1000
+                    ):
+                        fixed.append([data.source_ms, value])
+                    current = [data.source_ms, value]
+                    points[code] = list(fixed) if fixed and fixed[-1] == current else [*fixed, current]
+            extras["index"] = (points,)
+        return extras
+
+    async def set_feed_state(self, name, detail=""):
+        """Publish the feed state when it changes (live, stale, down, closed)."""
+        if self.feed_state == (name, detail):
+            return
+        await publish_feed_state(name, detail=detail, simulated=self.source.simulated)
+        self.feed_state = (name, detail)
+        log.info("feed is %s%s", name, f" ({detail})" if detail else "")
+
+    async def safe_cycle(self):
+        """A cycle that cannot raise: failures are logged and mark the feed stale (or down)."""
+        try:
+            return await self.cycle()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.failures += 1
+            now = time.monotonic()
+            self.failing_since = self.failing_since or now
+            log.exception("feed cycle failed (%d in a row)", self.failures)
+            retryable = getattr(exc, "retryable", True)
+            name = "down" if not retryable or now - self.failing_since >= DOWN_AFTER_S else "stale"
+            detail = f"{type(exc).__name__}: {exc}"[:200]
+            if self.leader.held:
+                try:
+                    await self.set_feed_state(name, detail)
+                except Exception:  # noqa: BLE001 - Redis may be what failed
+                    log.warning("could not publish the feed state %s", name)
+            return None
+
+    async def timed_cycle(self):
+        """`safe_cycle`, warning when it took more than half the interval."""
+        started = time.monotonic()
+        result = await self.safe_cycle()
+        took = time.monotonic() - started
+        interval = self.source.interval()
+        if took > interval / 2:
+            log.warning("slow feed cycle: %.2f s (interval %.1f s)", took, interval)
+        return result
+
+    # --- the loop ----------------------------------------------------------------------
+
+    def next_interval(self):
+        interval = self.source.interval()
+        if self.failures:
+            interval += random.uniform(0, min(BACKOFF_CAP_S, 2.0**self.failures))
+        return interval
+
+    async def run(self, stop):
+        listener = None
+        keeper = asyncio.ensure_future(self._keep(stop))
+        try:
+            while not stop.is_set():
+                if not self.leader.held:
+                    if listener is not None:
+                        listener.cancel()
+                        listener = None
+                    await self._pause(stop, STANDBY_RETRY_S)
+                    continue
+                if listener is None:
+                    listener = asyncio.ensure_future(self._listen())
+                self.wake.clear()
+                started = time.monotonic()
+                if not await self._run_until_stopped(self.timed_cycle(), stop):
+                    break
+                await self._pause(stop, max(0.0, self.next_interval() - (time.monotonic() - started)))
+        finally:
+            for task in (keeper, listener):
+                if task is not None:
+                    task.cancel()
+            await asyncio.gather(*(t for t in (keeper, listener) if t is not None), return_exceptions=True)
+            await self.leader.release()
+            await self.source.aclose()
+            log.info("feed stopped")
+
+    async def _run_until_stopped(self, coro, stop):
+        """Run `coro`, cancelling it if `stop` is set meanwhile; False if stopped."""
+        task = asyncio.ensure_future(coro)
+        while not task.done():
+            await asyncio.wait({task}, timeout=SLICE_S)
+            if stop.is_set() and not task.done():
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
+                return False
+        return True
+
+    async def _pause(self, stop, seconds):
+        """Sleep in short slices; return early on stop, on a wake, or when a standby becomes leader."""
+        deadline = time.monotonic() + seconds
+        was_leader = self.leader.held
+        while not stop.is_set() and not self.wake.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or (self.leader.held and not was_leader):
+                return
+            try:
+                await asyncio.wait_for(self.wake.wait(), timeout=min(SLICE_S, remaining))
+            except TimeoutError:
+                pass
+
+    async def _keep(self, stop):
+        """Renew (or, on a standby, try to take) the lock and touch the heartbeat,
+        also while a long cycle or a long idle sleep is in progress."""
+        last_touch = 0.0
+        while not stop.is_set():
+            try:
+                leading = await self.leader.ensure()
+                if leading and time.monotonic() - last_touch >= TOUCH_EVERY_S:
+                    await get_state().feed_touch()
+                    last_touch = time.monotonic()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning("feed leadership check failed", exc_info=True)
+            interval = STANDBY_RETRY_S if not self.leader.held else min(settings.FEED_LEADER_TTL / 3, TOUCH_EVERY_S)
+            await asyncio.sleep(interval)
+
+    async def _listen(self):
+        """Wake the loop when a stream gets its first subscriber."""
+        layer = get_channel_layer()
+        while True:
+            try:
+                message = await layer.receive(WAKE_CHANNEL)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.warning("feed wake listener failed; retrying", exc_info=True)
+                await asyncio.sleep(1)
+                continue
+            if message.get("type") == "feed.wake":
+                log.debug("woken by a new subscriber")
+                self.wake.set()
 
 
 async def run_feed(*, stop, elect):
-    await stop.wait()
+    """Run the feed until `stop` is set (runworker, or the embedded web process)."""
+    feed = Feed(elect=elect)
+    log.info(
+        "feed starting: source=%s%s, leader election %s",
+        settings.FEED_SOURCE,
+        f" ({settings.SIMULATOR_CLOCK} clock)" if settings.FEED_SOURCE == "simulator" else "",
+        "on" if elect else "off",
+    )
+    await feed.run(stop)

@@ -1,0 +1,64 @@
+"""Measure one feed cycle: upstream requests and CPU time, for SSI (against the
+fake server) and for the simulator, with all three streams subscribed.
+
+    python scripts/with_services.py -- .venv/bin/python -m apps.feed.tests.cycle_cost
+
+CPU is `time.thread_time()` of the event-loop thread only: the fake SSI
+server's threads are not counted. Publishing goes to the real Redis.
+"""
+
+import asyncio
+import os
+import time
+
+
+async def measure(label, feed, clock, cycles, requests=lambda: 0):
+    from apps.streams.state import get_state
+
+    for stream in ("market", "foreign", "index"):
+        await get_state().lease_acquire(f"bench-{stream}", [(f"stream:{stream}", None)], 600)
+    await feed.cycle()  # resolves the day (SSI: basket + future) and warms up
+    start_requests, start_cpu, start_wall = requests(), time.thread_time(), time.perf_counter()
+    for _ in range(cycles):
+        clock.advance(seconds=10)
+        await feed.cycle()
+    cpu = (time.thread_time() - start_cpu) / cycles
+    wall = (time.perf_counter() - start_wall) / cycles
+    per_cycle = (requests() - start_requests) / cycles
+    print(
+        f"{label}: {per_cycle:.1f} requests/cycle, CPU {cpu * 1000:.1f} ms/cycle "
+        f"(wall {wall * 1000:.1f} ms), published {feed.stats['published']} frames in {cycles + 1} cycles"
+    )
+    for stream in ("market", "foreign", "index"):
+        await get_state().lease_release(f"bench-{stream}", [f"stream:{stream}"])
+    idle_cpu = time.thread_time()
+    for _ in range(cycles):
+        await feed.cycle()
+    print(f"{label} idle (no subscriber): CPU {(time.thread_time() - idle_cpu) / cycles * 1000:.2f} ms/cycle")
+    await feed.leader.release()
+
+
+async def main():
+    from apps.feed.runner import Feed
+    from apps.feed.simulator import SimulatorSource
+    from apps.feed.ssi import SSISource
+
+    from .conftest import Clock, ssi_client
+    from .fake_ssi import FakeSSI
+
+    clock = Clock()
+    with FakeSSI(now=clock) as fake:
+        source = SSISource(ssi_client(fake, max_rps=1000), now=clock, extra=[], futures_override="")
+        await measure("ssi (VN30 + future + 5 indices)", Feed(source, elect=True), clock, 50, lambda: source.requests)
+        await source.aclose()
+    clock = Clock()
+    await measure("simulator", Feed(SimulatorSource(clock="wall", seed=1, now=clock), elect=True), clock, 200)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "stocktracker.settings")
+    os.environ.setdefault("LOG_LEVEL", "warning")
+    import django
+
+    django.setup()
+    asyncio.run(main())

@@ -1,0 +1,313 @@
+"""A fake SSI FastConnect Data server: real HTTP on 127.0.0.1, in a thread.
+
+It serves the documented v2 shapes (numbers as strings, `status` as a string
+on market endpoints and an int on AccessToken, nested IndexComponent and
+RepeatedInfo), with data from the simulator, and can be told to fail the
+next request(s) in each way SSI is known or expected to fail:
+
+    server.fail("body401")      HTTP 200 + {"status": 401, "message": "Unauthorized"}
+    server.fail("http401")      HTTP 401
+    server.fail("429", retry_after=1)   HTTP 429 + Retry-After + the WebApiThrottle text
+    server.fail("500")          HTTP 500
+    server.fail("timeout", delay=2)     answers only after `delay` seconds
+    server.fail("garbage")      HTTP 200 + a body that is not JSON
+    server.fail("expired_jwt", on="token")  the next token is issued already expired
+    server.fail("invalid_key", on="token")  {"message": "The connection is invalid", "status": 400}
+"""
+
+import base64
+import datetime as dt
+import json
+import threading
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qsl, urlsplit
+
+from apps.feed import market
+from apps.feed.simulator import VN30_BASKET, Simulator
+
+CONSUMER_ID = "fake-consumer-id"
+CONSUMER_SECRET = "fake-consumer-secret"
+DATA_FAILURES = ("body401", "http401", "429", "500", "timeout", "garbage")
+TOKEN_FAILURES = ("expired_jwt", "invalid_key", "500", "timeout", "garbage", "429")
+
+
+def make_jwt(exp, subject=CONSUMER_ID):
+    def part(obj):
+        return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
+
+    claims = {"sub": subject, "exp": int(exp), "jti": uuid.uuid4().hex}
+    return f"{part({'alg': 'RS256', 'typ': 'JWT'})}.{part(claims)}.ZmFrZS1zaWduYXR1cmU"
+
+
+def ssi_text(value, decimals=None):
+    """SSI-style string numbers: "28600", "663258204999.9850"; unknown -> null."""
+    if value is None:
+        return None
+    if decimals is not None:
+        return f"{value:.{decimals}f}"
+    return str(value)
+
+
+_VALUE_KEYS = {"TotalMatchVal", "TotalTradedValue", "ForeignBuyValTotal", "ForeignSellValTotal", "NetBuySellVal"}
+
+
+def stock_row_text(row):
+    out = {}
+    for key, value in row.items():
+        if key == "Market":
+            continue  # DailyStockPrice rows do not say their market
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            out[key] = ssi_text(value, 4 if key in _VALUE_KEYS else None)
+        else:
+            out[key] = value
+    return out
+
+
+class Request:
+    def __init__(self, method, name, params, headers, at):
+        self.method, self.name, self.params, self.headers, self.at = method, name, params, headers, at
+
+    def __repr__(self):
+        return f"<{self.method} {self.name} {self.params}>"
+
+
+class FakeSSI:
+    def __init__(self, *, seed=7, now=market.vn_now, token_ttl=8 * 3600, board_padding=0):
+        self.now = now
+        self.token_ttl = token_ttl
+        self.board_padding = board_padding  # extra HOSE rows (to exercise paging)
+        self.simulator = Simulator(seed)
+        self.requests = []
+        self.valid_tokens = set()
+        self.futures_listed = True
+        self._failures = []  # [kind, on, options]
+        self._lock = threading.Lock()
+        self._server = None
+        self._thread = None
+
+    # --- control -------------------------------------------------------------------
+
+    def fail(self, kind, times=1, on="data", **options):
+        assert kind in (TOKEN_FAILURES if on == "token" else DATA_FAILURES), kind
+        with self._lock:
+            for _ in range(times):
+                self._failures.append((kind, on, options))
+
+    def revoke_tokens(self):
+        with self._lock:
+            self.valid_tokens.clear()
+
+    def calls(self, name=None):
+        return [r for r in self.requests if name is None or r.name.lower() == name.lower()]
+
+    def reset_log(self):
+        self.requests.clear()
+
+    @property
+    def url(self):
+        host, port = self._server.server_address
+        return f"http://{host}:{port}/"
+
+    def start(self):
+        handler = type("Handler", (_Handler,), {"fake": self})
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self._server.daemon_threads = True
+        self._server.block_on_close = False
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self):
+        if self._server:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    # --- behaviour -----------------------------------------------------------------
+
+    def _take_failure(self, on):
+        with self._lock:
+            for index, (kind, where, options) in enumerate(self._failures):
+                if where == on:
+                    del self._failures[index]
+                    return kind, options
+        return None, {}
+
+    def handle(self, method, path, query, headers, body):
+        name = path.rstrip("/").rsplit("/", 1)[-1]
+        params = {}
+        for key, value in parse_qsl(query, keep_blank_values=True):
+            params[key.lower().removeprefix("lookuprequest.")] = value
+        self.requests.append(Request(method, name, params, headers, time.monotonic()))
+        on = "token" if name.lower() == "accesstoken" else "data"
+        kind, options = self._take_failure(on)
+        if kind == "timeout":
+            time.sleep(options.get("delay", 2.0))
+        elif kind == "500":
+            return 500, {}, b"<html>Internal Server Error</html>"
+        elif kind == "429":
+            wait = str(options.get("retry_after", 1))
+            text = b'{"Message":"API calls quota exceeded! maximum admitted 1 per 1s."}'
+            return 429, {"Retry-After": wait}, text
+        elif kind == "garbage":
+            return 200, {}, b"<!DOCTYPE html><title>Maintenance</title>{not json"
+        elif kind == "http401":
+            return 401, {}, b'{"message":"Unauthorized"}'
+        elif kind == "body401":
+            return 200, {}, _json({"status": 401, "message": "Unauthorized", "data": None})
+        if on == "token":
+            return self._token(body, kind)
+        token = headers.get("authorization", "").removeprefix("Bearer ").strip()
+        if not token:
+            return 200, {}, _json({"message": "Missing Authorization header", "status": 401})
+        with self._lock:
+            valid = token in self.valid_tokens
+        if not valid or (_exp(token) or 0) <= time.time():
+            return 200, {}, _json({"status": 401, "message": "Unauthorized", "data": None})
+        handler = getattr(self, f"_{name.lower()}", None)
+        if handler is None or method != "GET":
+            return 404, {}, b'{"Message":"No HTTP resource was found that matches the request URI."}'
+        return 200, {}, _json(handler(params))
+
+    def _token(self, body, kind):
+        try:
+            credentials = json.loads(body or b"{}")
+        except ValueError:
+            credentials = {}
+        if kind == "invalid_key" or (
+            credentials.get("consumerID") != CONSUMER_ID or credentials.get("consumerSecret") != CONSUMER_SECRET
+        ):
+            return 200, {}, _json({"message": "The connection is invalid", "status": 400, "data": None})
+        exp = time.time() - 60 if kind == "expired_jwt" else time.time() + self.token_ttl
+        token = make_jwt(exp)
+        with self._lock:
+            self.valid_tokens.add(token)
+        return 200, {}, _json({"message": "Success", "status": 200, "data": {"accessToken": token}})
+
+    # --- endpoints -------------------------------------------------------------------
+
+    def _snapshot(self):
+        with self._lock:
+            return self.simulator.snapshot(self.now())
+
+    @staticmethod
+    def _page(rows, params, default_size=10):
+        size = int(params.get("pagesize") or default_size)
+        index = int(params.get("pageindex") or 1)
+        page = rows[(index - 1) * size : index * size]
+        status = "Success" if rows else "NoDataFound"
+        message = "Success" if rows else "No data found"
+        return {"data": page, "message": message, "status": status, "totalRecord": len(rows)}
+
+    def _same_day(self, data, params):
+        wanted = params.get("fromdate")
+        return not wanted or wanted == data.trading_date.strftime("%d/%m/%Y")
+
+    def _indexcomponents(self, params):
+        if params.get("indexcode", "").upper() != "VN30":
+            return self._page([], params)
+        components = [{"Isin": s, "StockSymbol": s} for s in VN30_BASKET]
+        row = {"IndexCode": "VN30", "IndexName": "VN30", "Exchange": "HOSE", "TotalSymbolNo": "30"}
+        return self._page([{**row, "IndexComponent": components}], params)
+
+    def _securitiesdetails(self, params):
+        if params.get("market", "").upper() != "DER" or not self.futures_listed:
+            return self._page([], params)
+        today = market.trading_date(self.now())
+        items = []
+        year, month = today.year, today.month
+        for _ in range(4):
+            expiry = market.futures_expiry(year, month)
+            if expiry >= today - dt.timedelta(days=40):
+                items.append(
+                    {
+                        "Symbol": market.futures_code(year, month),
+                        "SymbolName": f"VN30 futures {month:02d}/{year}",
+                        "SecType": "FU",
+                        "MarketId": "DER",
+                        "Underlying": "VN30",
+                        "LastTradingDate": expiry.strftime("%d/%m/%Y"),
+                        "ContractMultiplier": "100000",
+                        "LotSize": "1",
+                    }
+                )
+            year, month = (year + 1, 1) if month == 12 else (year, month + 1)
+        row = {"RType": "y", "ReportDate": today.strftime("%d/%m/%Y"), "TotalNoSym": str(len(items))}
+        return self._page([{**row, "RepeatedInfo": items}], params)
+
+    def _dailystockprice(self, params):
+        data = self._snapshot()
+        if not self._same_day(data, params):
+            return self._page([], params)
+        wanted_market = params.get("market", "").upper()
+        symbol = params.get("symbol", "").upper()
+        if wanted_market == "DER":
+            row = data.futures.row
+            rows = [stock_row_text(row)] if not symbol or symbol == row["Symbol"] else []
+            return self._page(rows, params)
+        rows = [row for row in data.stocks if not wanted_market or row["Market"] == wanted_market]
+        if symbol:
+            rows = [row for row in rows if row["Symbol"] == symbol]
+        rows = [stock_row_text(row) for row in rows]
+        if wanted_market == "HOSE" and not symbol:
+            template = rows[0]
+            rows += [{**template, "Symbol": f"Z{n:03d}"} for n in range(self.board_padding)]
+        return self._page(rows, params)
+
+    def _dailyindex(self, params):
+        data = self._snapshot()
+        code = params.get("indexid", "")
+        row = next((r for c, r in data.indices.items() if c.lower() == code.lower()), None)
+        if row is None or not self._same_day(data, params):
+            return self._page([], params)
+        text = {key: (ssi_text(v) if isinstance(v, int | float) else v) for key, v in row.items()}
+        return self._page([text], params)
+
+
+def _json(obj):
+    return json.dumps(obj).encode()
+
+
+def _exp(token):
+    from apps.feed.ssi import jwt_exp
+
+    return jwt_exp(token)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    fake = None
+    protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out as separate writes
+
+    def _serve(self):
+        url = urlsplit(self.path)
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        try:
+            status, extra, payload = self.fake.handle(self.command, url.path, url.query, headers, body)
+        except Exception as exc:  # noqa: BLE001 - a bug in the fake answers 500, visibly
+            status, extra, payload = 500, {}, f"fake SSI error: {exc!r}".encode()
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json; charset=utf-8")
+            self.send_header("Content-Length", str(len(payload)))
+            for key, value in extra.items():
+                self.send_header(key, value)
+            self.end_headers()
+            self.wfile.write(payload)
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the client gave up (timeout tests)
+
+    do_GET = do_POST = _serve
+
+    def log_message(self, format, *args):
+        pass
