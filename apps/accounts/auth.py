@@ -4,11 +4,39 @@
 message and periodic re-check. Both return a `TokenCheck`: a grant, or the
 reason the token may not be used ('bad', 'revoked', 'retired', 'expired',
 'stream'). Accounts knows nothing of sockets; streams maps reasons to codes.
+
+Connects are cached so that a reconnect storm does not become a query storm:
+
+- A malformed token (wrong shape or checksum) is refused with no I/O at all.
+- Each process keeps what it loaded, keyed by lookup prefix, together with
+  the token's *generation*: an opaque value in shared state (Redis in
+  production, this process in embedded mode) that every committed change
+  replaces (`apps.accounts.signals`). A cached copy is used only while the
+  generation it was loaded under is still the current one, so a revoked token
+  is refused on the very next connect on every process. A missing generation
+  (first use, Redis flushed or restarted) means: load from the database.
+- Time-based rules (expiry, end of a rotation grace) are evaluated on every
+  use from the cached timestamps, so they hold to the second.
+- If shared state cannot be reached the check falls back to the database.
+- last_used (time, IP) is written at most once a minute per token: a
+  per-process timer, a shared claim, then a conditional UPDATE.
 """
 
+import hmac
+import logging
+import time
+from collections import OrderedDict
 from dataclasses import dataclass
+from datetime import datetime
 
 from channels.db import database_sync_to_async
+from django.conf import settings
+from django.utils import timezone
+
+from . import tokens
+from .signals import GENERATION_TTL, generation_key
+
+log = logging.getLogger("apps.accounts")
 
 
 @dataclass(frozen=True)
@@ -20,43 +48,209 @@ class TokenCheck:
     username: str | None = None
     token_max_connections: int | None = None
     user_max_connections: int | None = None
+    # When the token stops working by itself (None: not by time). Lets the
+    # socket side schedule a close at the exact moment.
+    expires_at: datetime | None = None
+    retires_at: datetime | None = None
+    streams: tuple[str, ...] = ()
 
     @property
     def ok(self):
         return self.reason is None
 
 
-@database_sync_to_async
-def _load(raw=None, token_id=None, stream=None):
-    from .models import ApiToken, UserLimits
+BAD = TokenCheck(reason="bad")
 
-    if token_id is not None:
-        token = ApiToken.objects.select_related("user").filter(pk=token_id).first()
-    else:
-        token = ApiToken.objects.find(raw)
-    if token is None:
-        return TokenCheck(reason="bad" if token_id is None else "revoked")
-    reason = token.rejection(stream)
-    limits = UserLimits.for_user(token.user)
-    return TokenCheck(
-        reason=reason,
-        token_id=token.id,
-        token_prefix=token.prefix,
-        user_id=token.user_id,
-        username=token.user.get_username(),
-        token_max_connections=token.max_connections,
-        user_max_connections=limits.max_connections,
-    )
+
+@dataclass(frozen=True)
+class _Snapshot:
+    """What a check needs to know about one token, as loaded from the database."""
+
+    token_id: int
+    prefix: str
+    digest: str
+    user_id: int
+    username: str
+    user_active: bool
+    revoked_at: datetime | None
+    retires_at: datetime | None
+    expires_at: datetime | None
+    streams: tuple[str, ...]
+    token_max_connections: int
+    user_max_connections: int
+
+    @classmethod
+    def of(cls, token):
+        from .models import UserLimits
+
+        try:
+            user_max = token.user.limits.max_connections
+        except UserLimits.DoesNotExist:
+            user_max = settings.USER_DEFAULT_MAX_CONNECTIONS
+        return cls(
+            token_id=token.pk,
+            prefix=token.prefix,
+            digest=token.digest,
+            user_id=token.user_id,
+            username=token.user.get_username(),
+            user_active=token.user.is_active,
+            revoked_at=token.revoked_at,
+            retires_at=token.retires_at,
+            expires_at=token.expires_at,
+            streams=tuple(token.streams),
+            token_max_connections=token.max_connections,
+            user_max_connections=user_max,
+        )
+
+    def check(self, stream, at=None):
+        from .models import token_rejection
+
+        reason = token_rejection(
+            revoked_at=self.revoked_at,
+            user_active=self.user_active,
+            retires_at=self.retires_at,
+            expires_at=self.expires_at,
+            streams=self.streams,
+            stream=stream,
+            at=at,
+        )
+        return TokenCheck(
+            reason=reason,
+            token_id=self.token_id,
+            token_prefix=self.prefix,
+            user_id=self.user_id,
+            username=self.username,
+            token_max_connections=self.token_max_connections,
+            user_max_connections=self.user_max_connections,
+            expires_at=self.expires_at,
+            retires_at=self.retires_at,
+            streams=self.streams,
+        )
+
+
+def _load_snapshot(**lookup):
+    """One query: the token, its owner and the owner's limits."""
+    from .models import ApiToken
+
+    token = ApiToken.objects.select_related("user", "user__limits").filter(**lookup).first()
+    return _Snapshot.of(token) if token is not None else None
+
+
+_load_by_prefix = database_sync_to_async(lambda prefix: _load_snapshot(prefix=prefix))
+_load_by_id = database_sync_to_async(lambda token_id: _load_snapshot(pk=token_id))
+
+
+@database_sync_to_async
+def _touch(token_id, ip, at):
+    from .models import ApiToken
+
+    return ApiToken.touch(token_id, ip, at)
+
+
+class TokenCache:
+    """One process's token cache (module-level `token_cache`; tests make more
+    to stand for other processes). Entries: prefix -> (snapshot or None for
+    "no such token", generation, monotonic time loaded)."""
+
+    def __init__(self, ttl=None, max_entries=10_000):
+        self.ttl = settings.TOKEN_CACHE_TTL if ttl is None else ttl
+        self.max_entries = max_entries
+        self._entries = OrderedDict()
+        self._touched = {}  # token_id -> monotonic time of this process's last last_used attempt
+        self.hits = self.misses = 0
+
+    def clear(self):
+        self._entries.clear()
+        self._touched.clear()
+
+    async def check(self, raw, stream, ip=None, at=None) -> TokenCheck:
+        """`at`: evaluate expiry and rotation grace at this time (tests); default now."""
+        if not tokens.is_well_formed(raw):
+            return BAD
+        snapshot = await self._snapshot(tokens.lookup_prefix(raw))
+        if snapshot is None or not hmac.compare_digest(snapshot.digest, tokens.digest(raw)):
+            return BAD
+        result = snapshot.check(stream, at)
+        if result.ok:
+            await self._record_use(snapshot.token_id, ip)
+        return result
+
+    async def _snapshot(self, prefix):
+        from apps.streams.state import StateUnavailable, get_state
+
+        state = get_state()
+        key = generation_key(prefix)
+        try:
+            generation = await state.generation_get(key)
+        except StateUnavailable:
+            # Cannot tell whether a cached copy is current: ask the database.
+            self.misses += 1
+            return await _load_by_prefix(prefix)
+        entry = self._entries.get(prefix)
+        if entry is not None:
+            snapshot, cached_generation, loaded = entry
+            fresh = time.monotonic() - loaded < self.ttl
+            # A token copy is trusted only under a real generation; "no such
+            # token" also while no generation exists (none was ever issued).
+            if fresh and cached_generation == generation and (generation is not None or snapshot is None):
+                self._entries.move_to_end(prefix)
+                self.hits += 1
+                return snapshot
+        self.misses += 1
+        # The generation was read before the load: a change committed during
+        # the load has replaced it, so the next check reloads.
+        snapshot = await _load_by_prefix(prefix)
+        if snapshot is not None and generation is None:
+            # First use since the key expired or Redis restarted: create the
+            # generation; cache from the next check on, under its value.
+            try:
+                await state.generation_init(key, GENERATION_TTL)
+            except StateUnavailable:
+                pass
+            self._entries.pop(prefix, None)
+            return snapshot
+        self._entries[prefix] = (snapshot, generation, time.monotonic())
+        self._entries.move_to_end(prefix)
+        while len(self._entries) > self.max_entries:
+            self._entries.popitem(last=False)
+        return snapshot
+
+    async def _record_use(self, token_id, ip):
+        from apps.streams.state import StateUnavailable, get_state
+
+        from .models import LAST_USED_INTERVAL
+
+        interval = LAST_USED_INTERVAL.total_seconds()
+        now = time.monotonic()
+        last = self._touched.get(token_id)
+        if last is not None and now - last < interval:
+            return  # this process recorded (or tried to) within the minute
+        self._touched[token_id] = now
+        try:
+            if not await get_state().claim(f"last-used:{token_id}", interval):
+                return  # another process recorded a use within the minute
+        except StateUnavailable:
+            pass  # the conditional UPDATE alone still keeps it to once a minute
+        try:
+            await _touch(token_id, ip, timezone.now())
+        except Exception:
+            log.warning("could not record last use of token %s", token_id, exc_info=True)
+
+
+token_cache = TokenCache()
 
 
 async def check_token(raw, stream, ip=None) -> TokenCheck:
     """Is `raw` a usable token for `stream`? Called on every connect."""
-    return await _load(raw=raw, stream=stream)
+    return await token_cache.check(raw, stream, ip)
 
 
 async def recheck_token(token_id, stream) -> TokenCheck:
-    """Fresh check of an open socket's token (never answered from a stale cache)."""
-    return await _load(token_id=token_id, stream=stream)
+    """Fresh check of an open socket's token (never answered from a cache)."""
+    snapshot = await _load_by_id(token_id)
+    if snapshot is None:
+        return TokenCheck(reason="revoked", token_id=token_id)
+    return snapshot.check(stream)
 
 
 @database_sync_to_async

@@ -61,7 +61,7 @@ def bump_generations(prefixes):
     keys = [generation_key(prefix) for prefix in prefixes]
     try:
         run_on_state(lambda state: state.generation_bump(keys, GENERATION_TTL))
-    except Exception:  # noqa: BLE001 - the change is committed; caches age out within TOKEN_CACHE_TTL
+    except Exception:
         log.exception("could not invalidate cached tokens %s", ", ".join(prefixes))
 
 

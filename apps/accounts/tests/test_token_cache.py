@@ -1,0 +1,148 @@
+"""A reconnect storm is served from the cache; every change is seen at once."""
+
+import pytest
+import redis
+from django.conf import settings
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+
+from apps.accounts.auth import TokenCache
+
+from .conftest import run_check
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def test_a_thousand_checks_of_one_token_cost_a_handful_of_queries(owner_token):
+    _, raw = owner_token
+    with CaptureQueriesContext(connection) as queries:
+        results = [run_check(raw) for _ in range(1000)]
+    assert all(result.ok for result in results)
+    # One load, plus the once-a-minute last_used write.
+    assert len(queries) <= 3, [q["sql"] for q in queries]
+
+
+def test_a_check_answers_everything_the_consumer_needs(owner, owner_token):
+    token, raw = owner_token
+    result = run_check(raw, "index")
+    assert result.ok
+    assert (result.token_id, result.token_prefix, result.user_id, result.username) == (
+        token.pk,
+        token.prefix,
+        owner.pk,
+        "owner",
+    )
+    assert result.token_max_connections == settings.TOKEN_DEFAULT_MAX_CONNECTIONS
+    assert result.user_max_connections == settings.USER_DEFAULT_MAX_CONNECTIONS
+    assert result.expires_at == token.expires_at
+    assert result.streams == ("market", "foreign", "index")
+
+
+def test_revoking_is_seen_on_the_next_check_by_every_process(owner_token):
+    token, raw = owner_token
+    other_process = TokenCache()
+    assert run_check(raw).ok
+    assert run_check(raw, cache=other_process).ok
+    assert run_check(raw).ok  # both now answer from their caches
+
+    token.revoke()
+
+    assert run_check(raw).reason == "revoked"
+    assert run_check(raw, cache=other_process).reason == "revoked"
+
+
+@pytest.mark.parametrize(
+    ("change", "stream", "reason"),
+    [
+        (lambda t: t.set_expiry(t.created_at), "market", "expired"),
+        (lambda t: setattr(t, "streams", ["index"]) or t.save(), "market", "stream"),
+    ],
+)
+def test_changes_are_seen_on_the_next_check(owner_token, change, stream, reason):
+    token, raw = owner_token
+    other_process = TokenCache()
+    assert run_check(raw, stream, cache=other_process).ok
+    change(token)
+    assert run_check(raw, stream, cache=other_process).reason == reason
+
+
+def test_deactivating_the_owner_refuses_the_token_on_every_process(owner, owner_token):
+    _, raw = owner_token
+    other_process = TokenCache()
+    assert run_check(raw, cache=other_process).ok
+    owner.is_active = False
+    owner.save()
+    assert run_check(raw, cache=other_process).reason == "revoked"
+
+
+def test_lowering_the_users_cap_is_seen_on_the_next_check(owner, owner_token):
+    _, raw = owner_token
+    assert run_check(raw).user_max_connections == settings.USER_DEFAULT_MAX_CONNECTIONS
+    owner.limits.max_connections = 1
+    owner.limits.save()
+    assert run_check(raw).user_max_connections == 1
+
+
+def test_a_flushed_redis_makes_the_cache_reload_from_the_database(owner_token, django_assert_max_num_queries):
+    token, raw = owner_token
+    assert run_check(raw).ok
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    client.flushdb()
+    # Revoked behind the cache's back (no announcement), then Redis lost every generation.
+    type(token).objects.filter(pk=token.pk).update(revoked_at=token.created_at)
+    assert run_check(raw).reason == "revoked"
+    client.close()
+
+
+def test_a_cached_copy_expires_after_the_cache_ttl(owner_token):
+    token, raw = owner_token
+    cache = TokenCache(ttl=0)
+    assert run_check(raw, cache=cache).ok
+    type(token).objects.filter(pk=token.pk).update(revoked_at=token.created_at)  # no announcement
+    assert run_check(raw, cache=cache).reason == "revoked"
+
+
+def test_a_wrong_secret_behind_a_real_prefix_is_refused_from_the_cache(owner_token, django_assert_num_queries):
+    from apps.accounts import tokens
+
+    _, raw = owner_token
+    assert run_check(raw).ok
+    body = raw[4:-6]
+    forged_body = body[:10] + ("A" if body[10] != "A" else "B") + body[11:]
+    forged = "stk_" + forged_body + tokens.checksum(forged_body)
+    with django_assert_num_queries(0):
+        assert run_check(forged).reason == "bad"
+
+
+def test_a_token_issued_after_its_prefix_was_cached_as_unknown_is_accepted(owner):
+    from apps.accounts import tokens
+    from apps.accounts.models import ApiToken
+
+    raw = tokens.generate()
+    assert run_check(raw).reason == "bad"  # cached as "no such token"
+    token = ApiToken(
+        user=owner, label="x", prefix=tokens.lookup_prefix(raw), digest=tokens.digest(raw), max_connections=1
+    )
+    token.save()
+    assert run_check(raw).ok
+
+
+def test_without_redis_checks_fall_back_to_the_database(owner_token, settings):
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens there
+    from apps.streams.state import reset_state
+
+    reset_state()
+    token, raw = owner_token
+    assert run_check(raw).ok
+    type(token).objects.filter(pk=token.pk).update(revoked_at=token.created_at)
+    assert run_check(raw).reason == "revoked"
+
+
+def test_embedded_mode_caches_and_invalidates_in_process(embedded, owner_token):
+    token, raw = owner_token
+    with CaptureQueriesContext(connection) as queries:
+        for _ in range(200):
+            assert run_check(raw).ok
+    assert len(queries) <= 3
+    token.revoke()
+    assert run_check(raw).reason == "revoked"
