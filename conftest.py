@@ -112,6 +112,9 @@ def wait_for_port(port, proc, timeout=30.0, log_path=None):
     raise RuntimeError(f"nothing listened on port {port} within {timeout} s")
 
 
+ASGI_APP = "stocktracker.asgi:application"
+
+
 class Processes:
     """Starts real daphne / runworker processes against the test database and
     the test Redis; stops every one of them at teardown."""
@@ -146,10 +149,11 @@ class Processes:
         self.procs.append(proc)
         return proc
 
-    def daphne(self, **env):
+    def daphne(self, *args, **env):
+        """A daphne process; `args` are extra daphne flags (e.g. "-v", "2")."""
         port = free_port()
         proc = self._start(
-            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), "stocktracker.asgi:application"],
+            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), *args, ASGI_APP],
             "daphne",
             self.env(**env),
         )

@@ -12,12 +12,14 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from apps.feed.embedded import EmbeddedFeed  # noqa: E402
 from apps.streams.routing import websocket_urlpatterns  # noqa: E402
+from apps.streams.transport import expose_transport  # noqa: E402
 
 application = EmbeddedFeed(
     ProtocolTypeRouter(
         {
             "http": django_asgi_app,
-            "websocket": AuthMiddlewareStack(URLRouter(websocket_urlpatterns)),
+            # Outermost: sees daphne's own `send` (back-pressure and protocol pings).
+            "websocket": expose_transport(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
         }
     )
 )

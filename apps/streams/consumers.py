@@ -4,25 +4,47 @@ Lifecycle: accept, authenticate (session, Bearer header, first `auth` message
 or `?token=`), take connection leases, join the stream group, send `welcome`
 and the latest snapshot, then forward every published frame unchanged.
 Failures send one `error` frame and close with a code from `protocol.Close`.
+
+While open, a heartbeat task sends `heartbeat` frames and protocol pings,
+renews the leases and the live-session entry; a re-check task re-validates
+the token (and the caps) every TOKEN_RECHECK_INTERVAL and at its expiry.
 """
 
 import asyncio
+import functools
+import ipaddress
 import json
 import logging
+import os
+import secrets
+import socket
 import time
 import uuid
 from urllib.parse import parse_qs
 
+from autobahn.exception import Disconnected
+from channels.consumer import get_handler_name
+from channels.db import database_sync_to_async
+from channels.exceptions import ChannelFull, StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
+from channels.utils import await_many_dispatch
 from django.conf import settings
+from redis.exceptions import RedisError
 
-from apps.accounts.auth import check_token, user_max_connections
+from apps.accounts.auth import check_token, recheck_token, user_max_connections
 
 from . import protocol
 from .protocol import Close
 from .state import StateUnavailable, get_state
+from .transport import link_for
+from .watchdog import install_sigterm_drain, watchdog
 
 log = logging.getLogger("apps.streams")
+
+# How long a connect may wait on Redis (channel subscription) before 1013.
+BACKEND_TIMEOUT = 3.0
+FEED_WAKE_CHANNEL = "feed-wake"
+PROCESS = f"{socket.gethostname()}:{os.getpid()}"
 
 _REJECTION_CLOSE = {
     "bad": (Close.BAD_CREDENTIALS, "auth_failed", "token not recognised"),
@@ -31,6 +53,7 @@ _REJECTION_CLOSE = {
     "expired": (Close.EXPIRED, "token_expired", "token expired"),
     "stream": (Close.FORBIDDEN, "stream_forbidden", "stream not allowed for this token"),
 }
+_BACKEND_ERRORS = (StateUnavailable, RedisError, OSError, asyncio.TimeoutError)
 
 
 class ClientError(Exception):
@@ -75,10 +98,36 @@ async def _session_grant(user):
     return Grant(user_id=user.id, username=user.get_username(), user_max=await user_max_connections(user.id))
 
 
+@database_sync_to_async
+def _token_deadline(token_id):
+    """When the token stops working on its own (expiry or end of rotation
+    grace), as epoch seconds, or None."""
+    from apps.accounts.models import ApiToken
+
+    row = ApiToken.objects.filter(pk=token_id).values_list("expires_at", "retires_at").first()
+    moments = [moment.timestamp() for moment in (row or ()) if moment is not None]
+    return min(moments) if moments else None
+
+
+def _in_networks(address, entries):
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    for entry in entries:
+        try:
+            if ip in ipaddress.ip_network(entry, strict=False):
+                return True
+        except ValueError:
+            continue
+    return False
+
+
 def client_ip(scope):
-    """The peer address, or the X-Forwarded-For client when the peer is a trusted proxy."""
+    """The peer address, or the X-Forwarded-For client when the peer is a
+    trusted proxy (WS_TRUSTED_PROXIES: addresses or networks)."""
     peer = (scope.get("client") or ["unknown"])[0]
-    if peer in settings.WS_TRUSTED_PROXIES:
+    if _in_networks(peer, settings.WS_TRUSTED_PROXIES):
         for name, value in scope.get("headers", []):
             if name == b"x-forwarded-for":
                 # The proxy appends the address it saw: the rightmost entry is
@@ -87,28 +136,151 @@ def client_ip(scope):
     return peer
 
 
+def _header(scope, wanted):
+    for name, value in scope.get("headers", []):
+        if name == wanted:
+            return value.decode("latin-1")
+    return None
+
+
+def origin_allowed(origin):
+    """Browser origins allowed to use a session (exact scheme://host[:port])."""
+    if not origin:
+        return False
+    allowed = {entry.rstrip("/").lower() for entry in settings.WS_ALLOWED_ORIGINS}
+    return origin.rstrip("/").lower() in allowed
+
+
+def new_connection_id():
+    """Sortable by connect time, so 'close the newest' needs no extra lookup."""
+    return f"{time.time_ns():016x}{uuid.uuid4().hex[:12]}"
+
+
+async def _asgi_close(send, link, code):
+    if code is not None and code != 1000 and code < 3000 and link is not None:
+        link.close(code)  # daphne's ASGI close cannot carry 1013
+        return
+    message = {"type": "websocket.close"}
+    if code is not None:
+        message["code"] = code
+    await send(message)
+
+
 class StreamConsumer(AsyncWebsocketConsumer):
     stream = None  # set by subclasses
+
+    # --- ASGI entry ---------------------------------------------------------------
+
+    async def __call__(self, scope, receive, send):
+        """Channels' own loop, plus: a bounded wait on the channel layer (Redis
+        down means a quick 1013, never a hang), and a 4200 close when daphne
+        cancels us on shutdown."""
+        self.scope = scope
+        self.base_send = send
+        self.closing = False
+        self.cleaned = False
+        self.lease_keys = []
+        self.tasks = []
+        self.channel_layer = self.get_layer()
+        try:
+            if not watchdog().healthy:
+                raise StateUnavailable("redis is down")
+            self.channel_name = await asyncio.wait_for(self.channel_layer.new_channel(), BACKEND_TIMEOUT)
+        except _BACKEND_ERRORS as exc:
+            log.warning("refused path=%s code=1013 reason=channel layer unavailable (%s)", scope.get("path"), exc)
+            await self._refuse_before_start(receive)
+            return
+        self.channel_receive = functools.partial(self.channel_layer.receive, self.channel_name)
+        try:
+            await await_many_dispatch([receive, self.channel_receive], self.dispatch)
+        except StopConsumer:
+            pass
+        except asyncio.CancelledError:
+            # Daphne cancels every application on SIGTERM: say "reconnect now"
+            # and give the slots back before the process goes.
+            await self.shutdown()
+            raise
+        except _BACKEND_ERRORS as exc:  # the layer lost Redis under us
+            log.warning("channel layer failed stream=%s: %s", self.stream, exc)
+            await self.refuse(Close.TRY_AGAIN_LATER, "unavailable", "service temporarily unavailable")
+        finally:
+            await self._cleanup()
+
+    def get_layer(self):
+        from channels.layers import get_channel_layer
+
+        return get_channel_layer(self.channel_layer_alias)
+
+    async def _refuse_before_start(self, receive):
+        message = await receive()
+        if message["type"] != "websocket.connect":
+            return
+        await self.base_send({"type": "websocket.accept"})
+        await self.base_send(
+            {"type": "websocket.send", "text": protocol.error_frame("unavailable", "service temporarily unavailable")}
+        )
+        await _asgi_close(self.base_send, link_for(self.scope), int(Close.TRY_AGAIN_LATER))
+
+    async def send(self, text_data=None, bytes_data=None, close=False):
+        try:
+            await super().send(text_data=text_data, bytes_data=bytes_data, close=close)
+        except Disconnected:
+            # The client went away between our check and the write (daphne
+            # marks it disconnected a moment later); its disconnect follows.
+            self.closing = True
+
+    async def close(self, code=None, reason=None):
+        await _asgi_close(self.base_send, getattr(self, "link", None), code)
+
+    async def dispatch(self, message):
+        # Broadcast frames never touch the ORM: skip Channels' per-message
+        # aclose_old_connections() thread hop (half the CPU at fan-out).
+        if message["type"] == "stream.frame":
+            await self.stream_frame(message)
+            return
+        if getattr(self, get_handler_name(message), None) is None:
+            log.debug("ignored channel message type=%s", message.get("type"))
+            return
+        await super().dispatch(message)
 
     # --- lifecycle ---------------------------------------------------------------
 
     async def connect(self):
-        self.conn_id = uuid.uuid4().hex
+        self.conn_id = new_connection_id()
         self.grant = None
-        self.lease_keys = []
+        self.authenticating = False
         self.groups_joined = []
         self.ip = client_ip(self.scope)
+        self.origin = _header(self.scope, b"origin")
+        self.link = link_for(self.scope)
+        self.since_ms = protocol.now_ms()
         self.opened = time.monotonic()
         self.sent = 0
-        self.tasks = []
+        self.pending = {}  # kind -> newest frame held back from a client that is not reading
+        self.backlogged_since = None
+        self.ping_nonce = None
         self.bucket = (float(settings.WS_INBOUND_BURST), time.monotonic())
         await self.accept()
+        watchdog().consumers.add(self)
+        if self.link is not None:
+            install_sigterm_drain()
 
+        raw = self._header_token() or self._query_token()
         user = self.scope.get("user")
-        if user is not None and user.is_authenticated:
+        if raw is None and user is not None and user.is_authenticated:
+            # A cookie is an ambient credential: only pages we serve may use it.
+            if not origin_allowed(self.origin):
+                log.warning(
+                    "refused cross-origin session stream=%s ip=%s origin=%r user=%s",
+                    self.stream,
+                    self.ip,
+                    self.origin,
+                    user.get_username(),
+                )
+                await self.refuse(Close.FORBIDDEN, "origin_forbidden", "origin not allowed for session sign-in")
+                return
             await self.start(await _session_grant(user))
             return
-        raw = self._header_token() or self._query_token()
         if raw is not None:
             await self.authenticate(raw)
             return
@@ -117,15 +289,15 @@ class StreamConsumer(AsyncWebsocketConsumer):
 
     async def _auth_deadline(self):
         await asyncio.sleep(settings.WS_AUTH_TIMEOUT)
-        if self.grant is None:
+        if self.grant is None and not self.authenticating and not self.closing:
             await self.refuse(Close.BAD_CREDENTIALS, "auth_timeout", "no credentials in time")
 
     def _header_token(self):
-        for name, value in self.scope.get("headers", []):
-            if name == b"authorization":
-                scheme, _, credential = value.decode("latin-1").partition(" ")
-                if scheme.lower() == "bearer":
-                    return credential.strip()
+        value = _header(self.scope, b"authorization")
+        if value:
+            scheme, _, credential = value.partition(" ")
+            if scheme.lower() == "bearer":
+                return credential.strip()
         return None
 
     def _query_token(self):
@@ -133,19 +305,29 @@ class StreamConsumer(AsyncWebsocketConsumer):
         return values[0] if values else None
 
     async def authenticate(self, raw):
-        grant, reason = await _token_grant(raw, self.stream, self.ip)
+        self.authenticating = True
+        try:
+            grant, reason = await _token_grant(raw, self.stream, self.ip)
+        finally:
+            self.authenticating = False
+        if self.closing:
+            return
         if grant is None:
             code, error, message = _REJECTION_CLOSE[reason]
             await self.refuse(code, error, message)
             return
         await self.start(grant)
 
-    async def start(self, grant):
+    def _limits(self, grant):
         limits = [(f"ip:{self.ip}", settings.WS_MAX_CONNECTIONS_PER_IP), (f"stream:{self.stream}", None)]
         if grant.token_id is not None:
             limits.append((f"token:{grant.token_id}", grant.token_max))
         limits.append((f"user:{grant.user_id}", grant.user_max))
+        return limits
+
+    async def start(self, grant):
         state = get_state()
+        limits = self._limits(grant)
         try:
             failed = await state.lease_acquire(self.conn_id, limits, settings.WS_LEASE_TTL)
         except StateUnavailable:
@@ -157,13 +339,23 @@ class StreamConsumer(AsyncWebsocketConsumer):
             return
         self.grant = grant
         self.lease_keys = [key for key, _ in limits]
-        groups = [protocol.stream_group(self.stream)]
+        groups = [protocol.stream_group(self.stream), protocol.user_group(grant.user_id)]
         if grant.token_id is not None:
             groups.append(protocol.token_group(grant.token_id))
-        groups.append(protocol.user_group(grant.user_id))
-        for group in groups:
-            await self.channel_layer.group_add(group, self.channel_name)
-            self.groups_joined.append(group)
+        try:
+            for group in groups:
+                await asyncio.wait_for(self.channel_layer.group_add(group, self.channel_name), BACKEND_TIMEOUT)
+                self.groups_joined.append(group)
+            await self._register_session(state)
+            if await state.lease_count(f"stream:{self.stream}") == 1:
+                await self._wake_feed()
+            latest = await state.latest_get(self.stream)
+            feed = await state.feed_get()
+        except _BACKEND_ERRORS:
+            await self.refuse(Close.TRY_AGAIN_LATER, "unavailable", "service temporarily unavailable")
+            return
+        if self.closing:
+            return
         await self.send(
             text_data=protocol.welcome_frame(
                 self.stream,
@@ -171,64 +363,287 @@ class StreamConsumer(AsyncWebsocketConsumer):
                 limits={"max_connections": grant.token_max or grant.user_max},
             )
         )
-        latest = await state.latest_get(self.stream)
         if latest:
-            await self.send(text_data=latest)
-            self.sent += 1
+            await self._send_frame(latest)
+        feed_text = self._feed_frame_if_newer(latest, feed)
+        if feed_text:
+            await self._send_frame(feed_text)
         log.info(
-            "connect stream=%s user=%s token=%s ip=%s",
+            "connect stream=%s user=%s token_prefix=%s ip=%s",
             self.stream,
             grant.username,
             grant.token_prefix or "session",
             self.ip,
         )
         self.tasks.append(asyncio.ensure_future(self._heartbeat()))
+        self.tasks.append(asyncio.ensure_future(self._recheck_loop()))
+
+    @staticmethod
+    def _feed_frame_if_newer(latest, feed):
+        """A `feed` frame when the feed's state differs from the snapshot's
+        (parsed once per connect, never per update)."""
+        if not feed or not feed.get("state"):
+            return None
+        snapshot_feed = json.loads(latest).get("feed") if latest else None
+        if snapshot_feed == feed["state"]:
+            return None
+        return protocol.feed_frame(
+            feed["state"],
+            since_ms=feed.get("since_ms") or protocol.now_ms(),
+            detail=feed.get("detail", ""),
+            simulated=bool(feed.get("simulated")),
+        )
+
+    async def _wake_feed(self):
+        # The worker idles while no stream has subscribers; tell it at once.
+        try:
+            await self.channel_layer.send(FEED_WAKE_CHANNEL, {"type": "feed.wake"})
+        except ChannelFull:
+            pass  # nobody is listening (embedded feed polls on its own)
+
+    async def _register_session(self, state):
+        info = {
+            "id": self.conn_id,
+            "channel": self.channel_name,
+            "user": self.grant.username,
+            "user_id": self.grant.user_id,
+            "token_prefix": self.grant.token_prefix or "",
+            "stream": self.stream,
+            "ip": self.ip,
+            "since_ms": self.since_ms,
+            "sent": self.sent,
+            "process": PROCESS,
+        }
+        await state.session_put(self.conn_id, info, settings.WS_LEASE_TTL)
 
     async def refuse(self, code, error, message):
-        log.warning("refused stream=%s ip=%s code=%s reason=%s", self.stream, self.ip, int(code), error)
+        """Send one `error` frame, close with `code` and give the slots back."""
+        if self.closing:
+            return
+        self.closing = True
+        log.warning(
+            "refused stream=%s ip=%s code=%s reason=%s user=%s",
+            self.stream,
+            getattr(self, "ip", "?"),
+            int(code),
+            error,
+            self.grant.username if getattr(self, "grant", None) else "-",
+        )
         await self.send(text_data=protocol.error_frame(error, message))
         await self.close(code=int(code))
+        await self._cleanup()
 
-    async def _heartbeat(self):
-        state = get_state()
-        while True:
-            await asyncio.sleep(settings.WS_HEARTBEAT_INTERVAL)
-            await self.send(text_data=protocol.heartbeat_frame())
+    async def backend_lost(self):
+        """Called by the watchdog when Redis stops answering."""
+        await self.refuse(Close.TRY_AGAIN_LATER, "unavailable", "a backing service is unavailable; retry later")
+
+    async def shutdown(self):
+        """Server going away: 4200 ("reconnect now"), slots given back."""
+        if not self.closing:
+            self.closing = True
             try:
-                await state.lease_renew(self.conn_id, self.lease_keys, settings.WS_LEASE_TTL)
-            except StateUnavailable:
-                log.warning("lease renewal failed stream=%s", self.stream)
+                await self.send(text_data=protocol.error_frame("restarting", "server restarting; reconnect"))
+                await self.close(code=int(Close.RESTARTING))
+            except Exception:  # the transport may already be gone
+                log.debug("close on shutdown failed", exc_info=True)
+        await self._cleanup()
+        await asyncio.sleep(0.05)  # let the reactor flush the close frame
 
-    async def disconnect(self, code):
+    async def _cleanup(self):
+        if self.cleaned:
+            return
+        self.cleaned = True
+        current = asyncio.current_task()
         for task in self.tasks:
-            task.cancel()
-        for group in self.groups_joined:
+            if task is not current:
+                task.cancel()
+        watchdog().consumers.discard(self)
+        state = get_state()
+        for group in getattr(self, "groups_joined", []):
             try:
-                await self.channel_layer.group_discard(group, self.channel_name)
-            except Exception:  # noqa: BLE001 - best effort while Redis may be gone
+                await asyncio.wait_for(self.channel_layer.group_discard(group, self.channel_name), 1)
+            except Exception:  # best effort while Redis may be gone
                 log.debug("group_discard failed", exc_info=True)
         if self.lease_keys:
             try:
-                await get_state().lease_release(self.conn_id, self.lease_keys)
-            except StateUnavailable:
-                pass  # the leases expire on their own
+                await asyncio.wait_for(state.lease_release(self.conn_id, self.lease_keys), 1)
+                await asyncio.wait_for(state.session_drop(self.conn_id), 1)
+            except _BACKEND_ERRORS:
+                pass  # the leases and the session entry expire on their own
+
+    async def disconnect(self, code):
+        await self._cleanup()
         if self.grant is not None:
             log.info(
-                "disconnect stream=%s user=%s token=%s ip=%s duration_s=%.1f code=%s",
+                "disconnect stream=%s user=%s token_prefix=%s ip=%s duration_s=%.1f code=%s sent=%d",
                 self.stream,
                 self.grant.username,
                 self.grant.token_prefix or "session",
                 self.ip,
                 time.monotonic() - self.opened,
                 code,
+                self.sent,
             )
+
+    # --- heartbeat, liveness, slow clients ------------------------------------
+
+    async def _heartbeat(self):
+        state = get_state()
+        while not self.closing:
+            await asyncio.sleep(settings.WS_HEARTBEAT_INTERVAL)
+            if self.closing:
+                return
+            if self._backlogged():
+                if time.monotonic() - self.backlogged_since > settings.WS_HEARTBEAT_TIMEOUT:
+                    await self._too_slow("not reading")
+                    return
+            else:
+                await self.send(text_data=protocol.heartbeat_frame())
+            self._ping()
+            try:
+                # Renewal goes through the acquire script: a lease lost (Redis
+                # restarted, a long stall) is taken again if there is room.
+                failed = await state.lease_acquire(self.conn_id, self._limits(self.grant), settings.WS_LEASE_TTL)
+                await self._register_session(state)
+            except StateUnavailable:
+                await self.backend_lost()
+                return
+            if failed:
+                await self.refuse(Close.OVER_LIMIT, "over_limit", "connection limit lowered")
+                return
+
+    def _ping(self):
+        """A protocol ping the client's library answers on its own; no pong
+        within WS_HEARTBEAT_TIMEOUT means it stopped reading or its link died."""
+        if self.link is None or self.ping_nonce is not None:
+            return
+        nonce = secrets.token_bytes(8)
+        self.ping_nonce = nonce
+        self.link.ping(nonce, self._on_pong)
+        asyncio.get_running_loop().call_later(settings.WS_HEARTBEAT_TIMEOUT, self._pong_overdue, nonce)
+
+    def _on_pong(self, payload):
+        if payload == self.ping_nonce:
+            self.ping_nonce = None
+
+    def _pong_overdue(self, nonce):
+        if self.ping_nonce == nonce and not self.closing:
+            self.tasks.append(asyncio.ensure_future(self._too_slow("no pong")))
+
+    async def _too_slow(self, why):
+        log.warning("closing slow client stream=%s ip=%s why=%s", self.stream, self.ip, why)
+        await self.refuse(Close.TOO_SLOW, "too_slow", "the client stopped reading")
+        if self.link is not None:
+            # The close frame cannot get through a full pipe: drop the TCP
+            # connection after a moment so its buffers are freed.
+            asyncio.get_running_loop().call_later(1.0, self.link.abort)
+
+    def _backlogged(self):
+        """True while more than WS_SEND_BUFFER_BYTES wait for this client."""
+        if self.link is None or self.link.backlog() <= settings.WS_SEND_BUFFER_BYTES:
+            self.backlogged_since = None
+            return False
+        if self.backlogged_since is None:
+            self.backlogged_since = time.monotonic()
+        return True
+
+    async def _send_frame(self, text, kind="snapshot"):
+        """Forward a pre-serialized frame; a client that is not reading gets
+        only the newest frame of each kind once it catches up (conflation)."""
+        if self._backlogged():
+            self.pending[kind] = text
+            if time.monotonic() - self.backlogged_since > settings.WS_HEARTBEAT_TIMEOUT:
+                await self._too_slow("send buffer full")
+            return
+        if self.pending:
+            held, self.pending = self.pending, {}
+            for held_kind, held_text in held.items():
+                if held_kind != kind:
+                    await self.send(text_data=held_text)
+                    self.sent += 1
+        await self.send(text_data=text)
+        self.sent += 1
+
+    # --- live token effects --------------------------------------------------------
+
+    async def _recheck_loop(self):
+        deadline = await self._deadline()
+        while not self.closing:
+            wait = settings.TOKEN_RECHECK_INTERVAL
+            if deadline is not None:
+                wait = max(0.0, min(wait, deadline - time.time() + 0.05))
+            await asyncio.sleep(wait)
+            if self.closing:
+                return
+            await self.recheck()
+            deadline = await self._deadline()
+
+    async def _deadline(self):
+        if self.grant is None or self.grant.token_id is None:
+            return None
+        try:
+            return await _token_deadline(self.grant.token_id)
+        except Exception:  # the periodic re-check still runs
+            log.warning("token deadline lookup failed", exc_info=True)
+            return None
+
+    async def recheck(self):
+        """Re-validate the token and the caps now; close if they no longer hold."""
+        if self.grant is None or self.closing:
+            return
+        grant = self.grant
+        if grant.token_id is not None:
+            check = await recheck_token(grant.token_id, self.stream)
+            if not check.ok:
+                code, error, message = _REJECTION_CLOSE[check.reason if check.reason != "bad" else "revoked"]
+                await self.refuse(code, error, message)
+                return
+            grant.token_max = check.token_max_connections
+            grant.user_max = check.user_max_connections
+        else:
+            grant.user_max = await user_max_connections(grant.user_id)
+        await self._enforce_caps()
+
+    async def _enforce_caps(self):
+        """Lowered caps close the newest sockets first: every socket of the
+        token (user) ranks itself among the live leases, which sort by
+        connect time, so all processes agree without talking to each other."""
+        caps = [(f"user:{self.grant.user_id}", self.grant.user_max)]
+        if self.grant.token_id is not None:
+            caps.insert(0, (f"token:{self.grant.token_id}", self.grant.token_max))
+        state = get_state()
+        for key, cap in caps:
+            if cap is None:
+                continue
+            try:
+                members = await state.lease_members(key)
+            except StateUnavailable:
+                return
+            if self.conn_id in members and members.index(self.conn_id) >= cap:
+                kind = key.split(":")[0]
+                await self.refuse(Close.OVER_LIMIT, "over_limit", f"connection limit for this {kind} lowered")
+                return
+
+    async def token_recheck(self, message):
+        await self.recheck()
+
+    async def user_recheck(self, message):
+        await self.recheck()
+
+    async def session_close(self, message):
+        """Staff disconnected this socket from the admin."""
+        log.warning("kicked stream=%s ip=%s by=%s", self.stream, getattr(self, "ip", "?"), message.get("by", "?"))
+        await self.refuse(int(message.get("code", Close.KICKED)), "disconnected", "disconnected by an operator")
 
     # --- client messages ----------------------------------------------------------
 
     async def receive(self, text_data=None, bytes_data=None):
+        if self.closing:
+            return
         size = len(text_data.encode()) if text_data is not None else len(bytes_data or b"")
         if size > settings.WS_MAX_INBOUND_BYTES:
-            await self.refuse(Close.ABUSE, "too_large", f"messages are limited to {settings.WS_MAX_INBOUND_BYTES} bytes")
+            limit = settings.WS_MAX_INBOUND_BYTES
+            await self.refuse(Close.ABUSE, "too_large", f"messages are limited to {limit} bytes")
             return
         if not self._take_token():
             await self.refuse(Close.ABUSE, "flooding", "too many messages")
@@ -253,33 +668,35 @@ class StreamConsumer(AsyncWebsocketConsumer):
             raise ClientError("bad_message", "send JSON text frames")
         try:
             message = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise ClientError("bad_message", "not JSON") from None
         kind = message.get("type") if isinstance(message, dict) else None
         if kind == "auth":
-            if self.grant is not None:
+            if self.grant is not None or self.authenticating:
                 raise ClientError("already_authenticated", "this socket is already authenticated")
             raw = message.get("token")
             await self.authenticate(raw if isinstance(raw, str) else "")
         elif self.grant is None:
             await self.refuse(Close.BAD_CREDENTIALS, "auth_required", "authenticate first")
         elif kind == "ping":
-            await self.send(text_data=protocol.dumps({"type": "pong", "server_time_ms": protocol.now_ms()}))
+            await self.send(text_data=protocol.pong_frame())
         elif kind == "pong":
             pass
         elif kind == "resync":
-            latest = await get_state().latest_get(self.stream)
+            try:
+                latest = await get_state().latest_get(self.stream)
+            except StateUnavailable:
+                raise ClientError("unavailable", "snapshot store unavailable; retry later") from None
             if latest:
-                await self.send(text_data=latest)
+                await self._send_frame(latest)
         else:
             raise ClientError("unknown_type", "unknown message type")
 
     # --- channel-layer messages ------------------------------------------------
 
     async def stream_frame(self, message):
-        if self.grant is not None:
-            await self.send(text_data=message["text"])
-            self.sent += 1
+        if self.grant is not None and not self.closing:
+            await self._send_frame(message["text"], message.get("kind", "snapshot"))
 
 
 class MarketConsumer(StreamConsumer):

@@ -22,6 +22,7 @@ class Close(IntEnum):
     REVOKED = 4004
     EXPIRED = 4005
     ABUSE = 4008
+    KICKED = 4009  # disconnected by staff from the live-sessions admin
     OVER_LIMIT = 4100
     TOO_SLOW = 4103
     RESTARTING = 4200
@@ -88,6 +89,10 @@ def welcome_frame(stream: str, *, heartbeat_s: float, limits: dict) -> str:
 def heartbeat_frame() -> str:
     # Never empty: daphne silently drops empty sends.
     return dumps({"type": "heartbeat", "nonce": secrets.token_urlsafe(6), "server_time_ms": now_ms()})
+
+
+def pong_frame() -> str:
+    return dumps({"type": "pong", "server_time_ms": now_ms()})
 
 
 def error_frame(code: str, message: str) -> str:

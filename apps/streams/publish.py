@@ -10,6 +10,8 @@ from . import protocol
 from .state import get_state
 
 FRAME = "stream.frame"  # consumer handler: stream_frame
+# `kind` ("snapshot" | "feed") lets a consumer keep only the newest frame of
+# each kind for a client that is not reading (conflation), without parsing.
 
 
 async def publish_snapshot(stream, data, *, epoch, source_ms, feed="live", simulated=False):
@@ -29,7 +31,8 @@ async def publish_snapshot(stream, data, *, epoch, source_ms, feed="live", simul
         simulated=simulated,
     )
     await state.latest_set(stream, text)
-    await get_channel_layer().group_send(protocol.stream_group(stream), {"type": FRAME, "text": text})
+    message = {"type": FRAME, "kind": "snapshot", "text": text}
+    await get_channel_layer().group_send(protocol.stream_group(stream), message)
     return seq
 
 
@@ -41,4 +44,4 @@ async def publish_feed_state(state_name, *, detail="", simulated=False):
     text = protocol.feed_frame(state_name, since_ms=since_ms, detail=detail, simulated=simulated)
     layer = get_channel_layer()
     for stream in protocol.STREAMS:
-        await layer.group_send(protocol.stream_group(stream), {"type": FRAME, "text": text})
+        await layer.group_send(protocol.stream_group(stream), {"type": FRAME, "kind": "feed", "text": text})

@@ -68,6 +68,12 @@ end
 return redis.call('HINCRBY', KEYS[1], 'seq', 1)
 """
 
+_MEMBERS = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+return redis.call('ZRANGEBYSCORE', KEYS[1], now, '+inf')
+"""
+
 _COUNT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -164,6 +170,10 @@ class MemoryState:
     async def lease_count(self, key):
         return len(self._live(key))
 
+    async def lease_members(self, key):
+        """Live lease holders of `key`, sorted (connection ids sort by connect time)."""
+        return sorted(self._live(key))
+
     async def session_put(self, conn_id, info, ttl):
         self._sessions[conn_id] = (time.monotonic() + ttl, dict(info))
 
@@ -230,6 +240,7 @@ class RedisState:
         self._renew = self.redis.register_script(_RENEW)
         self._next_seq = self.redis.register_script(_NEXT_SEQ)
         self._count = self.redis.register_script(_COUNT)
+        self._members = self.redis.register_script(_MEMBERS)
 
     async def _call(self, coro):
         from redis.exceptions import ConnectionError, TimeoutError
@@ -281,6 +292,10 @@ class RedisState:
 
     async def lease_count(self, key):
         return int(await self._call(self._count(keys=[f"{PREFIX}lease:{key}"])))
+
+    async def lease_members(self, key):
+        """Live lease holders of `key`, sorted (connection ids sort by connect time)."""
+        return sorted(await self._call(self._members(keys=[f"{PREFIX}lease:{key}"])))
 
     async def session_put(self, conn_id, info, ttl):
         ms = int(ttl * 1000)

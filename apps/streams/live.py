@@ -1,0 +1,57 @@
+"""Token and limit changes reach open sockets on every process.
+
+Accounts sends `token_changed` / `user_limits_changed` after a commit; these
+receivers turn them into one channel-layer message to the token's (user's)
+group. Each socket there re-checks its token and the caps and closes with the
+matching code. A lost message is caught by the periodic re-check
+(TOKEN_RECHECK_INTERVAL).
+"""
+
+import asyncio
+import logging
+
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
+
+from . import protocol
+
+log = logging.getLogger("apps.streams")
+
+TOKEN_RECHECK = "token.recheck"  # noqa: S105 - a message type; consumer handler: token_recheck
+USER_RECHECK = "user.recheck"  # consumer handler: user_recheck
+
+
+def _group_send(group, message):
+    layer = get_channel_layer()
+    if layer is None:
+        return
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        loop = None
+    if loop is None:
+        # Sync caller (admin view thread, command): hops onto the server's loop under ASGI.
+        async_to_sync(layer.group_send)(group, message)
+    else:
+        task = loop.create_task(layer.group_send(group, message))
+        task.add_done_callback(_report)
+
+
+def _report(task):
+    if not task.cancelled() and task.exception() is not None:
+        log.warning("live token effect not delivered: %s", task.exception())
+
+
+def on_token_changed(sender, token_id, user_id, change, **kwargs):
+    _group_send(protocol.token_group(token_id), {"type": TOKEN_RECHECK, "change": change})
+
+
+def on_user_limits_changed(sender, user_id, **kwargs):
+    _group_send(protocol.user_group(user_id), {"type": USER_RECHECK})
+
+
+def connect_receivers():
+    from apps.accounts.signals import token_changed, user_limits_changed
+
+    token_changed.connect(on_token_changed, dispatch_uid="streams.token_changed")
+    user_limits_changed.connect(on_user_limits_changed, dispatch_uid="streams.user_limits_changed")

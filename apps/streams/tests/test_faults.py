@@ -1,0 +1,132 @@
+"""Faults: Redis down means a quick 1013 for new sockets and a 1013 close for
+open ones (never connected-but-silent); data flows again once Redis is back.
+SIGTERM closes sockets with 4200 and gives the leases back."""
+
+import asyncio
+import contextlib
+import signal
+import subprocess
+import time
+
+import pytest
+from channels.layers import channel_layers
+
+from apps.streams.state import get_state, reset_state
+
+from .clients import close_code, connect, outcome, recv_json
+from .conftest import publish
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+class OwnRedis:
+    """A redis-server of our own on a free loopback port, so we can kill it."""
+
+    def __init__(self, tmp_path):
+        from conftest import free_port
+
+        self.port = free_port()
+        self.tmp_path = tmp_path
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc = None
+
+    def start(self):
+        from conftest import wait_for_port
+
+        self.proc = subprocess.Popen(
+            ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL,
+            cwd=self.tmp_path,
+        )
+        wait_for_port(self.port, self.proc)
+
+    def kill(self):
+        self.proc.kill()
+        self.proc.wait()
+
+
+@pytest.fixture
+def own_redis(tmp_path, settings):
+    redis = OwnRedis(tmp_path)
+    redis.start()
+    settings.REDIS_URL = redis.url
+    settings.CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "CONFIG": {"hosts": [{"address": redis.url, "socket_connect_timeout": 2}], "prefix": "stk"},
+        }
+    }
+    channel_layers.backends.clear()
+    reset_state()
+    yield redis
+    if redis.proc.poll() is None:
+        redis.kill()
+    channel_layers.backends.clear()
+    reset_state()
+
+
+@contextlib.asynccontextmanager
+async def publishing(hz=4):
+    async def loop():
+        while True:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(publish(), 1)
+            await asyncio.sleep(1 / hz)
+
+    task = asyncio.ensure_future(loop())
+    try:
+        yield
+    finally:
+        task.cancel()
+
+
+async def test_redis_outage_closes_1013_refuses_fast_and_recovers(processes, owner_token, own_redis):
+    raw = owner_token[1]
+    server = processes.daphne(REDIS_URL=own_redis.url, WS_HEARTBEAT_INTERVAL=2)
+    async with publishing():
+        ws = await connect(server.ws_url + "/ws/market", raw)
+        assert (await recv_json(ws))["type"] == "welcome"
+        assert (await recv_json(ws))["type"] == "snapshot"
+
+        own_redis.kill()
+        killed = time.monotonic()
+        code, _ = await close_code(ws, timeout=15)
+        assert code == 1013
+        print(f"\nopen socket closed 1013 {time.monotonic() - killed:.1f} s after redis died")
+        assert time.monotonic() - killed < 10
+
+        started = time.monotonic()
+        result, _ = await outcome(server.ws_url, raw)
+        assert result == 1013
+        assert time.monotonic() - started < 5
+
+        own_redis.start()
+        back = time.monotonic()
+        while True:  # a client retrying with a short backoff
+            assert time.monotonic() - back < 30
+            result, ws = await outcome(server.ws_url, raw)
+            if result == "open":
+                break
+            await asyncio.sleep(0.5)
+        frame = await recv_json(ws, 5)
+        while frame["type"] != "snapshot":
+            frame = await recv_json(ws, 5)
+        print(f"data flowing again {time.monotonic() - back:.1f} s after redis came back")
+        await ws.close()
+
+
+async def test_sigterm_closes_sockets_with_4200_and_releases_the_leases(processes, owner_token):
+    token, raw = owner_token
+    server = processes.daphne()
+    sockets = []
+    for _ in range(2):
+        result, ws = await outcome(server.ws_url, raw)
+        assert result == "open"
+        sockets.append(ws)
+    assert await get_state().lease_count(f"token:{token.id}") == 2
+    server.send_signal(signal.SIGTERM)
+    codes = [(await close_code(ws, timeout=10))[0] for ws in sockets]
+    assert codes == [4200, 4200]
+    server.wait(10)
+    assert await get_state().lease_count(f"token:{token.id}") == 0
+    assert await get_state().sessions() == []

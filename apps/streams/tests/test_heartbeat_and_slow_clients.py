@@ -1,0 +1,91 @@
+"""Heartbeats keep idle sockets alive; a client that stops reading is closed
+within WS_HEARTBEAT_INTERVAL + WS_HEARTBEAT_TIMEOUT and pins little memory;
+a well-behaved client that never sends anything is never closed."""
+
+import asyncio
+import contextlib
+import time
+
+import pytest
+from asgiref.sync import sync_to_async
+
+from apps.accounts.models import UserLimits
+
+from .clients import connect, established, raw_non_reader, recv_json, rss_mb
+from .conftest import publish
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+INTERVAL, TIMEOUT = 2, 2
+ENV = {"WS_HEARTBEAT_INTERVAL": INTERVAL, "WS_HEARTBEAT_TIMEOUT": TIMEOUT, "WS_MAX_CONNECTIONS_PER_IP": 1000}
+BIG = {"rows": [{"s": f"S{i:03d}", "p": 12345 + i, "v": 9_000_000 + i} for i in range(600)]}  # ~20 KB
+
+
+@contextlib.asynccontextmanager
+async def flowing(hz=10):
+    """Publishes a ~20 KB market snapshot `hz` times a second."""
+
+    async def loop():
+        while True:
+            await publish(data=BIG)
+            await asyncio.sleep(1 / hz)
+
+    task = asyncio.ensure_future(loop())
+    try:
+        yield
+    finally:
+        task.cancel()
+
+
+def _caps(owner, token, n):
+    limits = UserLimits.for_user(owner)
+    limits.max_connections = n
+    limits.save()
+    token.max_connections = n
+    token.save()
+
+
+async def test_a_silent_well_behaved_client_gets_heartbeats_and_stays_open(processes, owner_token):
+    server = processes.daphne(**ENV)
+    async with connect(server.ws_url + "/ws/index", owner_token[1]) as ws:
+        assert (await recv_json(ws))["heartbeat_s"] == INTERVAL
+        kinds = []
+        deadline = time.monotonic() + 3 * (INTERVAL + TIMEOUT)
+        while time.monotonic() < deadline:
+            kinds.append((await recv_json(ws, INTERVAL + 1))["type"])
+        assert kinds.count("heartbeat") >= 5
+        await ws.send('{"type":"ping"}')
+        assert (await recv_json(ws))["type"] == "pong"
+
+
+async def test_a_hundred_clients_that_stop_reading_are_closed_in_time_and_rss_stays_bounded(
+    processes, owner, owner_token
+):
+    token, raw = owner_token
+    await sync_to_async(_caps)(owner, token, 1000)
+    server = processes.daphne(**ENV)
+    async with connect(server.ws_url + "/ws/market", raw) as healthy:
+        await recv_json(healthy)
+        baseline = rss_mb(server)
+        socks = [raw_non_reader(server.port, raw) for _ in range(100)]
+        stopped_at = time.monotonic()
+        peak, closed_at = baseline, None
+        received = 0
+        async with flowing():
+            while time.monotonic() - stopped_at < INTERVAL + TIMEOUT + 4:
+                with contextlib.suppress(TimeoutError):
+                    await recv_json(healthy, 0.2)
+                    received += 1
+                peak = max(peak, rss_mb(server))
+                if closed_at is None and established(server, server.port) <= 1:
+                    closed_at = time.monotonic() - stopped_at
+        growth = peak - baseline
+        print(
+            f"\nRSS baseline {baseline:.1f} MB, peak {peak:.1f} MB (+{growth:.1f} MB) with 100 non-readers; "
+            f"all closed after {closed_at} s; healthy client got {received} frames"
+        )
+        assert closed_at is not None and closed_at <= INTERVAL + TIMEOUT + 1.5
+        assert growth < 40
+        assert received > 20  # the healthy client kept streaming all along
+        for sock in socks:
+            sock.close()

@@ -1,0 +1,117 @@
+"""Process-level guards for the sockets: Redis outages and SIGTERM.
+
+Redis outages must never leave a socket connected but silent.
+
+One task per event loop pings the shared state every CHECK_INTERVAL seconds.
+When Redis stops answering, every socket this process holds is closed with
+1013 (clients back off and retry) and new connections are refused at once,
+without waiting for a connect timeout; the first good ping lets them in again.
+Embedded mode has nothing to watch.
+
+SIGTERM under daphne: daphne's own shutdown cancels applications, but a
+connection it has not reaped yet makes that trigger fail with a KeyError
+(daphne 4.2.3, `kill_all_applications`), and the reactor then drops every
+socket with no close frame. So the first socket installs a SIGTERM handler
+that closes every socket with 4200 and gives its leases back (at most
+DRAIN_TIMEOUT seconds), then hands over to daphne's handler.
+"""
+
+import asyncio
+import logging
+import signal
+import threading
+import weakref
+
+from django.conf import settings
+
+from .state import StateUnavailable, get_state
+
+log = logging.getLogger("apps.streams")
+
+CHECK_INTERVAL = 2.0  # seconds between pings
+PING_TIMEOUT = 2.0
+DRAIN_TIMEOUT = 2.0  # seconds SIGTERM waits for sockets to close before daphne stops
+
+_watchdogs = {}  # event loop -> Watchdog
+
+
+class Watchdog:
+    def __init__(self):
+        self.consumers = weakref.WeakSet()
+        self.healthy = True
+        self.task = None
+        self.closing = set()
+
+    def start(self):
+        if self.task is None and settings.REDIS_URL:
+            self.task = asyncio.ensure_future(self._run())
+
+    async def _run(self):
+        while True:
+            await asyncio.sleep(CHECK_INTERVAL)
+            try:
+                await asyncio.wait_for(get_state().ping(), PING_TIMEOUT)
+            except (TimeoutError, StateUnavailable, OSError) as exc:
+                self._failed(exc)
+            else:
+                if not self.healthy:
+                    log.warning("redis is back: accepting connections again")
+                self.healthy = True
+
+    def _failed(self, exc):
+        if self.healthy:
+            log.error("redis unavailable (%s): closing %d sockets with 1013", exc or "timeout", len(self.consumers))
+        self.healthy = False
+        self.closing = {asyncio.ensure_future(consumer.backend_lost()) for consumer in list(self.consumers)}
+
+
+def watchdog() -> Watchdog:
+    loop = asyncio.get_running_loop()
+    found = _watchdogs.get(loop)
+    if found is None:
+        for old in [lp for lp in _watchdogs if lp.is_closed()]:
+            del _watchdogs[old]
+        found = _watchdogs[loop] = Watchdog()
+    found.start()
+    return found
+
+
+def live_consumers():
+    """Sockets open in this process (on this event loop)."""
+    return list(watchdog().consumers)
+
+
+_drain_installed = False
+
+
+def install_sigterm_drain():
+    """Once per process, from the server's event loop (main thread)."""
+    global _drain_installed
+    if _drain_installed or threading.current_thread() is not threading.main_thread():
+        return
+    _drain_installed = True
+    loop = asyncio.get_running_loop()
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def on_sigterm(signum, frame):
+        signal.signal(signal.SIGTERM, previous)  # a second SIGTERM stops at once
+        loop.call_soon_threadsafe(lambda: asyncio.ensure_future(_drain_then(previous, signum, frame)))
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+
+
+async def _drain_then(previous, signum, frame):
+    consumers = list(watchdog().consumers)
+    log.warning("SIGTERM: closing %d sockets with 4200", len(consumers))
+    try:
+        if consumers:
+            await asyncio.wait_for(
+                asyncio.gather(*(c.shutdown() for c in consumers), return_exceptions=True), DRAIN_TIMEOUT
+            )
+    except TimeoutError:
+        log.warning("SIGTERM: sockets still closing after %.0f s; stopping anyway", DRAIN_TIMEOUT)
+    finally:
+        if callable(previous):
+            previous(signum, frame)
+        else:
+            raise SystemExit(0)
