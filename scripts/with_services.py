@@ -58,7 +58,9 @@ def apt_install(packages):
     if not packages:
         return
     if os.geteuid() != 0:
-        sys.exit(f"[services] missing Debian packages {packages}; install them (sudo apt-get install {' '.join(packages)})")
+        sys.exit(
+            f"[services] missing Debian packages {packages}; install them (sudo apt-get install {' '.join(packages)})"
+        )
     log(f"installing {' '.join(packages)} with apt-get")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
@@ -95,12 +97,18 @@ def start_redis(tmp):
     proc = subprocess.Popen(
         [
             "redis-server",
-            "--bind", "127.0.0.1",
-            "--port", str(port),
-            "--save", "",
-            "--appendonly", "no",
-            "--dir", tmp,
-            "--logfile", os.path.join(tmp, "redis.log"),
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            tmp,
+            "--logfile",
+            os.path.join(tmp, "redis.log"),
         ],
     )
     wait_for(lambda: port_open(port), "redis-server")
@@ -127,10 +135,24 @@ def start_postgres(tmp):
     )
     proc = subprocess.Popen(
         [
-            pg_bin("postgres"), "-D", data, "-p", str(port), "-h", "127.0.0.1", "-k", tmp,
+            pg_bin("postgres"),
+            "-D",
+            data,
+            "-p",
+            str(port),
+            "-h",
+            "127.0.0.1",
+            "-k",
+            tmp,
             # A throwaway cluster: durability buys nothing, speed does.
-            "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
-            "-c", "max_connections=200",
+            "-c",
+            "fsync=off",
+            "-c",
+            "synchronous_commit=off",
+            "-c",
+            "full_page_writes=off",
+            "-c",
+            "max_connections=200",
         ],
         stdout=subprocess.DEVNULL,
         stderr=open(os.path.join(tmp, "postgres.log"), "w"),
@@ -169,7 +191,6 @@ def main(argv):
     need_pg = not env.get("DATABASE_URL")
     apt_install(missing_packages(need_redis, need_pg, need_browser=env.get("SKIP_BROWSER_INSTALL") != "1"))
     tmp = tempfile.mkdtemp(prefix="stocktracker-services-")
-    os.chmod(tmp, 0o755)
     procs = []
     try:
         if need_redis:

@@ -3,7 +3,7 @@
 Every variable is listed in `.env.example` and in the README's settings table.
 A value that cannot be parsed stops start-up with an `ImproperlyConfigured`
 error naming the variable; cross-setting mistakes are reported by the system
-checks in `apps/feed/checks.py` and `apps/streams/checks.py`.
+checks in `stocktracker/checks.py`.
 """
 
 from pathlib import Path
@@ -64,7 +64,7 @@ if not SECRET_KEY:
             "SECRET_KEY is not set and DEBUG is off: set SECRET_KEY (50+ random characters) "
             "or DEBUG=true for local development."
         )
-    SECRET_KEY = "insecure-development-key-only-for-debug-mode-do-not-deploy"
+    SECRET_KEY = "insecure-development-key-only-for-debug-mode-do-not-deploy"  # noqa: S105
 
 # Old keys still accepted for sessions and signed values while a new SECRET_KEY rolls out.
 SECRET_KEY_FALLBACKS = _read("SECRET_KEY_FALLBACKS", "list", [])
@@ -194,9 +194,7 @@ FEED_STALE_AFTER = _positive("FEED_STALE_AFTER", "float", 0.0)
 
 # --- WebSocket streams ------------------------------------------------------
 
-WS_ALLOWED_ORIGINS = _read(
-    "WS_ALLOWED_ORIGINS", "list", ["http://127.0.0.1:8000", "http://localhost:8000"]
-)
+WS_ALLOWED_ORIGINS = _read("WS_ALLOWED_ORIGINS", "list", ["http://127.0.0.1:8000", "http://localhost:8000"])
 WS_AUTH_TIMEOUT = _positive("WS_AUTH_TIMEOUT", "float", 5.0, minimum=0.1)
 WS_HEARTBEAT_INTERVAL = _positive("WS_HEARTBEAT_INTERVAL", "float", 30.0, minimum=0.1)
 WS_HEARTBEAT_TIMEOUT = _positive("WS_HEARTBEAT_TIMEOUT", "float", 20.0, minimum=0.1)
@@ -209,6 +207,9 @@ WS_TRUSTED_PROXIES = _read("WS_TRUSTED_PROXIES", "list", [])
 # Bytes that may wait for one client before it gets only the newest frame of
 # each kind (conflation); a client stuck above it for WS_HEARTBEAT_TIMEOUT is closed 4103.
 WS_SEND_BUFFER_BYTES = _positive("WS_SEND_BUFFER_BYTES", "int", 65536, minimum=4096)
+# On SIGTERM, sockets close with 4200 at random moments over this many seconds,
+# so that clients do not all reconnect in the same instant.
+WS_DRAIN_SECONDS = _positive("WS_DRAIN_SECONDS", "float", 3.0)
 
 # --- Tokens and limits ------------------------------------------------------
 
@@ -217,6 +218,10 @@ TOKEN_DEFAULT_MAX_CONNECTIONS = _positive("TOKEN_DEFAULT_MAX_CONNECTIONS", "int"
 USER_DEFAULT_MAX_CONNECTIONS = _positive("USER_DEFAULT_MAX_CONNECTIONS", "int", 10, minimum=1)
 TOKEN_CACHE_TTL = _positive("TOKEN_CACHE_TTL", "float", 30.0)
 TOKEN_RECHECK_INTERVAL = _positive("TOKEN_RECHECK_INTERVAL", "float", 30.0, minimum=1)
+# Tokens not used for this many days are flagged in the admin.
+TOKEN_UNUSED_DAYS = _positive("TOKEN_UNUSED_DAYS", "int", 30, minimum=1)
+# Seconds between writes of the per-token usage counts (each process, one batch).
+USAGE_FLUSH_INTERVAL = _positive("USAGE_FLUSH_INTERVAL", "float", 30.0, minimum=1)
 
 # --- Operations -------------------------------------------------------------
 
@@ -274,5 +279,7 @@ SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https") if WS_TRUSTED_PROX
 SECURE_SSL_REDIRECT = _read("SECURE_SSL_REDIRECT", "bool", False)
 SESSION_COOKIE_SECURE = CSRF_COOKIE_SECURE = _read("SECURE_COOKIES", "bool", not DEBUG)
 SECURE_HSTS_SECONDS = _positive("SECURE_HSTS_SECONDS", "int", 0)
+SECURE_HSTS_INCLUDE_SUBDOMAINS = _read("SECURE_HSTS_INCLUDE_SUBDOMAINS", "bool", False)
+SECURE_HSTS_PRELOAD = _read("SECURE_HSTS_PRELOAD", "bool", False)
 SECURE_CONTENT_TYPE_NOSNIFF = True
 X_FRAME_OPTIONS = "DENY"

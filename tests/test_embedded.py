@@ -28,7 +28,11 @@ def embedded_server(tmp_path):
     port = free_port()
     log = open(tmp_path / "runserver.log", "w")
     proc = subprocess.Popen(
-        [*manage, "runserver", "--noreload", f"127.0.0.1:{port}"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+        [*manage, "runserver", "--noreload", f"127.0.0.1:{port}"],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     try:
         wait_for_port(port, proc, log_path=tmp_path / "runserver.log")
@@ -57,9 +61,7 @@ def test_all_three_streams_carry_live_simulated_data_with_no_services(embedded_s
     port, token = embedded_server["port"], embedded_server["token"]
 
     async def main():
-        return await asyncio.gather(
-            *(two_snapshots(f"ws://127.0.0.1:{port}/ws/{stream}", token) for stream in STREAMS)
-        )
+        return await asyncio.gather(*(two_snapshots(f"ws://127.0.0.1:{port}/ws/{stream}", token) for stream in STREAMS))
 
     for stream, (first, second) in zip(STREAMS, asyncio.run(main()), strict=True):
         assert first["stream"] == second["stream"] == stream

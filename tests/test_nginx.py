@@ -25,9 +25,26 @@ def tls_proxy(processes, tmp_path):
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
-         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
-        check=True, capture_output=True,
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
     )
     env = {"WS_TRUSTED_PROXIES": "127.0.0.1", "WS_MAX_CONNECTIONS_PER_IP": "2"}
     webs = [processes.daphne(**env), processes.daphne(**env)]
@@ -129,7 +146,7 @@ def test_plain_http_redirects_to_https_and_probes_answer_through_tls(tls_proxy):
     assert redirect.value.code == 301
     assert redirect.value.headers["Location"].startswith("https://")
     url = f"https://localhost:{tls_proxy['https']}/healthz"
-    with urllib.request.urlopen(url, context=tls_proxy["ssl"], timeout=5) as response:  # noqa: S310
+    with urllib.request.urlopen(url, context=tls_proxy["ssl"], timeout=5) as response:
         assert json.loads(response.read()) == {"status": "ok"}
 
 

@@ -30,5 +30,5 @@ class Command(BaseCommand):
             self.style.SUCCESS("\nFirst run: created a staff user and an API token. They are shown only now.\n")
             + f"  login:     http://127.0.0.1:8000/accounts/login/  user {username}  password {password}\n"
             + f"  API token: {raw}\n"
-            + "  try it:    python docs/client_example.py market  (with STOCKTRACKER_TOKEN set to the token)\n"
+            + "  try it:    STK_TOKEN=<the token> .venv/bin/python docs/client_example.py ws://127.0.0.1:8000/ws/market\n"
         )
