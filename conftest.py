@@ -22,7 +22,9 @@ PASSWORD = "correct horse battery staple"
 
 
 def pytest_configure(config):
-    if os.environ.get("CI") and not (os.environ.get("REDIS_URL") and os.environ.get("DATABASE_URL", "").startswith("postgres")):
+    if os.environ.get("CI") and not (
+        os.environ.get("REDIS_URL") and os.environ.get("DATABASE_URL", "").startswith("postgres")
+    ):
         raise pytest.UsageError("CI runs need REDIS_URL and a PostgreSQL DATABASE_URL: run `make test`.")
 
 

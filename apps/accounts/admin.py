@@ -8,6 +8,7 @@ page. That response is marked `no-store`.
 
 from datetime import timedelta
 
+from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin import helpers
 from django.contrib.admin.utils import unquote
@@ -18,14 +19,16 @@ from django.db import connection
 from django.db.models import Count, Q
 from django.db.models.functions import Cast
 from django.http import Http404, HttpResponseRedirect
+from django.template.defaultfilters import filesizeformat
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 from django.utils.http import urlencode
+from django.utils.safestring import mark_safe
 
 from .forms import ApiTokenChangeForm, IssueTokenForm, RotateTokenForm, UserLimitsForm
-from .models import STATUSES, STREAM_CHOICES, ApiToken, TokenStateError, UserLimits
+from .models import STATUSES, STREAM_CHOICES, ApiToken, TokenStateError, TokenUsage, UserLimits
 
 User = get_user_model()
 
@@ -59,6 +62,22 @@ class StatusFilter(admin.SimpleListFilter):
         if self.value() in STATUSES:
             return queryset.filter(ApiToken.objects.status_q(self.value()))
         return queryset
+
+
+class UnusedFilter(admin.SimpleListFilter):
+    title = "use"
+    parameter_name = "unused"
+
+    def lookups(self, request, model_admin):
+        return [("yes", f"Unused for {settings.TOKEN_UNUSED_DAYS}+ days")]
+
+    def queryset(self, request, queryset):
+        if self.value() == "yes":
+            return queryset.filter(ApiToken.objects.unused_q())
+        return queryset
+
+
+USAGE_DAYS = 14  # rows on the token's admin page
 
 
 class StreamFilter(admin.SimpleListFilter):
@@ -112,7 +131,7 @@ class ApiTokenAdmin(admin.ModelAdmin):
     ]
     list_display_links = ["prefix", "label"]
     list_select_related = ["user"]
-    list_filter = [StatusFilter, StreamFilter, ("user", admin.RelatedOnlyFieldListFilter), "created_at"]
+    list_filter = [StatusFilter, UnusedFilter, StreamFilter, ("user", admin.RelatedOnlyFieldListFilter), "created_at"]
     search_fields = ["prefix", "label", "user__username", "user__email"]
     search_help_text = "Lookup prefix (stk_ + 8 characters), label, owner's username or e-mail."
     list_per_page = 50
@@ -129,6 +148,7 @@ class ApiTokenAdmin(admin.ModelAdmin):
         "retires_at",
         "replaced_by_link",
         "replaces_link",
+        "usage_table",
     ]
     fieldsets = [
         (None, {"fields": ["prefix", "owner", "label", "status_display", "live_connections"]}),
@@ -147,6 +167,7 @@ class ApiTokenAdmin(admin.ModelAdmin):
                 ]
             },
         ),
+        (f"Usage, last {USAGE_DAYS} days", {"fields": ["usage_table"]}),
     ]
 
     def get_queryset(self, request):
@@ -179,9 +200,37 @@ class ApiTokenAdmin(admin.ModelAdmin):
 
     @admin.display(description="last used", ordering="last_used_at")
     def last_used_display(self, token):
+        flag = ""
+        if token.is_unused():
+            flag = format_html(
+                '<br><strong class="unused" style="color:#b26a00">unused {}+ days</strong>', settings.TOKEN_UNUSED_DAYS
+            )
         if token.last_used_at is None:
-            return "never"
-        return format_html("{}<br><small>{}</small>", _when(token.last_used_at), token.last_used_ip or "")
+            return format_html("never{}", flag)
+        return format_html("{}<br><small>{}</small>{}", _when(token.last_used_at), token.last_used_ip or "", flag)
+
+    @admin.display(description="usage per day")
+    def usage_table(self, token):
+        if token.pk is None:
+            return "—"
+        since = timezone.localdate() - timedelta(days=USAGE_DAYS - 1)
+        rows = list(TokenUsage.objects.filter(token=token, day__gte=since).order_by("-day"))
+        if not rows:
+            return "No use recorded in this period."
+        head = (
+            "<tr><th>day</th><th>connections opened</th><th>peak concurrent</th>"
+            "<th>messages delivered</th><th>bytes delivered</th><th>rejections</th></tr>"
+        )
+        body = format_html_join(
+            "",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            (
+                (u.day.isoformat(), u.connections, u.peak_concurrent, u.messages, filesizeformat(u.bytes), u.rejections)
+                for u in rows
+            ),
+        )
+        table = '<table class="token-usage"><thead>{}</thead><tbody>{}</tbody></table>'
+        return format_html(table, mark_safe(head), body)  # noqa: S308 - head is a constant
 
     @admin.display(description="live")
     def live_connections(self, token):

@@ -183,6 +183,14 @@ class ApiTokenQuerySet(models.QuerySet):
     def usable(self, at=None):
         return self.filter(self.status_q("active", at) | self.status_q("expiring", at))
 
+    def unused_q(self, at=None):
+        """A Q selecting usable tokens not used for TOKEN_UNUSED_DAYS (never-used
+        ones count from their creation)."""
+        at = at or timezone.now()
+        cutoff = at - timedelta(days=settings.TOKEN_UNUSED_DAYS)
+        idle = Q(last_used_at__lte=cutoff) | Q(last_used_at__isnull=True, created_at__lte=cutoff)
+        return idle & (self.status_q("active", at) | self.status_q("expiring", at))
+
 
 class ApiToken(models.Model):
     user = models.ForeignKey(
@@ -355,6 +363,13 @@ class ApiToken(models.Model):
             at=at,
         )
 
+    def is_unused(self, at=None):
+        """Usable, but not used for TOKEN_UNUSED_DAYS: a candidate for revoking."""
+        at = at or timezone.now()
+        cutoff = at - timedelta(days=settings.TOKEN_UNUSED_DAYS)
+        last = self.last_used_at or self.created_at
+        return last <= cutoff and self.status_at(at) in ("active", "expiring")
+
     def status_at(self, at=None):
         """'active', 'expiring', 'expired' or 'revoked' (a finished rotation counts as revoked)."""
         at = at or timezone.now()
@@ -406,3 +421,70 @@ def _user_saved(sender, instance, created, raw=False, update_fields=None, **kwar
     tokens_ = list(ApiToken.objects.filter(user=instance).values_list("pk", "prefix"))
     changes = [] if instance.is_active else [(pk, instance.pk, "revoked") for pk, _ in tokens_]
     announce(prefixes=[prefix for _, prefix in tokens_], token_changes=changes, users=[instance.pk])
+
+
+class TokenUsageQuerySet(models.QuerySet):
+    def record(self, rows):
+        """Add a batch of per-process counts: rows of {token_id, day, connections,
+        peak, messages, bytes, rejections}. Counters are added with F()
+        expressions and the peak kept with Greatest(), so processes flushing at
+        the same time never lose each other's counts. Rows of tokens deleted
+        meanwhile are dropped. Returns the number of rows written."""
+        from django.db.models import F
+        from django.db.models.functions import Greatest
+
+        written = 0
+        for row in rows:
+            added = {name: row.get(name, 0) for name in ("connections", "messages", "bytes", "rejections")}
+            peak = row.get("peak", 0)
+            for _attempt in range(2):
+                updated = self.filter(token_id=row["token_id"], day=row["day"]).update(
+                    **{name: F(name) + value for name, value in added.items()},
+                    peak_concurrent=Greatest(F("peak_concurrent"), peak),
+                )
+                if updated:
+                    written += 1
+                    break
+                try:
+                    with transaction.atomic():
+                        self.create(token_id=row["token_id"], day=row["day"], peak_concurrent=peak, **added)
+                    written += 1
+                    break
+                except IntegrityError:
+                    # Another process created the row first (retry the update), or the token is gone.
+                    if not ApiToken.objects.filter(pk=row["token_id"]).exists():
+                        break
+        return written
+
+    def totals(self):
+        from django.db.models import Max, Sum
+
+        return self.aggregate(
+            connections=Sum("connections"),
+            peak=Max("peak_concurrent"),
+            messages=Sum("messages"),
+            bytes=Sum("bytes"),
+            rejections=Sum("rejections"),
+        )
+
+
+class TokenUsage(models.Model):
+    """What one token did on one day (Asia/Ho_Chi_Minh), added up from every process."""
+
+    token = models.ForeignKey(ApiToken, on_delete=models.CASCADE, related_name="usage")
+    day = models.DateField()
+    connections = models.PositiveBigIntegerField("connections opened", default=0)
+    peak_concurrent = models.PositiveIntegerField("peak concurrent", default=0)
+    messages = models.PositiveBigIntegerField("messages delivered", default=0)
+    bytes = models.PositiveBigIntegerField("bytes delivered", default=0)
+    rejections = models.PositiveBigIntegerField(default=0)
+
+    objects = TokenUsageQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-day"]
+        verbose_name = verbose_name_plural = "token usage"
+        constraints = [models.UniqueConstraint(fields=["token", "day"], name="token_usage_one_row_per_day")]
+
+    def __str__(self):
+        return f"{self.token_id} on {self.day}"

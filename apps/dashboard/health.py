@@ -6,8 +6,11 @@ import time
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import connection
-from django.http import JsonResponse
+from django.http import HttpResponse, JsonResponse
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET
 
+from apps.streams import watchdog
 from apps.streams.state import StateUnavailable, get_state
 
 
@@ -31,7 +34,11 @@ def feed_max_age():
 
 async def readyz(request):
     """200 when the database, the channel layer and the feed are all usable;
-    503 with the failing checks named otherwise."""
+    503 with the failing checks named otherwise. From SIGTERM on, 503 at
+    once with `draining`: the load balancer stops sending new clients here
+    before the sockets are closed."""
+    if watchdog.draining():
+        return JsonResponse({"status": "draining", "failed": ["draining"], "checks": {}}, status=503)
     checks = {}
     try:
         await asyncio.wait_for(sync_to_async(_database_ok)(), timeout=3)
@@ -66,3 +73,39 @@ async def _feed_check(state):
     if not result["ok"]:
         result["error"] = "feed is " + (feed.get("state") if age <= feed_max_age() else "silent")
     return result
+
+
+def _metrics_client_ip(request):
+    """The peer, or the X-Forwarded-For client when the peer is a trusted proxy
+    (the same rule as the sockets)."""
+    from apps.streams.consumers import client_ip
+
+    headers = []
+    forwarded = request.META.get("HTTP_X_FORWARDED_FOR")
+    if forwarded:
+        headers.append((b"x-forwarded-for", forwarded.encode("latin-1")))
+    return client_ip({"client": [request.META.get("REMOTE_ADDR") or "unknown"], "headers": headers})
+
+
+def _metrics_allowed(request, user):
+    from apps.streams.consumers import _in_networks
+
+    if user.is_authenticated and user.is_active and user.is_staff:
+        return True
+    return _in_networks(_metrics_client_ip(request), settings.METRICS_ALLOWED_IPS)
+
+
+@never_cache
+@require_GET
+async def metrics(request):
+    """Prometheus text format; staff sessions and METRICS_ALLOWED_IPS only."""
+    from prometheus_client import CONTENT_TYPE_LATEST
+
+    from apps.streams import metrics as stream_metrics
+    from apps.streams.accounting import accounting
+
+    if not _metrics_allowed(request, await request.auser()):
+        return HttpResponse("forbidden\n", status=403, content_type="text/plain")
+    accounting().fold()  # this process's sockets are exact; others fold every few seconds
+    body = await sync_to_async(stream_metrics.exposition, thread_sensitive=False)()
+    return HttpResponse(body, content_type=CONTENT_TYPE_LATEST)

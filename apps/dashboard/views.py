@@ -1,5 +1,6 @@
 import json
 import logging
+from datetime import timedelta
 
 from asgiref.sync import sync_to_async
 from django.contrib.auth.decorators import login_required
@@ -142,11 +143,39 @@ async def snapshot(request, stream):
     return HttpResponse(text, content_type="application/json")
 
 
+USAGE_DAYS = 7  # "My tokens" shows today and the last week
+
+
+def _usage_by_token(user):
+    """{token_id: {"today": {...}, "week": {...}}} in one query."""
+    from django.db.models import Max, Q, Sum
+
+    from apps.accounts.models import TokenUsage
+
+    today = timezone.localdate()
+    since = today - timedelta(days=USAGE_DAYS - 1)
+    fields = {"connections": "connections", "peak": "peak_concurrent", "messages": "messages", "bytes": "bytes"}
+    fields["rejections"] = "rejections"
+    aggregates = {}
+    for label, field in fields.items():
+        agg = Max if label == "peak" else Sum
+        aggregates[f"today_{label}"] = agg(field, filter=Q(day=today))
+        aggregates[f"week_{label}"] = agg(field)
+    usage = {}
+    for row in TokenUsage.objects.filter(token__user=user, day__gte=since).values("token_id").annotate(**aggregates):
+        usage[row["token_id"]] = {
+            period: {label: row[f"{period}_{label}"] or 0 for label in fields} for period in ("today", "week")
+        }
+    return usage
+
+
 def _token_rows(user):
     from apps.accounts.models import ApiToken, UserLimits
 
     now = timezone.now()
     rows = []
+    usage = _usage_by_token(user)
+    empty = dict.fromkeys(("connections", "peak", "messages", "bytes", "rejections"), 0)
     for token in ApiToken.objects.filter(user=user).select_related("user").order_by("-created_at"):
         if hasattr(token, "status_at"):  # active, expiring, expired or revoked
             status = token.status_at(now)
@@ -165,6 +194,7 @@ def _token_rows(user):
                 "last_used_ip": getattr(token, "last_used_ip", None),
                 "max_connections": getattr(token, "max_connections", None),
                 "status": status,
+                "usage": usage.get(token.pk, {"today": empty, "week": empty}),
             }
         )
     return rows, UserLimits.for_user(user)
@@ -184,5 +214,11 @@ async def tokens(request):
         live_total = await state.lease_count(f"user:{user.pk}")
     except StateUnavailable:
         unavailable = True
-    context = {"tokens": rows, "limits": limits, "live_total": live_total, "unavailable": unavailable}
+    context = {
+        "tokens": rows,
+        "limits": limits,
+        "live_total": live_total,
+        "unavailable": unavailable,
+        "usage_days": USAGE_DAYS,
+    }
     return await _render(request, "dashboard/tokens.html", context)

@@ -25,7 +25,7 @@ from collections import deque
 from channels.layers import get_channel_layer
 from django.conf import settings
 
-from apps.streams import protocol
+from apps.streams import metrics, protocol
 from apps.streams.publish import publish_feed_state, publish_snapshot
 from apps.streams.state import get_state
 
@@ -74,6 +74,7 @@ class Leadership:
         if not self.elect or state.embedded:
             self.terms += not self.held
             self.held = True
+            metrics.FEED_LEADER.set(1)
             return True
         from redis.exceptions import LockError
 
@@ -84,11 +85,13 @@ class Leadership:
                 return True
             except LockError:
                 self.held = False
+                metrics.FEED_LEADER.set(0)
                 log.warning("lost the feed leader lock")
         self.held = bool(await lock.acquire(blocking=False))
         if self.held:
             self.terms += 1
             log.info("took the feed leader lock")
+        metrics.FEED_LEADER.set(1 if self.held else 0)
         return self.held
 
     async def still_held(self):
@@ -105,6 +108,7 @@ class Leadership:
         from redis.exceptions import LockError, RedisError
 
         self.held = False
+        metrics.FEED_LEADER.set(0)
         try:
             await self.lock.release()
             log.info("released the feed leader lock")
@@ -235,6 +239,7 @@ class Feed:
             return
         await publish_feed_state(name, detail=detail, simulated=self.source.simulated)
         self.feed_state = (name, detail)
+        metrics.set_feed_state(name)
         log.info("feed is %s%s", name, f" ({detail})" if detail else "")
 
     async def safe_cycle(self):
@@ -263,6 +268,8 @@ class Feed:
         started = time.monotonic()
         result = await self.safe_cycle()
         took = time.monotonic() - started
+        if result is not None or self.failures:  # a standby's no-op is not a cycle
+            metrics.CYCLE.observe(took)
         interval = self.source.interval()
         if took > interval / 2:
             log.warning("slow feed cycle: %.2f s (interval %.1f s)", took, interval)

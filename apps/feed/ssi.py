@@ -20,6 +20,8 @@ import time
 import httpx
 from django.conf import settings
 
+from apps.streams import metrics
+
 from . import market
 from .payloads import FeedData, Futures
 from .rows import lower_keys, pick
@@ -45,9 +47,10 @@ class SSIError(Exception):
 class _Retry(Exception):
     """A failed attempt that may succeed if repeated (internal)."""
 
-    def __init__(self, message, *, wait=None):
+    def __init__(self, message, *, wait=None, outcome="upstream_error"):
         super().__init__(message)
         self.wait = wait  # seconds the server asked for (Retry-After), else backoff
+        self.outcome = outcome  # label of stocktracker_ssi_requests_total
 
 
 class _AuthRejected(Exception):
@@ -210,17 +213,39 @@ class SSIClient:
     async def _attempt(self, method, path, *, params, json, headers):
         await self.budget.take()
         self.requests += 1
+        endpoint = path.rstrip("/").rsplit("/", 1)[-1]
+        started = time.monotonic()
+        outcome = "error"
+        try:
+            body = await self._request(method, path, params=params, json=json, headers=headers)
+            outcome = "ok"
+            return body
+        except _Retry as exc:
+            outcome = exc.outcome
+            raise
+        except _AuthRejected:
+            outcome = "auth_rejected"
+            raise
+        except SSIError:
+            outcome = "refused"
+            raise
+        finally:
+            metrics.SSI_REQUESTS.labels(endpoint, outcome).inc()
+            metrics.SSI_LATENCY.labels(endpoint).observe(time.monotonic() - started)
+
+    async def _request(self, method, path, *, params, json, headers):
         try:
             response = await self.http.request(method, path, params=params, json=json, headers=headers)
         except httpx.TimeoutException:
-            raise _Retry("timed out") from None
+            raise _Retry("timed out", outcome="timeout") from None
         except httpx.TransportError as exc:
-            raise _Retry(f"transport error: {type(exc).__name__}") from None
+            raise _Retry(f"transport error: {type(exc).__name__}", outcome="transport_error") from None
         status = response.status_code
         if status == 429:
-            raise _Retry("HTTP 429", wait=retry_after_seconds(response.headers.get("retry-after")) or 1.0)
+            wait = retry_after_seconds(response.headers.get("retry-after")) or 1.0
+            raise _Retry("HTTP 429", wait=wait, outcome="throttled")
         if status >= 500:
-            raise _Retry(f"HTTP {status}")
+            raise _Retry(f"HTTP {status}", outcome="server_error")
         if status in (401, 403):
             raise _AuthRejected(f"HTTP {status}")
         if status >= 400:
@@ -228,9 +253,9 @@ class SSIClient:
         try:
             body = response.json()
         except ValueError:
-            raise _Retry("answer is not JSON") from None
+            raise _Retry("answer is not JSON", outcome="bad_answer") from None
         if not isinstance(body, dict):
-            raise _Retry("answer is not a JSON object")
+            raise _Retry("answer is not a JSON object", outcome="bad_answer")
         return self._check(body)
 
     @staticmethod
@@ -247,7 +272,7 @@ class SSIClient:
         if status == 401 or (isinstance(status, str) and status.lower() == "unauthorized"):
             raise _AuthRejected(message or "401")
         if "quota exceeded" in message.lower() or status == 429:
-            raise _Retry(message or "quota exceeded", wait=1.0)
+            raise _Retry(message or "quota exceeded", wait=1.0, outcome="throttled")
         if isinstance(status, int) and status >= 500:
             raise _Retry(f"status {status}: {message}")
         raise SSIError(f"SSI refused the request: {status} {message}".strip(), retryable=False, status=status)

@@ -34,10 +34,12 @@ from redis.exceptions import RedisError
 from apps.accounts.auth import check_token, recheck_token, user_max_connections
 
 from . import protocol
+from .accounting import accounting
+from .metrics import fanout
 from .protocol import Close
 from .state import StateUnavailable, get_state
 from .transport import link_for
-from .watchdog import install_sigterm_drain, watchdog
+from .watchdog import draining, install_sigterm_drain, watchdog
 
 log = logging.getLogger("apps.streams")
 
@@ -78,9 +80,10 @@ class Grant:
 
 
 async def _token_grant(raw, stream, ip):
+    """(Grant, None), or (None, (reason, the failed check)) when refused."""
     check = await check_token(raw, stream, ip)
     if not check.ok:
-        return None, check.reason
+        return None, (check.reason, check)
     return (
         Grant(
             user_id=check.user_id,
@@ -215,6 +218,9 @@ class StreamConsumer(AsyncWebsocketConsumer):
         message = await receive()
         if message["type"] != "websocket.connect":
             return
+        from .metrics import REJECTIONS
+
+        REJECTIONS.labels(self.stream, str(int(Close.TRY_AGAIN_LATER))).inc()
         await self.base_send({"type": "websocket.accept"})
         await self.base_send(
             {"type": "websocket.send", "text": protocol.error_frame("unavailable", "service temporarily unavailable")}
@@ -256,11 +262,18 @@ class StreamConsumer(AsyncWebsocketConsumer):
         self.since_ms = protocol.now_ms()
         self.opened = time.monotonic()
         self.sent = 0
+        self.sent_bytes = 0
+        self.close_code = None
+        self.claimed_token_id = None  # a known token that was refused (usage rejections)
+        self.claimed_prefix = None
         self.pending = {}  # kind -> newest frame held back from a client that is not reading
         self.backlogged_since = None
         self.ping_nonce = None
         self.bucket = (float(settings.WS_INBOUND_BURST), time.monotonic())
         await self.accept()
+        if draining():
+            await self.refuse(Close.RESTARTING, "restarting", "server restarting; reconnect")
+            return
         watchdog().consumers.add(self)
         if self.link is not None:
             install_sigterm_drain()
@@ -313,6 +326,9 @@ class StreamConsumer(AsyncWebsocketConsumer):
         if self.closing:
             return
         if grant is None:
+            reason, check = reason
+            if reason != "bad":
+                self.claimed_token_id, self.claimed_prefix = check.token_id, check.token_prefix
             code, error, message = _REJECTION_CLOSE[reason]
             await self.refuse(code, error, message)
             return
@@ -335,6 +351,7 @@ class StreamConsumer(AsyncWebsocketConsumer):
             return
         if failed:
             key = limits[failed - 1][0].split(":", 1)[0]
+            self.claimed_token_id, self.claimed_prefix = grant.token_id, grant.token_prefix
             await self.refuse(Close.OVER_LIMIT, "over_limit", f"too many connections for this {key}")
             return
         self.grant = grant
@@ -368,12 +385,13 @@ class StreamConsumer(AsyncWebsocketConsumer):
         feed_text = self._feed_frame_if_newer(latest, feed)
         if feed_text:
             await self._send_frame(feed_text)
+        await accounting().opened(self)
+        who = {"stream": self.stream, "user": grant.username, "token_prefix": grant.token_prefix or "session"}
         log.info(
             "connect stream=%s user=%s token_prefix=%s ip=%s",
-            self.stream,
-            grant.username,
-            grant.token_prefix or "session",
+            *who.values(),
             self.ip,
+            extra={**who, "ip": self.ip},
         )
         self.tasks.append(asyncio.ensure_future(self._heartbeat()))
         self.tasks.append(asyncio.ensure_future(self._recheck_loop()))
@@ -421,14 +439,19 @@ class StreamConsumer(AsyncWebsocketConsumer):
         if self.closing:
             return
         self.closing = True
-        log.warning(
-            "refused stream=%s ip=%s code=%s reason=%s user=%s",
-            self.stream,
-            getattr(self, "ip", "?"),
-            int(code),
-            error,
-            self.grant.username if getattr(self, "grant", None) else "-",
-        )
+        self.close_code = int(code)
+        accounting().rejected(self, code)
+        grant = getattr(self, "grant", None)
+        prefix = (grant.token_prefix or "session") if grant else (getattr(self, "claimed_prefix", None) or "-")
+        fields = {
+            "stream": self.stream,
+            "ip": getattr(self, "ip", "?"),
+            "code": int(code),
+            "reason": error,
+            "user": grant.username if grant else "-",
+            "token_prefix": prefix,
+        }
+        log.warning("refused stream=%s ip=%s code=%s reason=%s user=%s token_prefix=%s", *fields.values(), extra=fields)
         await self.send(text_data=protocol.error_frame(error, message))
         await self.close(code=int(code))
         await self._cleanup()
@@ -441,6 +464,7 @@ class StreamConsumer(AsyncWebsocketConsumer):
         """Server going away: 4200 ("reconnect now"), slots given back."""
         if not self.closing:
             self.closing = True
+            self.close_code = int(Close.RESTARTING)
             try:
                 await self.send(text_data=protocol.error_frame("restarting", "server restarting; reconnect"))
                 await self.close(code=int(Close.RESTARTING))
@@ -449,10 +473,11 @@ class StreamConsumer(AsyncWebsocketConsumer):
         await self._cleanup()
         await asyncio.sleep(0.05)  # let the reactor flush the close frame
 
-    async def _cleanup(self):
+    async def _cleanup(self, code=None):
         if self.cleaned:
             return
         self.cleaned = True
+        accounting().closed(self, code)
         current = asyncio.current_task()
         for task in self.tasks:
             if task is not current:
@@ -472,17 +497,21 @@ class StreamConsumer(AsyncWebsocketConsumer):
                 pass  # the leases and the session entry expire on their own
 
     async def disconnect(self, code):
-        await self._cleanup()
+        await self._cleanup(code)
         if self.grant is not None:
+            fields = {
+                "stream": self.stream,
+                "user": self.grant.username,
+                "token_prefix": self.grant.token_prefix or "session",
+                "ip": self.ip,
+                "duration_s": round(time.monotonic() - self.opened, 1),
+                "code": self.close_code or code,
+            }
             log.info(
                 "disconnect stream=%s user=%s token_prefix=%s ip=%s duration_s=%.1f code=%s sent=%d",
-                self.stream,
-                self.grant.username,
-                self.grant.token_prefix or "session",
-                self.ip,
-                time.monotonic() - self.opened,
-                code,
+                *fields.values(),
                 self.sent,
+                extra={**fields, "sent": self.sent, "sent_bytes": self.sent_bytes},
             )
 
     # --- heartbeat, liveness, slow clients ------------------------------------
@@ -547,7 +576,7 @@ class StreamConsumer(AsyncWebsocketConsumer):
             self.backlogged_since = time.monotonic()
         return True
 
-    async def _send_frame(self, text, kind="snapshot"):
+    async def _send_frame(self, text, kind="snapshot", size=None):
         """Forward a pre-serialized frame; a client that is not reading gets
         only the newest frame of each kind once it catches up (conflation)."""
         if self._backlogged():
@@ -561,8 +590,11 @@ class StreamConsumer(AsyncWebsocketConsumer):
                 if held_kind != kind:
                     await self.send(text_data=held_text)
                     self.sent += 1
+                    self.sent_bytes += len(held_text)
         await self.send(text_data=text)
         self.sent += 1
+        # `size` (UTF-8 bytes) comes with published frames; len() is exact for ASCII frames.
+        self.sent_bytes += len(text) if size is None else size
 
     # --- live token effects --------------------------------------------------------
 
@@ -696,7 +728,10 @@ class StreamConsumer(AsyncWebsocketConsumer):
 
     async def stream_frame(self, message):
         if self.grant is not None and not self.closing:
-            await self._send_frame(message["text"], message.get("kind", "snapshot"))
+            await self._send_frame(message["text"], message.get("kind", "snapshot"), message.get("bytes"))
+            published_ms = message.get("published_ms")
+            if published_ms:
+                fanout.sent(self.stream, published_ms)
 
 
 class MarketConsumer(StreamConsumer):

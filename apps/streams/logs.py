@@ -39,7 +39,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        for key in ("stream", "user", "token_prefix", "ip", "duration_s", "code", "reason"):
+        for key in ("stream", "user", "token_prefix", "ip", "duration_s", "code", "reason", "sent", "sent_bytes"):
             if hasattr(record, key):
                 payload[key] = getattr(record, key)
         if record.exc_info:

@@ -6,12 +6,14 @@ encoded once per update however many clients receive it.
 
 from channels.layers import get_channel_layer
 
-from . import protocol
+from . import metrics, protocol
 from .state import get_state
 
 FRAME = "stream.frame"  # consumer handler: stream_frame
 # `kind` ("snapshot" | "feed") lets a consumer keep only the newest frame of
 # each kind for a client that is not reading (conflation), without parsing.
+# `published_ms` (the frame's own) and `bytes` (its UTF-8 size) ride along so
+# that the sockets count delivery and delay without parsing or encoding.
 
 
 async def publish_snapshot(stream, data, *, epoch, source_ms, feed="live", simulated=False):
@@ -20,19 +22,23 @@ async def publish_snapshot(stream, data, *, epoch, source_ms, feed="live", simul
         raise ValueError(f"unknown stream {stream!r}")
     state = get_state()
     seq = await state.seq_next(stream, epoch)
+    published_ms = protocol.now_ms()
     text = protocol.snapshot_frame(
         stream,
         epoch=epoch,
         seq=seq,
-        published_ms=protocol.now_ms(),
+        published_ms=published_ms,
         source_ms=source_ms,
         feed=feed,
         data=data,
         simulated=simulated,
     )
     await state.latest_set(stream, text)
-    message = {"type": FRAME, "kind": "snapshot", "text": text}
+    size = len(text.encode())
+    message = {"type": FRAME, "kind": "snapshot", "text": text, "published_ms": published_ms, "bytes": size}
     await get_channel_layer().group_send(protocol.stream_group(stream), message)
+    metrics.PUBLISHED.labels(stream).inc()
+    metrics.PUBLISHED_BYTES.labels(stream).inc(size)
     return seq
 
 
@@ -43,5 +49,9 @@ async def publish_feed_state(state_name, *, detail="", simulated=False):
     await get_state().feed_set(record)
     text = protocol.feed_frame(state_name, since_ms=since_ms, detail=detail, simulated=simulated)
     layer = get_channel_layer()
+    size = len(text.encode())
     for stream in protocol.STREAMS:
-        await layer.group_send(protocol.stream_group(stream), {"type": FRAME, "kind": "feed", "text": text})
+        message = {"type": FRAME, "kind": "feed", "text": text, "bytes": size}
+        await layer.group_send(protocol.stream_group(stream), message)
+        metrics.PUBLISHED.labels(stream).inc()
+        metrics.PUBLISHED_BYTES.labels(stream).inc(size)

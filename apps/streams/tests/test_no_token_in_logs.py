@@ -6,7 +6,9 @@ import logging
 
 import httpx
 import pytest
+import websockets
 from asgiref.sync import sync_to_async
+from django.test import Client
 
 from apps.accounts import tokens
 from apps.streams.logs import RedactSecrets
@@ -17,7 +19,19 @@ from .conftest import closed_with, communicator, frame
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-async def _every_transport(ws_url, raw, unknown):
+async def _session_cookie(user):
+    def login():
+        client = Client()
+        client.force_login(user)
+        return client.cookies["sessionid"].value
+
+    return await sync_to_async(login)()
+
+
+async def _every_transport(ws_url, raw, unknown, session):
+    headers = {"Cookie": f"sessionid={session}", "Origin": "http://127.0.0.1:8000"}
+    async with websockets.connect(ws_url + "/ws/market", additional_headers=headers) as ws:
+        assert (await recv_json(ws))["type"] == "welcome"  # the session transport (no token at all)
     result, ws = await outcome(ws_url, raw)
     assert result == "open"
     await ws.close()
@@ -34,17 +48,22 @@ async def _every_transport(ws_url, raw, unknown):
             assert code == 4001
 
 
-async def test_a_real_daphne_at_debug_never_logs_a_token(processes, owner_token):
+@pytest.mark.parametrize("log_format", ["text", "json"])
+async def test_a_real_daphne_at_debug_never_logs_a_token(processes, owner, owner_token, log_format):
     raw = owner_token[1]
     unknown = tokens.generate()
-    server = processes.daphne("-v", "2", LOG_LEVEL="debug")
-    await _every_transport(server.ws_url, raw, unknown)
+    from django.conf import settings
+
+    # The session cookie is signed here: the server needs the same key.
+    server = processes.daphne("-v", "2", LOG_LEVEL="debug", LOG_FORMAT=log_format, SECRET_KEY=settings.SECRET_KEY)
+    await _every_transport(server.ws_url, raw, unknown, await _session_cookie(owner))
     async with httpx.AsyncClient() as client:
         # (daphne's HTTP access log prints query strings; only WS paths are logged without them)
         await client.get(f"{server.http_url}/healthz", headers={"Authorization": f"Bearer {raw}"})
     processes.stop(server)
     log = server.log_path.read_text()
     assert "DEBUG" in log and "connect stream=market" in log  # the log really was at debug
+    assert "token_prefix=session" in log  # the session socket was logged too
     for secret in (raw, unknown, raw[tokens.LOOKUP_LEN :], unknown[tokens.LOOKUP_LEN :]):
         assert secret not in log
 

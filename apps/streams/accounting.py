@@ -1,0 +1,183 @@
+"""Per-process counting of what the sockets do, flushed in batches.
+
+Nothing here runs per delivered message: a socket counts `sent` and
+`sent_bytes` on itself (two integer additions). The consumer calls this
+module once per connect (`opened`), once per refusal (`rejected`) and once
+when it goes (`closed`). A task per event loop then, every
+METRICS_FOLD_INTERVAL seconds, folds the sockets' new counts into the
+Prometheus counters and the pending token usage, and every
+USAGE_FLUSH_INTERVAL seconds writes the usage of every token to the database
+in one batch (`TokenUsage.objects.record`, F() upserts). A SIGTERM drain
+flushes once more before the process exits.
+
+Peak concurrency is global, not per process: at each connect the token's
+live lease count (all processes) is read once from shared state.
+"""
+
+import asyncio
+import logging
+import weakref
+
+from channels.db import database_sync_to_async
+from django.conf import settings
+from django.utils import timezone
+
+from . import metrics
+from .state import StateUnavailable, get_state
+
+log = logging.getLogger("apps.streams")
+
+METRICS_FOLD_INTERVAL = 2.0
+
+
+class Accounting:
+    def __init__(self):
+        self.sockets = weakref.WeakSet()  # streaming sockets on this loop
+        self.folded = weakref.WeakKeyDictionary()  # socket -> (sent, sent_bytes) already counted
+        self.pending = {}  # (token_id, day) -> [connections, peak, messages, bytes, rejections]
+        self.task = None
+        self.lock = asyncio.Lock()
+
+    # --- hooks (one call each) ----------------------------------------------------
+
+    async def opened(self, consumer):
+        """The socket started streaming."""
+        self.start()
+        stream = consumer.stream
+        metrics.CONNECTS.labels(stream).inc()
+        metrics.CONNECTIONS.labels(stream).inc()
+        self.sockets.add(consumer)
+        self.folded[consumer] = (0, 0)  # the welcome snapshot, sent just before, counts too
+        token_id = consumer.grant.token_id
+        if token_id is None:
+            return
+        row = self._row(token_id)
+        row[0] += 1
+        try:
+            live = await get_state().lease_count(f"token:{token_id}")
+        except StateUnavailable:
+            live = 0
+        row[1] = max(row[1], live)
+
+    def rejected(self, consumer, code):
+        """The socket is being closed by the server with `code`."""
+        stream = consumer.stream
+        grant = getattr(consumer, "grant", None)
+        if consumer in self.sockets:
+            return  # a streaming socket: counted as a disconnect in `closed`
+        metrics.REJECTIONS.labels(stream, str(int(code))).inc()
+        token_id = grant.token_id if grant is not None else getattr(consumer, "claimed_token_id", None)
+        if token_id is not None:
+            self._row(token_id)[4] += 1
+
+    def closed(self, consumer, code=None):
+        """The socket is gone (either side closed it)."""
+        if consumer not in self.sockets:
+            return
+        self._fold(consumer)
+        self.sockets.discard(consumer)
+        stream = consumer.stream
+        metrics.CONNECTIONS.labels(stream).dec()
+        close = getattr(consumer, "close_code", None) or code
+        metrics.DISCONNECTS.labels(stream, str(close if close is not None else "none")).inc()
+
+    # --- folding and flushing ---------------------------------------------------------
+
+    def _row(self, token_id):
+        key = (token_id, timezone.localdate())
+        row = self.pending.get(key)
+        if row is None:
+            row = self.pending[key] = [0, 0, 0, 0, 0]
+        return row
+
+    def _fold(self, consumer):
+        sent, sent_bytes = consumer.sent, getattr(consumer, "sent_bytes", 0)
+        old_sent, old_bytes = self.folded.get(consumer, (0, 0))
+        messages, size = sent - old_sent, sent_bytes - old_bytes
+        if not messages and not size:
+            return
+        self.folded[consumer] = (sent, sent_bytes)
+        metrics.DELIVERED.labels(consumer.stream).inc(messages)
+        metrics.DELIVERED_BYTES.labels(consumer.stream).inc(size)
+        token_id = consumer.grant.token_id if consumer.grant is not None else None
+        if token_id is not None:
+            row = self._row(token_id)
+            row[2] += messages
+            row[3] += size
+
+    def fold(self):
+        """Move every socket's new counts into the metrics and pending usage."""
+        for consumer in list(self.sockets):
+            self._fold(consumer)
+        metrics.fanout.settle()
+
+    async def flush(self):
+        """Fold, then write the pending usage to the database (one batch)."""
+        async with self.lock:
+            self.fold()
+            if not self.pending:
+                return 0
+            batch, self.pending = self.pending, {}
+            rows = [
+                {
+                    "token_id": token_id,
+                    "day": day,
+                    "connections": counts[0],
+                    "peak": counts[1],
+                    "messages": counts[2],
+                    "bytes": counts[3],
+                    "rejections": counts[4],
+                }
+                for (token_id, day), counts in batch.items()
+            ]
+            try:
+                written = await _record(rows)
+            except Exception:
+                # Keep the counts for the next attempt rather than lose a day's usage.
+                for key, counts in batch.items():
+                    row = self.pending.setdefault(key, [0, 0, 0, 0, 0])
+                    row[0] += counts[0]
+                    row[1] = max(row[1], counts[1])
+                    for i in (2, 3, 4):
+                        row[i] += counts[i]
+                metrics.USAGE_FLUSHES.labels("failed").inc()
+                log.warning("token usage flush failed; will retry", exc_info=True)
+                return 0
+            metrics.USAGE_FLUSHES.labels("ok").inc()
+            return written
+
+    def start(self):
+        if self.task is None or self.task.done():
+            self.task = asyncio.ensure_future(self._run())
+
+    async def _run(self):
+        since_flush = 0.0
+        while True:
+            await asyncio.sleep(METRICS_FOLD_INTERVAL)
+            since_flush += METRICS_FOLD_INTERVAL
+            if since_flush >= settings.USAGE_FLUSH_INTERVAL:
+                since_flush = 0.0
+                await self.flush()
+            else:
+                self.fold()
+
+
+@database_sync_to_async
+def _record(rows):
+    from apps.accounts.models import TokenUsage
+
+    return TokenUsage.objects.record(rows)
+
+
+_by_loop = {}
+
+
+def accounting() -> Accounting:
+    """The accounting of this event loop (one per daphne process)."""
+    loop = asyncio.get_running_loop()
+    found = _by_loop.get(loop)
+    if found is None:
+        for old in [lp for lp in _by_loop if lp.is_closed()]:
+            del _by_loop[old]
+        found = _by_loop[loop] = Accounting()
+    return found

@@ -1,0 +1,58 @@
+"""Sockets count their own deliveries; the process flushes per-token usage in batches."""
+
+import pytest
+from asgiref.sync import sync_to_async
+
+from apps.accounts.models import TokenUsage
+from apps.streams import metrics
+from apps.streams.accounting import accounting
+
+from .conftest import closed_with, communicator, frame, publish
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def _value(counter, *labels):
+    return counter.labels(*labels)._value.get()
+
+
+async def test_a_sockets_messages_and_bytes_reach_its_tokens_usage_with_no_write_per_message(owner_token):
+    token, raw = owner_token
+    delivered = _value(metrics.DELIVERED, "market")
+    await publish(data={"n": 0})
+    comm = communicator(token=raw)
+    await comm.connect()
+    texts = []
+    assert (await frame(comm))["type"] == "welcome"
+    texts.append((await comm.receive_output(2))["text"])  # the latest snapshot
+    for n in range(1, 21):
+        await publish(data={"n": n, "name": "Hòa Phát"})  # non-ASCII: bytes, not characters
+        texts.append((await comm.receive_output(2))["text"])
+    await comm.disconnect()
+    assert not await sync_to_async(TokenUsage.objects.exists)()  # nothing written per message
+    assert await accounting().flush() == 1
+    usage = await sync_to_async(TokenUsage.objects.get)(token=token)
+    assert usage.connections == 1
+    assert usage.peak_concurrent == 1
+    assert usage.messages == 21
+    assert usage.bytes == sum(len(text.encode()) for text in texts)
+    assert _value(metrics.DELIVERED, "market") - delivered == 21
+
+
+async def test_refusals_of_a_known_token_count_as_its_rejections(owner, issue):
+    token, raw = await sync_to_async(issue)(max_connections=1, streams=["index"])
+    first = communicator("/ws/index", token=raw)
+    await first.connect()
+    assert (await frame(first))["type"] == "welcome"
+    second = communicator("/ws/index", token=raw, client=("10.0.0.2", 5000))
+    await second.connect()
+    code, _ = await closed_with(second)
+    assert code == 4100
+    forbidden = communicator("/ws/market", token=raw)
+    await forbidden.connect()
+    code, _ = await closed_with(forbidden)
+    assert code == 4003
+    await first.disconnect()
+    await accounting().flush()
+    usage = await sync_to_async(TokenUsage.objects.get)(token=token)
+    assert (usage.connections, usage.rejections) == (1, 2)
