@@ -24,7 +24,6 @@ from urllib.parse import parse_qs
 
 from autobahn.exception import Disconnected
 from channels.consumer import get_handler_name
-from channels.db import database_sync_to_async
 from channels.exceptions import ChannelFull, StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.utils import await_many_dispatch
@@ -68,15 +67,25 @@ class ClientError(Exception):
 
 
 class Grant:
-    """Who is connected and what they may use: a session user or an API token."""
+    """Who is connected and what they may use: a session user or an API token.
+    `deadline`: when the token stops working on its own (expiry or end of
+    rotation grace), as epoch seconds, or None."""
 
-    def __init__(self, *, user_id, username, token_id=None, token_prefix=None, token_max=None, user_max=None):
+    def __init__(
+        self, *, user_id, username, token_id=None, token_prefix=None, token_max=None, user_max=None, deadline=None
+    ):
         self.user_id = user_id
         self.username = username
         self.token_id = token_id
         self.token_prefix = token_prefix
         self.token_max = token_max
         self.user_max = user_max
+        self.deadline = deadline
+
+
+def _deadline_of(check):
+    moments = [moment.timestamp() for moment in (check.expires_at, check.retires_at) if moment is not None]
+    return min(moments) if moments else None
 
 
 async def _token_grant(raw, stream, ip):
@@ -92,6 +101,7 @@ async def _token_grant(raw, stream, ip):
             token_prefix=check.token_prefix,
             token_max=check.token_max_connections,
             user_max=check.user_max_connections,
+            deadline=_deadline_of(check),
         ),
         None,
     )
@@ -99,17 +109,6 @@ async def _token_grant(raw, stream, ip):
 
 async def _session_grant(user):
     return Grant(user_id=user.id, username=user.get_username(), user_max=await user_max_connections(user.id))
-
-
-@database_sync_to_async
-def _token_deadline(token_id):
-    """When the token stops working on its own (expiry or end of rotation
-    grace), as epoch seconds, or None."""
-    from apps.accounts.models import ApiToken
-
-    row = ApiToken.objects.filter(pk=token_id).values_list("expires_at", "retires_at").first()
-    moments = [moment.timestamp() for moment in (row or ()) if moment is not None]
-    return min(moments) if moments else None
 
 
 def _in_networks(address, entries):
@@ -394,6 +393,7 @@ class StreamConsumer(AsyncWebsocketConsumer):
             extra={**who, "ip": self.ip},
         )
         self.tasks.append(asyncio.ensure_future(self._heartbeat()))
+        self.deadline_moved = asyncio.Event()
         self.tasks.append(asyncio.ensure_future(self._recheck_loop()))
 
     @staticmethod
@@ -599,25 +599,21 @@ class StreamConsumer(AsyncWebsocketConsumer):
     # --- live token effects --------------------------------------------------------
 
     async def _recheck_loop(self):
-        deadline = await self._deadline()
+        """Re-check every TOKEN_RECHECK_INTERVAL, and at the token's deadline;
+        a re-check that moves the deadline wakes the loop to reschedule."""
         while not self.closing:
             wait = settings.TOKEN_RECHECK_INTERVAL
-            if deadline is not None:
-                wait = max(0.0, min(wait, deadline - time.time() + 0.05))
-            await asyncio.sleep(wait)
+            if self.grant.deadline is not None:
+                wait = max(0.0, min(wait, self.grant.deadline - time.time() + 0.05))
+            self.deadline_moved.clear()
+            try:
+                await asyncio.wait_for(self.deadline_moved.wait(), wait)
+                continue
+            except TimeoutError:
+                pass
             if self.closing:
                 return
             await self.recheck()
-            deadline = await self._deadline()
-
-    async def _deadline(self):
-        if self.grant is None or self.grant.token_id is None:
-            return None
-        try:
-            return await _token_deadline(self.grant.token_id)
-        except Exception:  # the periodic re-check still runs
-            log.warning("token deadline lookup failed", exc_info=True)
-            return None
 
     async def recheck(self):
         """Re-validate the token and the caps now; close if they no longer hold."""
@@ -632,6 +628,10 @@ class StreamConsumer(AsyncWebsocketConsumer):
                 return
             grant.token_max = check.token_max_connections
             grant.user_max = check.user_max_connections
+            deadline = _deadline_of(check)
+            if deadline != grant.deadline:
+                grant.deadline = deadline
+                self.deadline_moved.set()
         else:
             grant.user_max = await user_max_connections(grant.user_id)
         await self._enforce_caps()
