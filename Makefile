@@ -18,7 +18,7 @@ venv: $(VENV)/.installed
 
 run: venv
 	DEBUG=$${DEBUG:-true} $(PY) manage.py migrate --no-input -v 0
-	DEBUG=$${DEBUG:-true} $(PY) manage.py bootstrap
+	DEBUG=$${DEBUG:-true} $(PY) manage.py bootstrap --url http://$(HOST):$(PORT)
 	DEBUG=$${DEBUG:-true} $(PY) manage.py runserver $(HOST):$(PORT)
 
 # Uses REDIS_URL / DATABASE_URL when set; otherwise starts throwaway servers.
@@ -32,8 +32,9 @@ lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+# WebSocket fan-out benchmark (~10 min; writes bench/RESULTS.md and bench/raw/). BENCH_ARGS=--quick for a smoke run.
 bench: venv
-	$(PY) scripts/with_services.py -- $(PY) bench/run.py
+	SKIP_BROWSER_INSTALL=1 $(PY) scripts/with_services.py -- $(PY) bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) var staticfiles

@@ -17,8 +17,9 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser):
         parser.add_argument("--username", default="admin")
+        parser.add_argument("--url", default="http://127.0.0.1:8000", help="Where the site will be served.")
 
-    def handle(self, *args, username, **options):
+    def handle(self, *args, username, url, **options):
         users = get_user_model()
         if users.objects.filter(is_staff=True).exists():
             self.stdout.write("bootstrap: a staff user exists already; nothing to do.")
@@ -26,9 +27,10 @@ class Command(BaseCommand):
         password = secrets.token_urlsafe(12)
         user = users.objects.create_superuser(username, f"{username}@localhost", password)
         _, raw = ApiToken.issue(user, label="created by make run")
+        ws_url = "ws" + url.removeprefix("http")
         self.stdout.write(
             self.style.SUCCESS("\nFirst run: created a staff user and an API token. They are shown only now.\n")
-            + f"  login:     http://127.0.0.1:8000/accounts/login/  user {username}  password {password}\n"
+            + f"  login:     {url}/accounts/login/  user {username}  password {password}\n"
             + f"  API token: {raw}\n"
-            + "  try it:    STK_TOKEN=<the token> .venv/bin/python docs/client_example.py ws://127.0.0.1:8000/ws/market\n"
+            + f"  try it:    STK_TOKEN=<the token> .venv/bin/python docs/client_example.py {ws_url}/ws/market\n"
         )
