@@ -33,6 +33,17 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
+# The feed worker listens here; a stream's first subscriber sends
+# {"type": "feed.wake"} so an idle worker cycles at once.
+WAKE_CHANNEL = "feed-wake"
+
+
+def subscriber_key(stream: str) -> str:
+    """Lease set of everything subscribed to a stream (sockets, page views,
+    snapshot polls); the feed fetches only streams with a member."""
+    return f"stream:{stream}"
+
+
 def stream_group(stream: str) -> str:
     """Channel-layer group every socket of a stream joins."""
     return f"stream.{stream}"

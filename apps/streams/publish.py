@@ -4,10 +4,15 @@ Consumers forward the `text` of these messages unchanged, so a frame is
 encoded once per update however many clients receive it.
 """
 
+import logging
+
+from channels.exceptions import ChannelFull
 from channels.layers import get_channel_layer
 
 from . import metrics, protocol
 from .state import get_state
+
+log = logging.getLogger("apps.streams")
 
 FRAME = "stream.frame"  # consumer handler: stream_frame
 # `kind` ("snapshot" | "feed") lets a consumer keep only the newest frame of
@@ -55,3 +60,15 @@ async def publish_feed_state(state_name, *, detail="", simulated=False):
         await layer.group_send(protocol.stream_group(stream), message)
         metrics.PUBLISHED.labels(stream).inc()
         metrics.PUBLISHED_BYTES.labels(stream).inc(size)
+
+
+async def wake_feed():
+    """Nudge an idle feed worker. Best effort: with no worker listening the
+    channel fills up (core layer) and the nudge is simply dropped."""
+    layer = get_channel_layer()
+    if layer is None:
+        return
+    try:
+        await layer.send(protocol.WAKE_CHANNEL, {"type": "feed.wake"})
+    except ChannelFull:
+        log.debug("feed wake dropped: nobody is reading %s", protocol.WAKE_CHANNEL)
