@@ -145,8 +145,10 @@ class Processes:
 
     def _start(self, args, name, env):
         log_path = self.tmp_path / f"{name}-{len(self.procs)}.log"
-        log = open(log_path, "w")
-        proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        with open(log_path, "w") as log:  # the child keeps its own copy of the descriptor
+            proc = subprocess.Popen(
+                args, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
         proc.log_path = log_path
         self.procs.append(proc)
         return proc

@@ -92,7 +92,7 @@ def port_open(port):
         return False
 
 
-def start_redis(tmp):
+def start_redis(tmp, procs):
     port = free_port()
     proc = subprocess.Popen(
         [
@@ -111,12 +111,13 @@ def start_redis(tmp):
             os.path.join(tmp, "redis.log"),
         ],
     )
+    procs.append((proc, "redis-server"))  # stopped even if it never comes up
     wait_for(lambda: port_open(port), "redis-server")
     log(f"redis-server on 127.0.0.1:{port}")
-    return proc, f"redis://127.0.0.1:{port}/0"
+    return f"redis://127.0.0.1:{port}/0"
 
 
-def start_postgres(tmp):
+def start_postgres(tmp, procs):
     port = free_port()
     data = os.path.join(tmp, "pg")
     os.makedirs(data)
@@ -158,6 +159,7 @@ def start_postgres(tmp):
         stderr=open(os.path.join(tmp, "postgres.log"), "w"),
         **as_user,
     )
+    procs.append((proc, "postgres"))
     wait_for(lambda: port_open(port), "postgres")
     url = f"postgres://postgres@127.0.0.1:{port}/stocktracker"
     subprocess.run(
@@ -166,7 +168,7 @@ def start_postgres(tmp):
         **as_user,
     )
     log(f"postgres on 127.0.0.1:{port}")
-    return proc, url
+    return url
 
 
 def stop(proc, name):
@@ -181,6 +183,24 @@ def stop(proc, name):
     log(f"stopped {name}")
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _stop_child(child):
+    """SIGINT first (pytest then runs its teardown and stops what it started),
+    then SIGTERM, then SIGKILL."""
+    for sig, grace in ((signal.SIGINT, 30), (signal.SIGTERM, 10), (signal.SIGKILL, 10)):
+        child.send_signal(sig)
+        try:
+            return child.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            continue
+        except KeyboardInterrupt:
+            continue
+    return 1
+
+
 def main(argv):
     if "--" in argv:
         argv = argv[argv.index("--") + 1 :]
@@ -192,19 +212,18 @@ def main(argv):
     apt_install(missing_packages(need_redis, need_pg, need_browser=env.get("SKIP_BROWSER_INSTALL") != "1"))
     tmp = tempfile.mkdtemp(prefix="stocktracker-services-")
     procs = []
+    # A CI timeout or `kill` sends SIGTERM: stop the servers on the way out too.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         if need_redis:
-            proc, env["REDIS_URL"] = start_redis(tmp)
-            procs.append((proc, "redis-server"))
+            env["REDIS_URL"] = start_redis(tmp, procs)
         if need_pg:
-            proc, env["DATABASE_URL"] = start_postgres(tmp)
-            procs.append((proc, "postgres"))
+            env["DATABASE_URL"] = start_postgres(tmp, procs)
         child = subprocess.Popen(argv, env=env)
         try:
             return child.wait()
         except KeyboardInterrupt:
-            child.send_signal(signal.SIGINT)
-            return child.wait()
+            return _stop_child(child)
     finally:
         for proc, name in reversed(procs):
             stop(proc, name)

@@ -150,6 +150,15 @@ def test_plain_http_redirects_to_https_and_probes_answer_through_tls(tls_proxy):
         assert json.loads(response.read()) == {"status": "ok"}
 
 
+def test_metrics_are_not_served_through_the_public_proxy(tls_proxy):
+    """Daphne sees nginx's loopback address, which METRICS_ALLOWED_IPS allows by
+    default: the proxy itself must refuse /metrics."""
+    url = f"https://localhost:{tls_proxy['https']}/metrics"
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(url, context=tls_proxy["ssl"], timeout=5)  # noqa: S310
+    assert refused.value.code == 403
+
+
 def test_a_token_in_the_query_string_stays_out_of_the_access_log(tls_proxy, api_token):
     async def main():
         ws, first = await connect(tls_proxy, f"/ws/foreign?token={api_token}")
