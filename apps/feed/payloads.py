@@ -6,6 +6,7 @@ A number that is not known is None (JSON null), never 0.
 """
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from . import rows as r
 from .market import INDEX_CODES, INDEX_NAMES
@@ -37,6 +38,18 @@ class FeedData:
     indices: dict = field(default_factory=dict)  # DailyIndex rows by index code
     points: dict | None = None  # sparkline points by index code, when the source has them
 
+    @cached_property
+    def quotes(self):
+        """Normalised quotes by symbol, parsed once per cycle's data and shared by
+        every builder (market, foreign, the board's foreign totals). A FeedData
+        is not changed once a source delivered it."""
+        quotes = {}
+        for raw in self.stocks:
+            quote = stock(raw)
+            if quote["symbol"]:
+                quotes[quote["symbol"]] = quote
+        return quotes
+
 
 # --- rows --------------------------------------------------------------------
 
@@ -67,15 +80,6 @@ def _change(last, ref, places=2):
     if isinstance(change, float):
         change = round(change, 2)
     return change, round(change * 100 / ref, places)
-
-
-def _quotes_by_symbol(data):
-    quotes = {}
-    for raw in data.stocks:
-        quote = stock(raw)
-        if quote["symbol"]:
-            quotes[quote["symbol"]] = quote
-    return quotes
 
 
 def board_symbols(data):
@@ -136,7 +140,7 @@ def futures_entry(futures, vn30):
 
 
 def build_market(data):
-    quotes = _quotes_by_symbol(data)
+    quotes = data.quotes
     return {
         "phase": data.phase,
         "trading_date": data.trading_date.isoformat(),
@@ -170,7 +174,7 @@ def _total(flows):
 
 def board_flow(data):
     """Foreign totals over the whole HOSE board: the numbers the speed is measured on."""
-    quotes = _quotes_by_symbol(data)
+    quotes = data.quotes
     return _total([_flow(q) for q in quotes.values() if (q["market"] or "HOSE") == "HOSE"])
 
 
@@ -200,7 +204,7 @@ def foreign_speed(history, window_s=SPEED_WINDOW_S):
 
 
 def build_foreign(data, history=()):
-    quotes = _quotes_by_symbol(data)
+    quotes = data.quotes
     flows = {symbol: _flow(q) for symbol, q in quotes.items()}
     hose = [flows[s] for s, q in quotes.items() if (q["market"] or "HOSE") == "HOSE"]
     basket = [flows[s] for s in data.basket if s in flows]
@@ -280,8 +284,10 @@ BUILDERS = {"market": build_market, "foreign": build_foreign, "index": build_ind
 
 
 def fingerprint(value):
-    """A cheap identity of a payload: equal data, equal fingerprint, no JSON."""
-    return hash(_freeze(value))
+    """An immutable copy of a payload to compare the next one with (`==`): equal
+    data, equal fingerprint, and no JSON. Not a hash: hash(-1) == hash(-2) in
+    CPython, so a hash would hide a change from -1 to -2."""
+    return _freeze(value)
 
 
 def _freeze(value):

@@ -1,11 +1,14 @@
 """The feed loop: one cycle at a time, only on the leader, only for subscribed streams.
 
-`Feed.cycle()` is the unit a test calls: touch the heartbeat, confirm the
-leader lock, count subscribers, fetch what they need, build each payload,
-publish those whose fingerprint changed (checking the lock before each
-publish), and report the feed state when it changes. `run_feed()` is a thin
-loop around it: short sleep slices, an early wake on the `feed-wake` channel,
-lock renewal while idle, and a clean release of the lock on stop.
+`Feed.cycle()` is the unit a test calls: make sure of the leader lock and the
+heartbeat (free when the `_keep` task renewed them lately), count subscribers
+(one round trip), fetch what they need, build each payload, publish those that
+changed (checking the lock before each publish), and report the feed state
+when it changes. With no subscriber a cycle only reads the market clock: the
+feed state follows it (live/closed) without any upstream request or payload.
+`run_feed()` is a thin loop around it: short sleep slices, an early wake on the
+`feed-wake` channel, lock renewal and heartbeat in `_keep` (also during a long
+cycle or a long idle sleep), and a clean release of the lock on stop.
 
 Leadership is a redis-py Lock (key `stk:feed:leader`, TTL FEED_LEADER_TTL):
 a standby retries it every second, so it takes over within TTL + 1 s of a
@@ -18,6 +21,7 @@ The feed never touches the database, so it has no connections to recycle.
 import asyncio
 import json
 import logging
+import math
 import random
 import time
 from collections import deque
@@ -36,7 +40,6 @@ from .simulator import POINT_EVERY_S
 log = logging.getLogger("apps.feed")
 
 LOCK_KEY = "stk:feed:leader"
-WAKE_CHANNEL = "feed-wake"  # streams send {"type": "feed.wake"} on a stream's first subscriber
 SLICE_S = 0.5  # sleep granularity: how fast a stop or a wake is noticed
 STANDBY_RETRY_S = 1.0
 TOUCH_EVERY_S = 5.0
@@ -62,14 +65,22 @@ class Leadership:
         self.lock = None
         self.held = False
         self.terms = 0  # times this process took the lock
+        self.renewed = -math.inf  # monotonic time the lock was last taken or renewed
+
+    def renew_every(self):
+        return min(settings.FEED_LEADER_TTL / 3, TOUCH_EVERY_S)
 
     def _lock(self, state):
         if self.lock is None:
             self.lock = state.redis.lock(LOCK_KEY, timeout=settings.FEED_LEADER_TTL, thread_local=False)
         return self.lock
 
-    async def ensure(self):
-        """Hold (or renew) the lock if possible; True while this process leads."""
+    async def ensure(self, renew=True):
+        """Hold (or renew) the lock if possible; True while this process leads.
+
+        `renew=False` (a cycle) trusts a lock renewed less than `renew_every()`
+        ago, which leaves it at least two thirds of its TTL: the `_keep` task
+        renews it, and `still_held()` checks it before each publish anyway."""
         state = get_state()
         if not self.elect or state.embedded:
             self.terms += not self.held
@@ -78,10 +89,13 @@ class Leadership:
             return True
         from redis.exceptions import LockError
 
+        if self.held and not renew and time.monotonic() - self.renewed < self.renew_every():
+            return True
         lock = self._lock(state)
         if self.held:
             try:
                 await lock.reacquire()
+                self.renewed = time.monotonic()
                 return True
             except LockError:
                 self.held = False
@@ -89,6 +103,7 @@ class Leadership:
                 log.warning("lost the feed leader lock")
         self.held = bool(await lock.acquire(blocking=False))
         if self.held:
+            self.renewed = time.monotonic()
             self.terms += 1
             log.info("took the feed leader lock")
         metrics.FEED_LEADER.set(1 if self.held else 0)
@@ -128,34 +143,40 @@ class Feed:
         self.points = {}  # index code -> [[ms, value], ...] on the POINT_EVERY_S grid
         self.failures = 0
         self.failing_since = None
+        self.touched = -math.inf  # monotonic time of the last heartbeat
         self.wake = asyncio.Event()
         self.stats = {"cycles": 0, "idle": 0, "fetches": 0, "builds": 0, "published": 0}
 
     # --- one cycle -------------------------------------------------------------------
 
+    async def touch(self, force=False):
+        """The heartbeat readiness reads, at most once per TOUCH_EVERY_S unless forced."""
+        if force or time.monotonic() - self.touched >= TOUCH_EVERY_S:
+            await get_state().feed_touch()
+            self.touched = time.monotonic()
+
     async def cycle(self):
         """Run one cycle; returns {stream: seq} of what it published (None when not leading)."""
         state = get_state()
-        await state.feed_touch()
-        if not await self.leader.ensure():
+        if not await self.leader.ensure(renew=False):
             return None
+        await self.touch()
         if self.leader.terms != self.term:
             # Another process may have published meanwhile: compare against nothing.
             self.term = self.leader.terms
             self.fingerprints.clear()
             self.feed_state = None
         self.stats["cycles"] += 1
-        needs = set()
-        for stream in protocol.STREAMS:
-            if await state.lease_count(f"stream:{stream}") > 0:
-                needs.add(stream)
+        counts = await state.lease_counts([protocol.subscriber_key(stream) for stream in protocol.STREAMS])
+        needs = {stream for stream, count in zip(protocol.STREAMS, counts, strict=True) if count > 0}
         if not needs:
             self.stats["idle"] += 1
-            if self.feed_state is None:
-                # Once per term, from the clock alone: readiness needs a feed state
-                # even while nobody watches (no upstream request, no payload).
-                phase = market.phase(self.source.now())
-                await self.set_feed_state("live" if phase in market.OPEN_PHASES else "closed")
+            # From the clock alone, every idle cycle (published only when it changes):
+            # readiness and connect-time `feed` frames need a current state even
+            # while nobody watches. No upstream request, no payload.
+            phase = market.phase(self.source.now())
+            await self.set_feed_state("live" if phase in market.OPEN_PHASES else "closed")
+            self.failures, self.failing_since = 0, None
             return {}  # zero-cost idle: no upstream request, nothing built or serialized
         data = await self.source.fetch(needs)
         self.stats["fetches"] += 1
@@ -172,11 +193,11 @@ class Feed:
             payload = BUILDERS[stream](data, *extras.get(stream, ()))
             self.stats["builds"] += 1
             mark = fingerprint(payload)
-            if mark == self.fingerprints.get(stream):
+            if mark == self.fingerprints.get(stream):  # equality of the data itself, not of a hash
                 continue
             if not await self.leader.still_held():
                 log.warning("not publishing %s: no longer the leader", stream)
-                return published
+                return None
             published[stream] = await publish_snapshot(
                 stream, payload, epoch=epoch, source_ms=data.source_ms, feed=feed, simulated=data.simulated
             )
@@ -337,18 +358,15 @@ class Feed:
     async def _keep(self, stop):
         """Renew (or, on a standby, try to take) the lock and touch the heartbeat,
         also while a long cycle or a long idle sleep is in progress."""
-        last_touch = 0.0
         while not stop.is_set():
             try:
-                leading = await self.leader.ensure()
-                if leading and time.monotonic() - last_touch >= TOUCH_EVERY_S:
-                    await get_state().feed_touch()
-                    last_touch = time.monotonic()
+                if await self.leader.ensure():
+                    await self.touch()
             except asyncio.CancelledError:
                 raise
             except Exception:
                 log.warning("feed leadership check failed", exc_info=True)
-            interval = STANDBY_RETRY_S if not self.leader.held else min(settings.FEED_LEADER_TTL / 3, TOUCH_EVERY_S)
+            interval = STANDBY_RETRY_S if not self.leader.held else self.leader.renew_every()
             await asyncio.sleep(interval)
 
     async def _listen(self):
@@ -356,7 +374,7 @@ class Feed:
         layer = get_channel_layer()
         while True:
             try:
-                message = await layer.receive(WAKE_CHANNEL)
+                message = await layer.receive(protocol.WAKE_CHANNEL)
             except asyncio.CancelledError:
                 raise
             except Exception:

@@ -8,13 +8,13 @@ the fake SSI server read them exactly as they read SSI.
 
 Two clocks: `wall` (Asia/Ho_Chi_Minh now; a closed market is closed) and
 `demo` (plays trading days on a loop, SIMULATOR_SPEED simulated seconds per
-real second, each loop the next trading day).
+real second, each loop the next trading day). Both are functions of the wall
+clock, so every worker process computes the same simulated moment.
 """
 
 import datetime as dt
 import math
 import random
-import time
 
 from django.conf import settings
 
@@ -451,28 +451,48 @@ class Simulator:
 
 
 class DemoClock:
-    """Plays trading days on a loop, `speed` simulated seconds per real second."""
+    """Plays trading days on a loop, `speed` simulated seconds per real second.
 
-    def __init__(self, speed, start=None, monotonic=time.monotonic):
-        start = start or market.vn_now()
-        first = market.trading_date(start)
-        self.first_day = first
+    The simulated moment is a function of the wall clock alone, so every process
+    (a leader and the standby that takes over from it) computes the same one and
+    the data never goes back in time within an epoch. Each Asia/Ho_Chi_Minh
+    calendar day, counted from its midnight, plays loops of DEMO_DAY_S
+    simulated seconds, the first from 09:10 of that day's trading date (the last
+    one before it on a weekend), each next loop the next trading day. At
+    midnight the next calendar day starts over from its own trading date: a new
+    epoch, as every loop is.
+    """
+
+    def __init__(self, speed, wall=market.vn_now):
         self.speed = speed
-        self.monotonic = monotonic
-        self.started = monotonic()
+        self.wall = wall
+        self._loop = None  # (calendar day, loop number, its trading date): walked on, not from the start
 
-    def now(self):
-        elapsed = (self.monotonic() - self.started) * self.speed + DEMO_START_S
+    def now(self, wall=None):
+        """The simulated moment at wall-clock moment `wall` (an aware datetime; default now)."""
+        local = (wall or self.wall()).astimezone(market.VN)
+        midnight = dt.datetime.combine(local.date(), dt.time(), tzinfo=market.VN)
+        elapsed = (local - midnight).total_seconds() * self.speed + DEMO_START_S
         loops, offset = divmod(elapsed, DEMO_DAY_S)
-        day = self.first_day
-        for _ in range(int(loops)):
-            day = market.next_trading_day(day)
+        day = self._day(local.date(), int(loops))
         for start, end in DEMO_SEGMENTS:
             if offset < end - start:
                 break
             offset -= end - start
         midnight = dt.datetime.combine(day, dt.time(), tzinfo=market.VN)
         return midnight + dt.timedelta(seconds=start + offset)
+
+    def _day(self, calendar_day, loops):
+        """The trading date of loop `loops` of `calendar_day`."""
+        cached = self._loop
+        if cached and cached[0] == calendar_day and cached[1] <= loops:
+            done, day = cached[1], cached[2]
+        else:
+            done, day = 0, market.trading_date(dt.datetime.combine(calendar_day, dt.time(12), tzinfo=market.VN))
+        for _ in range(loops - done):
+            day = market.next_trading_day(day)
+        self._loop = (calendar_day, loops, day)
+        return day
 
 
 class SimulatorSource:
@@ -481,7 +501,9 @@ class SimulatorSource:
     name = "simulator"
     simulated = True
 
-    def __init__(self, *, clock=None, seed=None, speed=None, extra=None, now=None, futures_override=None):
+    def __init__(self, *, clock=None, seed=None, speed=None, extra=None, now=None, futures_override=None, wall=None):
+        """`now` replaces the clock (the simulated moment itself); `wall` only
+        the wall clock the chosen clock reads (tests)."""
         self.clock = clock or settings.SIMULATOR_CLOCK
         self.simulator = Simulator(
             settings.SIMULATOR_SEED if seed is None else seed,
@@ -491,9 +513,9 @@ class SimulatorSource:
         if now is not None:
             self.now = now
         elif self.clock == "demo":
-            self.now = DemoClock(speed or settings.SIMULATOR_SPEED).now
+            self.now = DemoClock(speed or settings.SIMULATOR_SPEED, wall=wall or market.vn_now).now
         else:
-            self.now = market.vn_now
+            self.now = wall or market.vn_now
         self.requests = 0  # upstream requests: none, ever
 
     async def fetch(self, needs):

@@ -385,6 +385,7 @@ class SSISource:
         self.extra = list(settings.EXTRA_SYMBOLS if extra is None else extra)
         self.override = settings.FUTURES_OVERRIDE if futures_override is None else futures_override
         self._day = None  # (trading date, basket, Futures without a row)
+        self._off_hose = None  # (trading date, extra symbols missing from that day's HOSE board)
 
     @property
     def requests(self):
@@ -422,10 +423,8 @@ class SSISource:
         if needs & {"market", "foreign"}:
             basket, contract = await self.resolve_day(day)
             stocks = await self.client.daily_stock_price(day, market_code="HOSE")
-            have = {str(pick(lower_keys(row), ("symbol",)) or "").upper() for row in stocks}
-            for symbol in self.extra:
-                if symbol not in have:  # not on HOSE: one more request per symbol
-                    stocks.extend(await self.client.daily_stock_price(day, symbol=symbol, page_size=10))
+            for symbol in self._extras_off_hose(day, stocks):  # one more request per symbol
+                stocks.extend(await self.client.daily_stock_price(day, symbol=symbol, page_size=10))
         if "market" in needs:
             rows = await self.client.daily_stock_price(day, market_code="DER", symbol=contract.symbol, page_size=10)
             match = [row for row in rows if str(pick(lower_keys(row), ("symbol",)) or "").upper() == contract.symbol]
@@ -447,8 +446,27 @@ class SSISource:
             indices=indices,
         )
 
+    def _extras_off_hose(self, day, hose_rows):
+        """EXTRA_SYMBOLS that the HOSE board of `day` lacks (HNX, UPCOM): the only
+        ones that need a request of their own. Decided once a day, from the first
+        non-empty HOSE board of the day (an empty one, e.g. before SSI has the
+        day's rows, decides nothing and every extra is asked for)."""
+        if not self.extra:
+            return []
+        if self._off_hose and self._off_hose[0] == day:
+            return self._off_hose[1]
+        have = {str(pick(lower_keys(row), ("symbol",)) or "").strip().upper() for row in hose_rows}
+        off = [symbol for symbol in self.extra if symbol not in have]
+        if have:
+            self._off_hose = (day, off)
+            log.info("extra symbols off HOSE on %s: %s", day, ", ".join(off) or "none")
+        return off
+
     def requests_per_cycle(self):
-        return 2 + len(market.INDEX_CODES) + len(self.extra)  # upper bound: every extra off HOSE
+        """Requests of a full cycle; every extra counts until the day's HOSE board says which are off it."""
+        day = self._off_hose[0] if self._off_hose else None
+        extras = self._off_hose[1] if day is not None and day == market.trading_date(self.now()) else self.extra
+        return 2 + len(market.INDEX_CODES) + len(extras)
 
     def interval(self):
         """Trading hours: FEED_INTERVAL (default 10 s), never faster than one

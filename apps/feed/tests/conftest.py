@@ -6,6 +6,7 @@ import pytest
 
 from apps.feed import market
 from apps.feed.ssi import SSIClient, SSISource
+from apps.streams.protocol import subscriber_key
 from apps.streams.state import get_state
 
 from .fake_ssi import CONSUMER_ID, CONSUMER_SECRET, FakeSSI
@@ -50,4 +51,8 @@ def ssi_source(fake_ssi, clock):
 
 async def subscribe(stream, conn_id="viewer-1", ttl=60):
     """Hold a subscriber lease on `stream`, as a consumer or a dashboard viewer does."""
-    assert await get_state().lease_acquire(conn_id, [(f"stream:{stream}", None)], ttl) == 0
+    assert await get_state().lease_acquire(conn_id, [(subscriber_key(stream), None)], ttl) == 0
+
+
+async def unsubscribe(stream, conn_id="viewer-1"):
+    await get_state().lease_release(conn_id, [subscriber_key(stream)])

@@ -3,14 +3,18 @@
 import asyncio
 import json
 import logging
+from unittest.mock import ANY
 
 import pytest
 
-from apps.feed.runner import LOCK_KEY, WAKE_CHANNEL, Feed
+from apps.feed import payloads
+from apps.feed.payloads import FeedData
+from apps.feed.runner import LOCK_KEY, Feed
 from apps.feed.simulator import SimulatorSource
+from apps.streams.protocol import WAKE_CHANNEL
 from apps.streams.state import get_state
 
-from .conftest import ssi_client, subscribe
+from .conftest import ssi_client, subscribe, unsubscribe
 
 
 async def latest(stream):
@@ -222,3 +226,148 @@ async def test_every_stream_serializes_to_json_once_published(clock, stream):
     await simulator_feed(clock, elect=True).cycle()
     frame = await latest(stream)
     assert frame["simulated"] is True and frame["data"]["trading_date"] == "2026-11-26"
+
+
+# --- review fixes ----------------------------------------------------------------------
+
+
+class StubSource:
+    """A source whose `market` payload the test sets directly (see `payload_is`)."""
+
+    simulated = False
+
+    def __init__(self, clock):
+        self.now = clock
+
+    async def fetch(self, needs):
+        return FeedData(trading_date=self.now().date(), phase="continuous", source_ms=0)
+
+    def interval(self):
+        return 1.0
+
+    async def aclose(self):
+        pass
+
+
+@pytest.mark.parametrize("before, after", [(-1, -2), (-1.0, -2.0)])
+async def test_a_change_from_minus_1_to_minus_2_is_published(clock, monkeypatch, before, after):
+    # hash(-1) == hash(-2) in CPython: a hash-only comparison never publishes this change.
+    basis = [before]
+    monkeypatch.setitem(payloads.BUILDERS, "market", lambda data: {"futures": {"basis": basis[0]}})
+    await subscribe("market")
+    feed = Feed(StubSource(clock), elect=True)
+    assert await feed.cycle() == {"market": 1}
+    basis[0] = after
+    assert await feed.cycle() == {"market": 2}
+    assert (await latest("market"))["data"]["futures"]["basis"] == after
+    assert await feed.cycle() == {}  # and unchanged data is still not published again
+
+
+async def test_an_idle_feed_follows_the_market_clock_and_publishes_only_changes(clock, monkeypatch):
+    from apps.feed import runner
+
+    published = []
+    real = runner.publish_feed_state
+
+    async def spy(name, **kwargs):
+        published.append(name)
+        return await real(name, **kwargs)
+
+    monkeypatch.setattr(runner, "publish_feed_state", spy)
+    feed = simulator_feed(clock, elect=True)
+    assert await feed.cycle() == {}  # 10:00, nobody subscribed
+    assert (await get_state().feed_get())["state"] == "live"
+    clock.advance(hours=1)
+    assert await feed.cycle() == {}
+    clock.advance(hours=6)  # 17:00: the market closed while nobody watched
+    assert await feed.cycle() == {}
+    assert (await get_state().feed_get())["state"] == "closed"
+    assert published == ["live", "closed"]
+    assert feed.stats["fetches"] == 0 and feed.stats["builds"] == 0
+
+
+async def test_an_idle_cycle_ends_the_backoff_of_earlier_failures(fake_ssi, clock):
+    from apps.feed.ssi import SSISource
+
+    source = SSISource(ssi_client(fake_ssi, retries=0), now=clock, extra=[], futures_override="")
+    await subscribe("index")
+    feed = Feed(source, elect=True)
+    fake_ssi.fail("500")
+    assert await feed.safe_cycle() is None
+    assert feed.failures == 1 and (await get_state().feed_get())["state"] == "stale"
+    await unsubscribe("index")
+    assert await feed.safe_cycle() == {}
+    assert feed.failures == 0 and feed.failing_since is None
+    assert feed.next_interval() == source.interval()  # no jitter left over
+    assert (await get_state().feed_get())["state"] == "live"
+
+
+async def test_a_cycle_leaves_lock_and_heartbeat_to_the_keeper_and_counts_subscribers_at_once(clock, monkeypatch):
+    await subscribe("index")
+    feed = simulator_feed(clock, elect=True)
+    assert await feed.cycle() == {"index": 1}  # takes the lock and touches the heartbeat
+    state = get_state()
+    calls = {"touch": 0, "reacquire": 0, "lease_counts": 0}
+
+    def counting(name, real):
+        async def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return await real(*args, **kwargs)
+
+        return wrapper
+
+    async def one_by_one(key):
+        raise AssertionError("subscribers are counted in one round trip")
+
+    monkeypatch.setattr(state, "feed_touch", counting("touch", state.feed_touch))
+    monkeypatch.setattr(state, "lease_counts", counting("lease_counts", state.lease_counts))
+    monkeypatch.setattr(state, "lease_count", one_by_one)
+    monkeypatch.setattr(feed.leader.lock, "reacquire", counting("reacquire", feed.leader.lock.reacquire))
+    for _ in range(3):
+        clock.advance(minutes=5)
+        assert await feed.cycle() == {"index": ANY}
+    assert calls == {"touch": 0, "reacquire": 0, "lease_counts": 3}
+    # Without a keeper (as here) a cycle still renews and touches once they are due.
+    feed.leader.renewed -= 60
+    feed.touched -= 60
+    await feed.cycle()
+    assert calls == {"touch": 1, "reacquire": 1, "lease_counts": 4}
+
+
+async def test_a_cycle_parses_each_stock_row_once(clock, monkeypatch):
+    for stream in ("market", "foreign", "index"):
+        await subscribe(stream, conn_id=f"viewer-{stream}")
+    parsed = []
+    real = payloads.stock
+    monkeypatch.setattr(payloads, "stock", lambda raw: parsed.append(raw) or real(raw))
+    feed = simulator_feed(clock, elect=True)
+    fetched = []
+    fetch = feed.source.fetch
+
+    async def spy(needs):
+        fetched.append(await fetch(needs))
+        return fetched[-1]
+
+    feed.source.fetch = spy
+    assert set(await feed.cycle()) == {"market", "foreign", "index"}
+    assert len(parsed) == len(fetched[0].stocks) > 30
+
+
+async def test_extra_symbols_off_hose_are_found_once_a_day_and_only_they_cost_a_request(fake_ssi, clock):
+    from apps.feed.ssi import SSISource
+
+    source = SSISource(ssi_client(fake_ssi), now=clock, extra=["DGC", "SHS"], futures_override="")
+    await subscribe("market")
+    feed = Feed(source, elect=True)
+    assert source.requests_per_cycle() == 9  # until the day's HOSE board is seen, every extra counts
+    await feed.cycle()
+    assert source.requests_per_cycle() == 8  # DGC is on the HOSE board; SHS (HNX) is not
+    fake_ssi.reset_log()
+    clock.advance(seconds=10)
+    await feed.cycle()
+    asked = sorted(c.params.get("symbol", "") for c in fake_ssi.calls("DailyStockPrice"))
+    assert asked == sorted(["", source._day[2].symbol, "SHS"])  # HOSE board, the future, SHS: not DGC
+    stocks = (await latest("market"))["data"]["stocks"]
+    assert [s["symbol"] for s in stocks[30:]] == ["DGC", "SHS"]
+    assert all(s["last"] for s in stocks[30:])
+    assert source._off_hose == (clock().date(), ["SHS"])

@@ -159,3 +159,25 @@ def test_equal_payloads_have_equal_fingerprints_and_any_change_shows():
     assert fingerprint(one) == fingerprint(two)
     moved = build_market(data(basket=["FPT"], stocks=[{**FPT, "ClosePrice": "99500"}]))
     assert fingerprint(moved) != fingerprint(one)
+
+
+def test_a_change_from_minus_1_to_minus_2_changes_the_fingerprint():
+    # hash(-1) == hash(-2) (and hash(-1.0) == hash(-2.0)) in CPython.
+    for before, after in ((-1, -2), (-1.0, -2.0)):
+        one = {"futures": {"basis": before}, "stocks": [{"change": before}]}
+        two = {"futures": {"basis": after}, "stocks": [{"change": before}]}
+        assert fingerprint(one) != fingerprint(two)
+        assert fingerprint(one) == fingerprint({"futures": {"basis": before}, "stocks": [{"change": before}]})
+
+
+def test_the_rows_are_parsed_once_however_many_builders_read_them(monkeypatch):
+    from apps.feed import payloads
+
+    parsed = []
+    real = payloads.stock
+    monkeypatch.setattr(payloads, "stock", lambda raw: parsed.append(raw) or real(raw))
+    source = data(basket=["FPT"], stocks=[FPT, stock("AAA", "100", "0")])
+    build_market(source)
+    build_foreign(source)
+    payloads.board_flow(source)
+    assert len(parsed) == 2

@@ -151,17 +151,42 @@ def test_extra_symbols_join_the_board():
 
 
 def test_the_demo_clock_plays_a_day_on_a_loop_and_moves_on_to_the_next_trading_day():
-    now = [0.0]
-    clock = DemoClock(speed=60, start=at("20:00", dt.date(2026, 11, 27)), monotonic=lambda: now[0])
-    first = clock.now()
+    clock = DemoClock(speed=60)
+    midnight = at("00:00", dt.date(2026, 11, 27))  # a Friday: the wall clock's day starts the demo
+    first = clock.now(midnight)
     assert first.date() == dt.date(2026, 11, 27) and first.time() == dt.time(9, 10)
-    now[0] = 60.0  # one real minute: an hour of market time
-    assert clock.now().time() == dt.time(10, 10)
-    now[0] = 3 * 60.0  # past 11:35 the demo skips lunch
-    assert clock.now().time() == dt.time(13, 30)
-    now[0] = 7 * 60.0
-    later = clock.now()
-    assert later.date() == dt.date(2026, 11, 30)  # Friday's loop done: Monday
+    minute = dt.timedelta(minutes=1)
+    assert clock.now(midnight + minute).time() == dt.time(10, 10)  # a real minute: an hour of market time
+    assert clock.now(midnight + 3 * minute).time() == dt.time(13, 30)  # past 11:35 the demo skips lunch
+    assert clock.now(midnight + 7 * minute).date() == dt.date(2026, 11, 30)  # Friday's loop done: Monday
+    # On a weekend the demo plays the last trading day, then the next ones.
+    assert DemoClock(speed=60).now(at("00:00", dt.date(2026, 11, 29))).date() == dt.date(2026, 11, 27)
+
+
+def test_every_process_computes_the_same_demo_moment_from_the_wall_clock():
+    wall = [at("14:00")]
+    leader = DemoClock(speed=60, wall=lambda: wall[0])
+    seen = [leader.now() for _ in range(3)]
+    wall[0] += dt.timedelta(minutes=37, seconds=11)
+    standby = DemoClock(speed=60, wall=lambda: wall[0])  # a process started later, taking over
+    assert standby.now() == leader.now() > seen[-1]
+    assert SimulatorSource(clock="demo", speed=60, wall=lambda: wall[0]).now() == leader.now()
+
+
+@pytest.mark.parametrize("speed", [1, 10, 60])
+def test_the_demo_clock_never_goes_back_within_a_trading_date(speed):
+    clock = DemoClock(speed=speed)
+    moment, step = at("00:00"), dt.timedelta(seconds=47)
+    last = {}
+    while moment < at("00:00", DAY + dt.timedelta(days=2)):
+        simulated = clock.now(moment)
+        key = (moment.date(), simulated.date())  # a calendar day replays its own sequence of dates
+        assert key not in last or simulated > last[key]
+        last[key] = simulated
+        moment += step
+    # At midnight the next calendar day starts over: with a new epoch, never the one just played.
+    midnight = at("00:00", DAY + dt.timedelta(days=1))
+    assert clock.now(midnight - dt.timedelta(seconds=1)).date() != clock.now(midnight).date()
 
 
 def test_the_wall_clock_shows_a_closed_market_when_it_is_closed():
