@@ -4,12 +4,14 @@ import re
 from io import StringIO
 
 import pytest
+from asgiref.sync import async_to_sync
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
 
+from apps.accounts.auth import check_token
 from apps.accounts.models import ApiToken
 
-pytestmark = pytest.mark.django_db
+pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def run_bootstrap():
@@ -24,7 +26,8 @@ def test_the_first_run_creates_a_staff_user_and_a_working_token():
     password = re.search(r"password (\S+)", output).group(1)
     user = get_user_model().objects.get(username="admin")
     assert user.is_staff and user.check_password(password)
-    assert ApiToken.objects.find(raw).user == user
+    check = async_to_sync(check_token)(raw, "market")
+    assert check.ok and check.user_id == user.id
 
 
 def test_the_credentials_are_never_printed_again():

@@ -5,19 +5,28 @@ message and periodic re-check. Both return a `TokenCheck`: a grant, or the
 reason the token may not be used ('bad', 'revoked', 'retired', 'expired',
 'stream'). Accounts knows nothing of sockets; streams maps reasons to codes.
 
-Connects are cached so that a reconnect storm does not become a query storm:
+Both are answered from one per-process cache, so that neither a reconnect
+storm nor thousands of open sockets re-checking become a query storm:
 
 - A malformed token (wrong shape or checksum) is refused with no I/O at all.
 - Each process keeps what it loaded, keyed by lookup prefix, together with
   the token's *generation*: an opaque value in shared state (Redis in
   production, this process in embedded mode) that every committed change
   replaces (`apps.accounts.signals`). A cached copy is used only while the
-  generation it was loaded under is still the current one, so a revoked token
-  is refused on the very next connect on every process. A missing generation
-  (first use, Redis flushed or restarted) means: load from the database.
+  generation it was loaded under is still the current one, so a change is
+  seen by the very next check or re-check on every process once its
+  generation is bumped. A missing generation (first use, Redis flushed or
+  restarted) means: load from the database.
+- A token whose bump this process could not deliver yet (Redis blip at commit
+  time, `signals.pending_bumps`) is never answered from this cache; see
+  `apps.accounts.signals` for the exact window left on other processes.
 - Time-based rules (expiry, end of a rotation grace) are evaluated on every
   use from the cached timestamps, so they hold to the second.
 - If shared state cannot be reached the check falls back to the database.
+- A cached copy is dropped after TOKEN_CACHE_TTL whatever its generation: a
+  change made behind accounts' back (SQL console, queryset `.update()` of a
+  watched field) reaches new connects within TOKEN_CACHE_TTL and open
+  sockets within TOKEN_CACHE_TTL + TOKEN_RECHECK_INTERVAL.
 - last_used (time, IP) is written at most once a minute per token: a
   per-process timer, a shared claim, then a conditional UPDATE.
 """
@@ -34,7 +43,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from . import tokens
-from .signals import GENERATION_TTL, generation_key
+from .signals import GENERATION_TTL, generation_key, pending_bumps
 
 log = logging.getLogger("apps.accounts")
 
@@ -136,8 +145,7 @@ def _load_snapshot(**lookup):
     return _Snapshot.of(token) if token is not None else None
 
 
-_load_by_prefix = database_sync_to_async(lambda prefix: _load_snapshot(prefix=prefix))
-_load_by_id = database_sync_to_async(lambda token_id: _load_snapshot(pk=token_id))
+_load_snapshot_async = database_sync_to_async(_load_snapshot)
 
 
 @database_sync_to_async
@@ -156,11 +164,13 @@ class TokenCache:
         self.ttl = settings.TOKEN_CACHE_TTL if ttl is None else ttl
         self.max_entries = max_entries
         self._entries = OrderedDict()
+        self._prefixes = OrderedDict()  # token_id -> lookup prefix (never changes), for re-checks
         self._touched = {}  # token_id -> monotonic time of this process's last last_used attempt
         self.hits = self.misses = 0
 
     def clear(self):
         self._entries.clear()
+        self._prefixes.clear()
         self._touched.clear()
 
     async def check(self, raw, stream, ip=None, at=None) -> TokenCheck:
@@ -175,6 +185,30 @@ class TokenCache:
             await self._record_use(snapshot.token_id, ip)
         return result
 
+    async def recheck(self, token_id, stream, at=None) -> TokenCheck:
+        """The check of an open socket's token, by id. A token this process
+        has not loaded yet is read by id (which teaches the cache its prefix);
+        after that, re-checks are answered like connects. No last_used write."""
+        prefix = self._prefixes.get(token_id)
+        if prefix is None:
+            self.misses += 1
+            snapshot = await self._load(pk=token_id)
+        else:
+            snapshot = await self._snapshot(prefix)
+            if snapshot is not None and snapshot.token_id != token_id:
+                snapshot = None  # the prefix now belongs to another token: this one is gone
+        if snapshot is None:
+            return TokenCheck(reason="revoked", token_id=token_id)
+        return snapshot.check(stream, at)
+
+    async def _load(self, **lookup):
+        snapshot = await _load_snapshot_async(**lookup)
+        if snapshot is not None and snapshot.token_id not in self._prefixes:
+            self._prefixes[snapshot.token_id] = snapshot.prefix
+            while len(self._prefixes) > self.max_entries:
+                self._prefixes.popitem(last=False)
+        return snapshot
+
     async def _snapshot(self, prefix):
         from apps.streams.state import StateUnavailable, get_state
 
@@ -185,7 +219,13 @@ class TokenCache:
         except StateUnavailable:
             # Cannot tell whether a cached copy is current: ask the database.
             self.misses += 1
-            return await _load_by_prefix(prefix)
+            return await self._load(prefix=prefix)
+        if prefix in pending_bumps:
+            # This process changed the token but could not give it a new
+            # generation yet: other copies may be stale, ours too. Ask the database.
+            self.misses += 1
+            self._entries.pop(prefix, None)
+            return await self._load(prefix=prefix)
         entry = self._entries.get(prefix)
         if entry is not None:
             snapshot, cached_generation, loaded = entry
@@ -199,7 +239,7 @@ class TokenCache:
         self.misses += 1
         # The generation was read before the load: a change committed during
         # the load has replaced it, so the next check reloads.
-        snapshot = await _load_by_prefix(prefix)
+        snapshot = await self._load(prefix=prefix)
         if snapshot is not None and generation is None:
             # First use since the key expired or Redis restarted: create the
             # generation; cache from the next check on, under its value.
@@ -246,11 +286,17 @@ async def check_token(raw, stream, ip=None) -> TokenCheck:
 
 
 async def recheck_token(token_id, stream) -> TokenCheck:
-    """Fresh check of an open socket's token (never answered from a cache)."""
-    snapshot = await _load_by_id(token_id)
-    if snapshot is None:
-        return TokenCheck(reason="revoked", token_id=token_id)
-    return snapshot.check(stream)
+    """Is the token of an open socket still usable for `stream`? Called on
+    every live-effect message and periodic re-check.
+
+    Answered from the generation-checked cache, like `check_token`: the
+    database is read only when the token's generation changed, is missing or
+    cannot be read, when this process's own bump is pending, when the cached
+    copy is older than TOKEN_CACHE_TTL, or on the first re-check of a token
+    this process has not loaded yet. So a change that has been committed and
+    had its generation bumped is always seen; expiry and rotation grace are
+    evaluated now. A deleted token answers 'revoked'."""
+    return await token_cache.recheck(token_id, stream)
 
 
 @database_sync_to_async
@@ -260,3 +306,22 @@ def user_max_connections(user_id) -> int:
     from .models import UserLimits
 
     return UserLimits.for_user(get_user_model().objects.get(pk=user_id)).max_connections
+
+
+@database_sync_to_async
+def session_user_check(user_id):
+    """(active, max_connections) for the user of a session socket, in one
+    query; (False, None) when the user no longer exists. Used at connect and
+    on every re-check, so a deactivated or deleted user's sockets close."""
+    from django.contrib.auth import get_user_model
+
+    from .models import UserLimits
+
+    user = get_user_model().objects.select_related("limits").filter(pk=user_id).first()
+    if user is None:
+        return False, None
+    try:
+        user_max = user.limits.max_connections
+    except UserLimits.DoesNotExist:
+        user_max = settings.USER_DEFAULT_MAX_CONNECTIONS
+    return user.is_active, user_max

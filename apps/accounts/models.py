@@ -7,7 +7,6 @@ commands and the methods below all announce without extra care. Queryset
 `.update()` bypasses that on purpose and is used only for `last_used_*`.
 """
 
-import hmac
 import ipaddress
 from datetime import timedelta
 
@@ -148,15 +147,6 @@ class UserLimits(models.Model):
 
 
 class ApiTokenQuerySet(models.QuerySet):
-    def find(self, raw):
-        """The token matching `raw`, or None. Rejects malformed input with no query."""
-        if not tokens.is_well_formed(raw):
-            return None
-        candidate = self.select_related("user").filter(prefix=tokens.lookup_prefix(raw)).first()
-        if candidate is None or not hmac.compare_digest(candidate.digest, tokens.digest(raw)):
-            return None
-        return candidate
-
     def status_q(self, status, at=None):
         """A Q selecting tokens whose status at `at` is `status` (same rule as `ApiToken.status`)."""
         at = at or timezone.now()
@@ -179,9 +169,6 @@ class ApiTokenQuerySet(models.QuerySet):
                 output_field=models.CharField(),
             )
         )
-
-    def usable(self, at=None):
-        return self.filter(self.status_q("active", at) | self.status_q("expiring", at))
 
     def unused_q(self, at=None):
         """A Q selecting usable tokens not used for TOKEN_UNUSED_DAYS (never-used

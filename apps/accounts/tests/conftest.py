@@ -9,9 +9,18 @@ from apps.accounts import auth
 
 @pytest.fixture(autouse=True)
 def empty_token_cache():
+    from apps.accounts.signals import pending_bumps
+
     auth.token_cache.clear()
     yield
     auth.token_cache.clear()
+    pending_bumps.clear()  # and stop the background retrier a test may have started
+
+
+def run_recheck(token_id, stream="market", *, cache=None, at=None):
+    """recheck_token as an open socket would call it, from sync test code."""
+    cache = cache or auth.token_cache
+    return async_to_sync(cache.recheck)(token_id, stream, at)
 
 
 def run_check(raw, stream="market", *, cache=None, ip="127.0.0.1", at=None):

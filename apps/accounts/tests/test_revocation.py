@@ -54,12 +54,13 @@ def test_revoking_twice_keeps_the_first_time(owner_token):
     assert ApiToken.objects.get(pk=token.pk).revoked_at == first
 
 
-def test_recheck_reads_the_database_not_the_cache(owner_token):
+def test_recheck_sees_a_revocation_committed_on_another_process(owner_token):
     from asgiref.sync import async_to_sync
 
     token, raw = owner_token
     assert run_check(raw).ok
-    ApiToken.objects.filter(pk=token.pk).update(revoked_at=token.created_at)  # no announcement
+    assert async_to_sync(recheck_token)(token.pk, "market").ok  # answered from the cache
+    ApiToken.objects.get(pk=token.pk).revoke()
     assert async_to_sync(recheck_token)(token.pk, "market").reason == "revoked"
 
 

@@ -1,4 +1,7 @@
-"""A reconnect storm is served from the cache; every change is seen at once."""
+"""A reconnect storm (and the re-checks of open sockets) is served from the
+cache; every change is seen at once."""
+
+from datetime import timedelta
 
 import pytest
 import redis
@@ -8,7 +11,7 @@ from django.test.utils import CaptureQueriesContext
 
 from apps.accounts.auth import TokenCache
 
-from .conftest import run_check
+from .conftest import run_check, run_recheck
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -146,3 +149,84 @@ def test_embedded_mode_caches_and_invalidates_in_process(embedded, owner_token):
     assert len(queries) <= 3
     token.revoke()
     assert run_check(raw).reason == "revoked"
+
+
+# --- re-checks of open sockets ---------------------------------------------------
+
+
+def test_rechecks_of_open_sockets_are_answered_from_the_cache(owner_token):
+    token, raw = owner_token
+    assert run_check(raw).ok  # the connect loads the token
+    with CaptureQueriesContext(connection) as queries:
+        results = [run_recheck(token.pk) for _ in range(1000)]
+    assert all(result.ok for result in results)
+    assert len(queries) == 0, [q["sql"] for q in queries]
+
+
+def test_a_token_this_process_never_loaded_is_rechecked_by_id_then_from_the_cache(owner_token):
+    token, _ = owner_token
+    cache = TokenCache()
+    with CaptureQueriesContext(connection) as queries:
+        for _ in range(100):
+            assert run_recheck(token.pk, cache=cache).ok
+    assert len(queries) <= 2, [q["sql"] for q in queries]
+
+
+@pytest.mark.parametrize(
+    ("change", "stream", "reason"),
+    [
+        (lambda t: t.revoke(), "market", "revoked"),
+        (lambda t: t.rotate(timedelta(0)), "market", "retired"),
+        (lambda t: t.set_expiry(t.created_at), "market", "expired"),
+        (lambda t: setattr(t, "streams", ["index"]) or t.save(), "market", "stream"),
+        (lambda t: t.user.__setattr__("is_active", False) or t.user.save(), "market", "revoked"),
+        (lambda t: t.delete(), "market", "revoked"),
+    ],
+)
+def test_a_committed_change_is_seen_by_the_next_recheck_on_every_process(owner_token, change, stream, reason):
+    token, raw = owner_token
+    other_process = TokenCache()
+    token_id = token.pk
+    assert run_check(raw, stream, cache=other_process).ok
+    assert run_recheck(token_id, stream, cache=other_process).ok  # from the cache
+    change(token)
+    assert run_recheck(token_id, stream, cache=other_process).reason == reason
+
+
+def test_lowered_caps_are_seen_by_the_next_recheck(owner, owner_token):
+    token, raw = owner_token
+    other_process = TokenCache()
+    assert run_check(raw, cache=other_process).ok
+    token.max_connections = 1
+    token.save()
+    owner.limits.max_connections = 2
+    owner.limits.save()
+    result = run_recheck(token.pk, cache=other_process)
+    assert (result.token_max_connections, result.user_max_connections) == (1, 2)
+
+
+def test_a_recheck_evaluates_expiry_at_the_moment_of_the_recheck(owner_token, django_assert_num_queries):
+    token, raw = owner_token
+    assert run_check(raw).ok
+    with django_assert_num_queries(0):
+        assert run_recheck(token.pk, at=token.expires_at - timedelta(seconds=1)).ok
+        assert run_recheck(token.pk, at=token.expires_at).reason == "expired"
+
+
+def test_a_change_behind_accounts_back_reaches_rechecks_after_the_cache_ttl(owner_token):
+    token, raw = owner_token
+    cache = TokenCache(ttl=0)
+    assert run_check(raw, cache=cache).ok
+    type(token).objects.filter(pk=token.pk).update(revoked_at=token.created_at)  # no announcement
+    assert run_recheck(token.pk, cache=cache).reason == "revoked"
+
+
+def test_without_redis_rechecks_read_the_database(owner_token, settings):
+    from apps.streams.state import reset_state
+
+    token, raw = owner_token
+    assert run_check(raw).ok
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens there
+    reset_state()
+    type(token).objects.filter(pk=token.pk).update(revoked_at=token.created_at)
+    assert run_recheck(token.pk).reason == "revoked"

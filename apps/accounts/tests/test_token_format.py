@@ -2,8 +2,12 @@ import hashlib
 import math
 import re
 
+import pytest
+
 from apps.accounts import tokens
-from apps.accounts.models import ApiToken
+from apps.accounts.auth import TokenCache
+
+from .conftest import run_check
 
 FORMAT = re.compile(r"^stk_[0-9A-Za-z]{46}$")
 
@@ -48,12 +52,15 @@ def test_only_the_lookup_prefix_and_a_sha256_digest_are_stored(owner_token):
     assert token.digest == hashlib.sha256(raw.encode()).hexdigest()
 
 
-def test_find_returns_the_token_only_for_its_exact_plaintext(owner_token, django_assert_num_queries):
+@pytest.mark.django_db(transaction=True)
+def test_a_check_accepts_the_token_only_for_its_exact_plaintext(owner_token):
     token, raw = owner_token
-    assert ApiToken.objects.find(raw) == token
-    # Same prefix, different (well-formed) secret: found by prefix, refused by digest.
+    # Same prefix, different (well-formed) secret: found by prefix, refused by digest,
+    # whether the prefix is loaded from the database or answered from the cache.
     body = raw[4:-6]
     forged_body = body[:8] + ("A" if body[8] != "A" else "B") + body[9:]
     forged = "stk_" + forged_body + tokens.checksum(forged_body)
     assert tokens.is_well_formed(forged)
-    assert ApiToken.objects.find(forged) is None
+    assert run_check(forged, cache=TokenCache()).reason == "bad"
+    assert run_check(raw).token_id == token.pk
+    assert run_check(forged).reason == "bad"
