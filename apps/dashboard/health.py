@@ -10,7 +10,7 @@ from django.http import HttpResponse, JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
-from apps.streams import watchdog
+from apps.streams import netaddr, watchdog
 from apps.streams.state import StateUnavailable, get_state
 
 
@@ -75,24 +75,11 @@ async def _feed_check(state):
     return result
 
 
-def _metrics_client_ip(request):
-    """The peer, or the X-Forwarded-For client when the peer is a trusted proxy
-    (the same rule as the sockets)."""
-    from apps.streams.consumers import client_ip
-
-    headers = []
-    forwarded = request.META.get("HTTP_X_FORWARDED_FOR")
-    if forwarded:
-        headers.append((b"x-forwarded-for", forwarded.encode("latin-1")))
-    return client_ip({"client": [request.META.get("REMOTE_ADDR") or "unknown"], "headers": headers})
-
-
 def _metrics_allowed(request, user):
-    from apps.streams.consumers import _in_networks
-
     if user.is_authenticated and user.is_active and user.is_staff:
         return True
-    return _in_networks(_metrics_client_ip(request), settings.METRICS_ALLOWED_IPS)
+    # The client behind trusted proxies, by the same rule as the sockets.
+    return netaddr.in_networks(netaddr.request_client_ip(request), settings.METRICS_ALLOWED_IPS)
 
 
 @never_cache

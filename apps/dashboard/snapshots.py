@@ -1,6 +1,7 @@
 """Latest snapshots for pages and polls, and the "viewer" leases that wake the feed.
 
-The feed works only for streams with subscribers (leases under `stream:<name>`).
+The feed works only for streams with subscribers (leases under
+`protocol.subscriber_key(stream)`).
 A page view or a snapshot poll is a subscriber for a short while, so it takes
 a lease; if a stream has no latest frame yet it also nudges the feed and waits
 briefly for one, so the first page shows data rather than "waiting".
@@ -10,25 +11,17 @@ import asyncio
 import json
 import time
 
-from channels.layers import get_channel_layer
-
-from apps.streams.protocol import STREAMS, now_ms
+from apps.streams.protocol import STREAMS, now_ms, subscriber_key
+from apps.streams.publish import wake_feed
 from apps.streams.state import get_state
 
 VIEWER_TTL = 30.0  # seconds a page view or poll keeps a stream "subscribed"
-WAKE_CHANNEL = "feed-wake"
 FIRST_WAIT = 2.0  # seconds to wait for a first frame when none exists
 WAKE_IF_OLDER_MS = 10_000  # an older latest means the feed idles: nudge it
 
 
 async def take_viewer_lease(member, streams, ttl=VIEWER_TTL):
-    await get_state().lease_acquire(f"viewer:{member}", [(f"stream:{s}", None) for s in streams], ttl)
-
-
-async def wake_feed():
-    layer = get_channel_layer()
-    if layer is not None:
-        await layer.send(WAKE_CHANNEL, {"type": "feed.wake"})
+    await get_state().lease_acquire(f"viewer:{member}", [(subscriber_key(s), None) for s in streams], ttl)
 
 
 def published_ms(text):

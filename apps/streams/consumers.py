@@ -12,7 +12,6 @@ the token (and the caps) every TOKEN_RECHECK_INTERVAL and at its expiry.
 
 import asyncio
 import functools
-import ipaddress
 import json
 import logging
 import os
@@ -24,18 +23,20 @@ from urllib.parse import parse_qs
 
 from autobahn.exception import Disconnected
 from channels.consumer import get_handler_name
-from channels.exceptions import ChannelFull, StopConsumer
+from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.utils import await_many_dispatch
 from django.conf import settings
 from redis.exceptions import RedisError
 
-from apps.accounts.auth import check_token, recheck_token, user_max_connections
+from apps.accounts.auth import check_token, recheck_token, session_user_check
 
 from . import protocol
 from .accounting import accounting
 from .metrics import fanout
+from .netaddr import scope_client_ip
 from .protocol import Close
+from .publish import wake_feed
 from .state import StateUnavailable, get_state
 from .transport import link_for
 from .watchdog import draining, install_sigterm_drain, watchdog
@@ -44,7 +45,8 @@ log = logging.getLogger("apps.streams")
 
 # How long a connect may wait on Redis (channel subscription) before 1013.
 BACKEND_TIMEOUT = 3.0
-FEED_WAKE_CHANNEL = "feed-wake"
+# First retry of a failed token re-check (doubles up to TOKEN_RECHECK_INTERVAL).
+RECHECK_RETRY = 1.0
 PROCESS = f"{socket.gethostname()}:{os.getpid()}"
 
 _REJECTION_CLOSE = {
@@ -54,6 +56,7 @@ _REJECTION_CLOSE = {
     "expired": (Close.EXPIRED, "token_expired", "token expired"),
     "stream": (Close.FORBIDDEN, "stream_forbidden", "stream not allowed for this token"),
 }
+_SESSION_ENDED = (Close.REVOKED, "session_revoked", "this account was deactivated or removed")
 _BACKEND_ERRORS = (StateUnavailable, RedisError, OSError, asyncio.TimeoutError)
 
 
@@ -108,34 +111,12 @@ async def _token_grant(raw, stream, ip):
 
 
 async def _session_grant(user):
-    return Grant(user_id=user.id, username=user.get_username(), user_max=await user_max_connections(user.id))
-
-
-def _in_networks(address, entries):
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        return False
-    for entry in entries:
-        try:
-            if ip in ipaddress.ip_network(entry, strict=False):
-                return True
-        except ValueError:
-            continue
-    return False
-
-
-def client_ip(scope):
-    """The peer address, or the X-Forwarded-For client when the peer is a
-    trusted proxy (WS_TRUSTED_PROXIES: addresses or networks)."""
-    peer = (scope.get("client") or ["unknown"])[0]
-    if _in_networks(peer, settings.WS_TRUSTED_PROXIES):
-        for name, value in scope.get("headers", []):
-            if name == b"x-forwarded-for":
-                # The proxy appends the address it saw: the rightmost entry is
-                # the one it vouches for; anything left of it the client wrote.
-                return value.decode("latin-1").split(",")[-1].strip() or peer
-    return peer
+    """A Grant for the session's user (already loaded by the auth middleware;
+    one query for the cap), or None if the user is gone or inactive by now."""
+    active, user_max = await session_user_check(user.id)
+    if not active:
+        return None
+    return Grant(user_id=user.id, username=user.get_username(), user_max=user_max)
 
 
 def _header(scope, wanted):
@@ -182,6 +163,7 @@ class StreamConsumer(AsyncWebsocketConsumer):
         self.closing = False
         self.cleaned = False
         self.lease_keys = []
+        self.groups_joined = []
         self.tasks = []
         self.channel_layer = self.get_layer()
         try:
@@ -253,9 +235,9 @@ class StreamConsumer(AsyncWebsocketConsumer):
     async def connect(self):
         self.conn_id = new_connection_id()
         self.grant = None
-        self.authenticating = False
-        self.groups_joined = []
-        self.ip = client_ip(self.scope)
+        self.authenticating = False  # from credentials to the end of start()
+        self.deadline_moved = asyncio.Event()  # set when a re-check moves the token's deadline
+        self.ip = scope_client_ip(self.scope)
         self.origin = _header(self.scope, b"origin")
         self.link = link_for(self.scope)
         self.since_ms = protocol.now_ms()
@@ -291,7 +273,17 @@ class StreamConsumer(AsyncWebsocketConsumer):
                 )
                 await self.refuse(Close.FORBIDDEN, "origin_forbidden", "origin not allowed for session sign-in")
                 return
-            await self.start(await _session_grant(user))
+            self.authenticating = True  # until start() is done: no deadline, no second `auth`
+            try:
+                grant = await _session_grant(user)
+                if self.closing:
+                    return
+                if grant is None:
+                    await self.refuse(Close.BAD_CREDENTIALS, "auth_failed", "session user is inactive or removed")
+                    return
+                await self.start(grant)
+            finally:
+                self.authenticating = False
             return
         if raw is not None:
             await self.authenticate(raw)
@@ -317,30 +309,40 @@ class StreamConsumer(AsyncWebsocketConsumer):
         return values[0] if values else None
 
     async def authenticate(self, raw):
+        # `authenticating` holds until start() is done, so the auth deadline
+        # cannot close the socket half-way through taking its leases.
         self.authenticating = True
         try:
             grant, reason = await _token_grant(raw, self.stream, self.ip)
+            if self.closing:
+                return
+            if grant is None:
+                reason, check = reason
+                if reason != "bad":
+                    self.claimed_token_id, self.claimed_prefix = check.token_id, check.token_prefix
+                code, error, message = _REJECTION_CLOSE[reason]
+                await self.refuse(code, error, message)
+                return
+            await self.start(grant)
         finally:
             self.authenticating = False
-        if self.closing:
-            return
-        if grant is None:
-            reason, check = reason
-            if reason != "bad":
-                self.claimed_token_id, self.claimed_prefix = check.token_id, check.token_prefix
-            code, error, message = _REJECTION_CLOSE[reason]
-            await self.refuse(code, error, message)
-            return
-        await self.start(grant)
 
     def _limits(self, grant):
-        limits = [(f"ip:{self.ip}", settings.WS_MAX_CONNECTIONS_PER_IP), (f"stream:{self.stream}", None)]
+        limits = [
+            (f"ip:{self.ip}", settings.WS_MAX_CONNECTIONS_PER_IP),
+            (protocol.subscriber_key(self.stream), None),
+        ]
         if grant.token_id is not None:
             limits.append((f"token:{grant.token_id}", grant.token_max))
         limits.append((f"user:{grant.user_id}", grant.user_max))
         return limits
 
     async def start(self, grant):
+        """Take the leases, join the groups, register the live session, send
+        `welcome` and the latest snapshot, then start the heartbeat and the
+        re-check. A concurrent task (watchdog, SIGTERM drain, auth deadline,
+        a kick) may close the socket at any await in here; whatever was taken
+        after its cleanup ran is given back before returning."""
         state = get_state()
         limits = self._limits(grant)
         try:
@@ -353,24 +355,31 @@ class StreamConsumer(AsyncWebsocketConsumer):
             self.claimed_token_id, self.claimed_prefix = grant.token_id, grant.token_prefix
             await self.refuse(Close.OVER_LIMIT, "over_limit", f"too many connections for this {key}")
             return
-        self.grant = grant
         self.lease_keys = [key for key, _ in limits]
+        if self.closing:
+            await self._release()
+            return
+        self.grant = grant
         groups = [protocol.stream_group(self.stream), protocol.user_group(grant.user_id)]
         if grant.token_id is not None:
             groups.append(protocol.token_group(grant.token_id))
         try:
             for group in groups:
+                self.groups_joined.append(group)  # first: a join that times out may still happen
                 await asyncio.wait_for(self.channel_layer.group_add(group, self.channel_name), BACKEND_TIMEOUT)
-                self.groups_joined.append(group)
             await self._register_session(state)
-            if await state.lease_count(f"stream:{self.stream}") == 1:
-                await self._wake_feed()
+            if await state.lease_count(protocol.subscriber_key(self.stream)) == 1:
+                await wake_feed()  # the worker idles while no stream has subscribers
             latest = await state.latest_get(self.stream)
             feed = await state.feed_get()
         except _BACKEND_ERRORS:
-            await self.refuse(Close.TRY_AGAIN_LATER, "unavailable", "service temporarily unavailable")
+            if self.closing:  # closed meanwhile: refuse() would do nothing
+                await self._release()
+            else:
+                await self.refuse(Close.TRY_AGAIN_LATER, "unavailable", "service temporarily unavailable")
             return
         if self.closing:
+            await self._release()
             return
         await self.send(
             text_data=protocol.welcome_frame(
@@ -384,7 +393,12 @@ class StreamConsumer(AsyncWebsocketConsumer):
         feed_text = self._feed_frame_if_newer(latest, feed)
         if feed_text:
             await self._send_frame(feed_text)
+        if self.closing:
+            await self._release()
+            return
         await accounting().opened(self)
+        if self.closing:
+            return  # counted as opened, then closed by the cleanup that ran meanwhile
         who = {"stream": self.stream, "user": grant.username, "token_prefix": grant.token_prefix or "session"}
         log.info(
             "connect stream=%s user=%s token_prefix=%s ip=%s",
@@ -393,17 +407,15 @@ class StreamConsumer(AsyncWebsocketConsumer):
             extra={**who, "ip": self.ip},
         )
         self.tasks.append(asyncio.ensure_future(self._heartbeat()))
-        self.deadline_moved = asyncio.Event()
         self.tasks.append(asyncio.ensure_future(self._recheck_loop()))
 
     @staticmethod
     def _feed_frame_if_newer(latest, feed):
         """A `feed` frame when the feed's state differs from the snapshot's
-        (parsed once per connect, never per update)."""
+        (read from the frame's header, without parsing its data)."""
         if not feed or not feed.get("state"):
             return None
-        snapshot_feed = json.loads(latest).get("feed") if latest else None
-        if snapshot_feed == feed["state"]:
+        if latest and protocol.snapshot_feed(latest) == feed["state"]:
             return None
         return protocol.feed_frame(
             feed["state"],
@@ -411,13 +423,6 @@ class StreamConsumer(AsyncWebsocketConsumer):
             detail=feed.get("detail", ""),
             simulated=bool(feed.get("simulated")),
         )
-
-    async def _wake_feed(self):
-        # The worker idles while no stream has subscribers; tell it at once.
-        try:
-            await self.channel_layer.send(FEED_WAKE_CHANNEL, {"type": "feed.wake"})
-        except ChannelFull:
-            pass  # nobody is listening (embedded feed polls on its own)
 
     async def _register_session(self, state):
         info = {
@@ -483,13 +488,19 @@ class StreamConsumer(AsyncWebsocketConsumer):
             if task is not current:
                 task.cancel()
         watchdog().consumers.discard(self)
-        state = get_state()
-        for group in getattr(self, "groups_joined", []):
+        await self._release()
+
+    async def _release(self):
+        """Leave the groups, give the leases back, drop the live-session entry.
+        Best effort (what Redis does not take back expires on its own) and
+        safe to repeat."""
+        for group in self.groups_joined:
             try:
                 await asyncio.wait_for(self.channel_layer.group_discard(group, self.channel_name), 1)
             except Exception:  # best effort while Redis may be gone
                 log.debug("group_discard failed", exc_info=True)
         if self.lease_keys:
+            state = get_state()
             try:
                 await asyncio.wait_for(state.lease_release(self.conn_id, self.lease_keys), 1)
                 await asyncio.wait_for(state.session_drop(self.conn_id), 1)
@@ -517,29 +528,36 @@ class StreamConsumer(AsyncWebsocketConsumer):
     # --- heartbeat, liveness, slow clients ------------------------------------
 
     async def _heartbeat(self):
-        state = get_state()
+        """The socket's safety loop: one failing beat is logged and the next
+        one comes; only a close ends it."""
         while not self.closing:
             await asyncio.sleep(settings.WS_HEARTBEAT_INTERVAL)
             if self.closing:
                 return
-            if self._backlogged():
-                if time.monotonic() - self.backlogged_since > settings.WS_HEARTBEAT_TIMEOUT:
-                    await self._too_slow("not reading")
-                    return
-            else:
-                await self.send(text_data=protocol.heartbeat_frame())
-            self._ping()
             try:
-                # Renewal goes through the acquire script: a lease lost (Redis
-                # restarted, a long stall) is taken again if there is room.
-                failed = await state.lease_acquire(self.conn_id, self._limits(self.grant), settings.WS_LEASE_TTL)
-                await self._register_session(state)
-            except StateUnavailable:
-                await self.backend_lost()
+                await self._beat()
+            except Exception:
+                log.exception("heartbeat failed stream=%s ip=%s", self.stream, self.ip)
+
+    async def _beat(self):
+        if self._backlogged():
+            if time.monotonic() - self.backlogged_since > settings.WS_HEARTBEAT_TIMEOUT:
+                await self._too_slow("not reading")
                 return
-            if failed:
-                await self.refuse(Close.OVER_LIMIT, "over_limit", "connection limit lowered")
-                return
+        else:
+            await self.send(text_data=protocol.heartbeat_frame())
+        self._ping()
+        state = get_state()
+        try:
+            # Renewal goes through the acquire script: a lease lost (Redis
+            # restarted, a long stall) is taken again if there is room.
+            failed = await state.lease_acquire(self.conn_id, self._limits(self.grant), settings.WS_LEASE_TTL)
+            await self._register_session(state)
+        except StateUnavailable:
+            await self.backend_lost()
+            return
+        if failed:
+            await self.refuse(Close.OVER_LIMIT, "over_limit", "connection limit lowered")
 
     def _ping(self):
         """A protocol ping the client's library answers on its own; no pong
@@ -578,12 +596,13 @@ class StreamConsumer(AsyncWebsocketConsumer):
 
     async def _send_frame(self, text, kind="snapshot", size=None):
         """Forward a pre-serialized frame; a client that is not reading gets
-        only the newest frame of each kind once it catches up (conflation)."""
+        only the newest frame of each kind once it catches up (conflation).
+        Returns True if `text` was written now, False if it was held back."""
         if self._backlogged():
             self.pending[kind] = text
             if time.monotonic() - self.backlogged_since > settings.WS_HEARTBEAT_TIMEOUT:
                 await self._too_slow("send buffer full")
-            return
+            return False
         if self.pending:
             held, self.pending = self.pending, {}
             for held_kind, held_text in held.items():
@@ -595,16 +614,22 @@ class StreamConsumer(AsyncWebsocketConsumer):
         self.sent += 1
         # `size` (UTF-8 bytes) comes with published frames; len() is exact for ASCII frames.
         self.sent_bytes += len(text) if size is None else size
+        return True
 
     # --- live token effects --------------------------------------------------------
 
     async def _recheck_loop(self):
         """Re-check every TOKEN_RECHECK_INTERVAL, and at the token's deadline;
-        a re-check that moves the deadline wakes the loop to reschedule."""
+        a re-check that moves the deadline wakes the loop to reschedule.
+        A failing re-check (database down) is logged and retried with backoff;
+        it never ends the loop."""
+        retry = None  # seconds until the retry of a failed re-check
         while not self.closing:
             wait = settings.TOKEN_RECHECK_INTERVAL
             if self.grant.deadline is not None:
                 wait = max(0.0, min(wait, self.grant.deadline - time.time() + 0.05))
+            if retry is not None:
+                wait = max(wait, retry)  # a passed deadline must not turn failures into a busy loop
             self.deadline_moved.clear()
             try:
                 await asyncio.wait_for(self.deadline_moved.wait(), wait)
@@ -613,7 +638,13 @@ class StreamConsumer(AsyncWebsocketConsumer):
                 pass
             if self.closing:
                 return
-            await self.recheck()
+            try:
+                await self.recheck()
+            except Exception:
+                retry = min(settings.TOKEN_RECHECK_INTERVAL, 2 * retry if retry else RECHECK_RETRY)
+                log.exception("re-check failed stream=%s ip=%s; retrying in %.0f s", self.stream, self.ip, retry)
+            else:
+                retry = None
 
     async def recheck(self):
         """Re-validate the token and the caps now; close if they no longer hold."""
@@ -633,7 +664,13 @@ class StreamConsumer(AsyncWebsocketConsumer):
                 grant.deadline = deadline
                 self.deadline_moved.set()
         else:
-            grant.user_max = await user_max_connections(grant.user_id)
+            active, user_max = await session_user_check(grant.user_id)
+            if self.closing:
+                return
+            if not active:
+                await self.refuse(*_SESSION_ENDED)
+                return
+            grant.user_max = user_max
         await self._enforce_caps()
 
     async def _enforce_caps(self):
@@ -657,10 +694,18 @@ class StreamConsumer(AsyncWebsocketConsumer):
                 return
 
     async def token_recheck(self, message):
-        await self.recheck()
+        await self._recheck_now()
 
     async def user_recheck(self, message):
-        await self.recheck()
+        await self._recheck_now()
+
+    async def _recheck_now(self):
+        # A handler that raises would end the consumer: log it; the periodic
+        # re-check tries again.
+        try:
+            await self.recheck()
+        except Exception:
+            log.exception("re-check failed stream=%s ip=%s", self.stream, getattr(self, "ip", "?"))
 
     async def session_close(self, message):
         """Staff disconnected this socket from the admin."""
@@ -728,9 +773,9 @@ class StreamConsumer(AsyncWebsocketConsumer):
 
     async def stream_frame(self, message):
         if self.grant is not None and not self.closing:
-            await self._send_frame(message["text"], message.get("kind", "snapshot"), message.get("bytes"))
+            written = await self._send_frame(message["text"], message.get("kind", "snapshot"), message.get("bytes"))
             published_ms = message.get("published_ms")
-            if published_ms:
+            if written and published_ms:
                 fanout.sent(self.stream, published_ms)
 
 

@@ -80,6 +80,26 @@ def snapshot_frame(
     )
 
 
+def snapshot_feed(text: str):
+    """The `feed` state of a snapshot frame, read from the header that
+    `snapshot_frame` writes before `data`, so a large frame is not parsed;
+    any other shape falls back to parsing it."""
+    head, found, _ = text.partition(',"data":')
+    if found:
+        marker = '"feed":"'
+        start = head.find(marker)
+        if start >= 0:
+            start += len(marker)
+            end = head.find('"', start)
+            if end >= 0 and "\\" not in head[start:end]:
+                return head[start:end]
+    try:
+        frame = json.loads(text)
+    except ValueError:
+        return None
+    return frame.get("feed") if isinstance(frame, dict) else None
+
+
 def feed_frame(state: str, *, since_ms: int, detail: str = "", simulated: bool = False) -> str:
     return dumps({"type": "feed", "state": state, "since_ms": since_ms, "detail": detail, "simulated": simulated})
 

@@ -43,22 +43,6 @@ end
 return 0
 """
 
-# KEYS: lease sets; ARGV: ttl_ms, member. Renews only leases still held.
-_RENEW = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local ttl = tonumber(ARGV[1])
-local held = 0
-for i, key in ipairs(KEYS) do
-  if redis.call('ZSCORE', key, ARGV[2]) then
-    redis.call('ZADD', key, 'XX', now + ttl, ARGV[2])
-    redis.call('PEXPIRE', key, ttl * 2)
-    held = held + 1
-  end
-end
-return held
-"""
-
 # KEYS: [seq hash]; ARGV: epoch. Sequence restarts at 1 when the epoch changes.
 _NEXT_SEQ = """
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
@@ -153,16 +137,6 @@ class MemoryState:
             members[conn_id] = expiry
         return 0
 
-    async def lease_renew(self, conn_id, keys, ttl):
-        expiry = time.monotonic() + ttl
-        held = 0
-        for key in keys:
-            members = self._live(key)
-            if conn_id in members:
-                members[conn_id] = expiry
-                held += 1
-        return held
-
     async def lease_release(self, conn_id, keys):
         for key in keys:
             self._leases.get(key, {}).pop(conn_id, None)
@@ -237,18 +211,19 @@ class RedisState:
             url, socket_timeout=2, socket_connect_timeout=2, health_check_interval=15, decode_responses=True
         )
         self._acquire = self.redis.register_script(_ACQUIRE)
-        self._renew = self.redis.register_script(_RENEW)
         self._next_seq = self.redis.register_script(_NEXT_SEQ)
         self._count = self.redis.register_script(_COUNT)
         self._members = self.redis.register_script(_MEMBERS)
 
     async def _call(self, coro):
-        from redis.exceptions import ConnectionError, TimeoutError
+        from redis.exceptions import RedisError
 
+        # Any Redis failure (connection, timeout, READONLY replica, OOM,
+        # LOADING, a script error) means the shared state cannot serve us.
         try:
             return await coro
-        except (ConnectionError, TimeoutError, OSError) as exc:
-            raise StateUnavailable(str(exc)) from exc
+        except (RedisError, OSError) as exc:
+            raise StateUnavailable(f"{type(exc).__name__}: {exc}") from exc
 
     async def latest_get(self, stream):
         return await self._call(self.redis.get(f"{PREFIX}latest:{stream}"))
@@ -279,10 +254,6 @@ class RedisState:
         keys = [f"{PREFIX}lease:{key}" for key, _ in limits]
         args = [int(ttl * 1000), conn_id] + [-1 if limit is None else int(limit) for _, limit in limits]
         return int(await self._call(self._acquire(keys=keys, args=args)))
-
-    async def lease_renew(self, conn_id, keys, ttl):
-        keys = [f"{PREFIX}lease:{key}" for key in keys]
-        return int(await self._call(self._renew(keys=keys, args=[int(ttl * 1000), conn_id])))
 
     async def lease_release(self, conn_id, keys):
         async with self.redis.pipeline(transaction=False) as pipe:

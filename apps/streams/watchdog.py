@@ -3,9 +3,15 @@
 Redis outages must never leave a socket connected but silent.
 
 One task per event loop pings the shared state every CHECK_INTERVAL seconds.
-When Redis stops answering, every socket this process holds is closed with
-1013 (clients back off and retry) and new connections are refused at once,
-without waiting for a connect timeout; the first good ping lets them in again.
+When Redis stops answering FAILURES_TO_TRIP pings in a row (one slow ping on
+a loaded machine is not an outage; after a failure the next ping comes after
+RETRY_INTERVAL), every socket this process holds is closed with 1013
+(clients back off and retry) and new connections are refused at once,
+without waiting for a connect timeout; the first good ping lets them in
+again. Worst case, a hung Redis is noticed within
+CHECK_INTERVAL + FAILURES_TO_TRIP * PING_TIMEOUT + (FAILURES_TO_TRIP - 1) * RETRY_INTERVAL
+(10 s); a socket's own heartbeat notices it sooner. Nothing ends the task but
+the loop closing, and `watchdog()` restarts it if it ever stopped.
 Embedded mode has nothing to watch.
 
 SIGTERM under daphne: daphne's own shutdown cancels applications, but a
@@ -33,7 +39,9 @@ from .state import StateUnavailable, get_state
 log = logging.getLogger("apps.streams")
 
 CHECK_INTERVAL = 2.0  # seconds between pings
+RETRY_INTERVAL = 1.0  # seconds to the next ping after a failed one
 PING_TIMEOUT = 2.0
+FAILURES_TO_TRIP = 3  # failed pings in a row that mean "Redis is down"
 DRAIN_TIMEOUT = 2.0  # seconds SIGTERM waits, after the spread, for sockets to close before daphne stops
 FLUSH_TIMEOUT = 5.0  # seconds for the last usage flush
 
@@ -46,24 +54,42 @@ class Watchdog:
         self.healthy = True
         self.task = None
         self.closing = set()
+        self.failures = 0  # failed pings in a row
 
     def start(self):
-        if self.task is None and settings.REDIS_URL:
+        if settings.REDIS_URL and (self.task is None or self.task.done()):
+            if self.task is not None and not self.task.cancelled() and self.task.exception() is not None:
+                log.error("redis watchdog had stopped; restarting it", exc_info=self.task.exception())
             self.task = asyncio.ensure_future(self._run())
 
     async def _run(self):
         while True:
-            await asyncio.sleep(CHECK_INTERVAL)
+            await asyncio.sleep(RETRY_INTERVAL if 0 < self.failures < FAILURES_TO_TRIP else CHECK_INTERVAL)
             try:
-                await asyncio.wait_for(get_state().ping(), PING_TIMEOUT)
-            except (TimeoutError, StateUnavailable, OSError) as exc:
-                self._failed(exc)
-            else:
-                if not self.healthy:
-                    log.warning("redis is back: accepting connections again")
-                self.healthy = True
+                await self.check()
+            except Exception:  # a bug here must not end the watch
+                log.exception("redis watchdog check failed")
+
+    async def check(self):
+        """One ping; FAILURES_TO_TRIP failures in a row close every socket."""
+        try:
+            await asyncio.wait_for(get_state().ping(), PING_TIMEOUT)
+        except (TimeoutError, StateUnavailable, OSError) as exc:
+            self._failed(exc)
+        except Exception as exc:
+            log.warning("redis ping failed unexpectedly", exc_info=True)
+            self._failed(exc)
+        else:
+            if not self.healthy:
+                log.warning("redis is back: accepting connections again")
+            self.healthy = True
+            self.failures = 0
 
     def _failed(self, exc):
+        self.failures += 1
+        if self.failures < FAILURES_TO_TRIP:
+            log.warning("redis ping failed (%s), %d in a row", exc or "timeout", self.failures)
+            return
         if self.healthy:
             log.error("redis unavailable (%s): closing %d sockets with 1013", exc or "timeout", len(self.consumers))
         self.healthy = False
@@ -79,11 +105,6 @@ def watchdog() -> Watchdog:
         found = _watchdogs[loop] = Watchdog()
     found.start()
     return found
-
-
-def live_consumers():
-    """Sockets open in this process (on this event loop)."""
-    return list(watchdog().consumers)
 
 
 _drain_installed = False

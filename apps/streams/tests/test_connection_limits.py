@@ -29,7 +29,7 @@ def _raise_user_cap(user, cap=1000):
 
 async def test_fifty_parallel_connects_over_two_processes_admit_exactly_the_token_limit(processes, owner, issue):
     await sync_to_async(_raise_user_cap)(owner)
-    _, raw = await sync_to_async(issue)(max_connections=3)
+    token, raw = await sync_to_async(issue)(max_connections=3)
     servers = [processes.daphne(WS_MAX_CONNECTIONS_PER_IP=1000) for _ in range(2)]
     state = get_state()
     for run in range(RACE_RUNS):
@@ -40,15 +40,8 @@ async def test_fifty_parallel_connects_over_two_processes_admit_exactly_the_toke
         assert codes == [4100], f"run {run}: {codes}"
         await asyncio.gather(*(ws.close() for ws in admitted))
         deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and await _token_leases(state, raw):
+        while time.monotonic() < deadline and await state.lease_count(f"token:{token.id}"):
             await asyncio.sleep(0.05)
-
-
-async def _token_leases(state, raw):
-    from apps.accounts.models import ApiToken
-
-    token = await sync_to_async(ApiToken.objects.find)(raw)
-    return await state.lease_count(f"token:{token.id}")
 
 
 async def test_it_closes_4100_over_the_per_ip_limit(owner_token, settings):
@@ -90,20 +83,27 @@ async def test_a_killed_process_frees_its_slots_within_the_lease_ttl(processes, 
     ttl = 3
     env = {"WS_LEASE_TTL": ttl, "WS_HEARTBEAT_INTERVAL": 1, "WS_MAX_CONNECTIONS_PER_IP": 100}
     doomed, survivor = processes.daphne(**env), processes.daphne(**env)
-    held = [await outcome(doomed.ws_url, raw) for _ in range(2)]
-    assert [result for result, _ in held] == ["open", "open"]
-    os.kill(doomed.pid, signal.SIGKILL)
-    killed_at = time.monotonic()
-    result, _ = await outcome(survivor.ws_url, raw)
-    assert result == 4100  # the dead process's leases still count...
-    while True:  # ...until they expire
-        result, ws = await outcome(survivor.ws_url, raw)
-        if result == "open":
-            break
-        assert time.monotonic() - killed_at < ttl + 2
-        await asyncio.sleep(0.25)
-    freed_after = time.monotonic() - killed_at
-    assert freed_after <= ttl + 1.5
-    await ws.close()
-    for _, sock in held:
-        sock.transport.abort()
+    held, ws = [], None
+    try:
+        for _ in range(2):
+            held.append(await outcome(doomed.ws_url, raw))
+        assert [result for result, _ in held] == ["open", "open"]
+        os.kill(doomed.pid, signal.SIGKILL)
+        killed_at = time.monotonic()
+        result, _ = await outcome(survivor.ws_url, raw)
+        assert result == 4100  # the dead process's leases still count...
+        while True:  # ...until they expire (renewed every second: at most `ttl` after the kill)
+            result, ws = await outcome(survivor.ws_url, raw)
+            if result == "open":
+                break
+            assert time.monotonic() - killed_at < ttl + 5
+            await asyncio.sleep(0.25)
+        freed_after = time.monotonic() - killed_at
+        # ttl, plus a retry period and a connect's worth of slack on a loaded machine.
+        assert freed_after <= ttl + 3
+    finally:
+        if ws is not None:
+            await ws.close()
+        for _, sock in held:
+            if sock is not None:
+                sock.transport.abort()

@@ -91,3 +91,21 @@ async def test_broadcast_frames_skip_the_per_message_database_cleanup(owner_toke
         await frame(comm)
     assert len(calls) == before
     await comm.disconnect()
+
+
+@pytest.mark.parametrize("state", ["live", "stale", "down", "closed"])
+def test_the_feed_state_of_a_snapshot_is_read_without_parsing_its_data(state, monkeypatch):
+    import json
+
+    from apps.streams import protocol
+
+    data = {"feed": "decoy", "rows": [{"feed": '"feed":"x"'}] * 3}
+    text = protocol.snapshot_frame(
+        "market", epoch="2026-11-27", seq=1, published_ms=1, source_ms=1, feed=state, data=data, simulated=False
+    )
+    monkeypatch.setattr(protocol.json, "loads", lambda *a, **k: pytest.fail("parsed the whole frame"))
+    assert protocol.snapshot_feed(text) == state
+    monkeypatch.undo()
+    assert protocol.snapshot_feed('{"type":"snapshot","data":{},"feed":"stale"}') == "stale"  # other shapes parse
+    assert protocol.snapshot_feed("not json") is None
+    assert json.loads(text)["feed"] == state

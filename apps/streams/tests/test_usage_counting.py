@@ -1,5 +1,7 @@
 """Sockets count their own deliveries; the process flushes per-token usage in batches."""
 
+import time
+
 import pytest
 from asgiref.sync import sync_to_async
 
@@ -56,3 +58,31 @@ async def test_refusals_of_a_known_token_count_as_its_rejections(owner, issue):
     await accounting().flush()
     usage = await sync_to_async(TokenUsage.objects.get)(token=token)
     assert (usage.connections, usage.rejections) == (1, 2)
+
+
+async def test_frames_held_back_from_a_slow_client_are_not_counted_as_sent(owner_token, monkeypatch):
+    from apps.streams import consumers
+    from apps.streams.watchdog import watchdog
+
+    written = []
+
+    class Clock:
+        def sent(self, stream, published_ms):
+            written.append(published_ms)
+
+    monkeypatch.setattr(consumers, "fanout", Clock())
+    comm = communicator(token=owner_token[1])
+    await comm.connect()
+    await frame(comm)
+    (consumer,) = list(watchdog().consumers)
+    monkeypatch.setattr(consumer, "_backlogged", lambda: True)  # the client stopped reading
+    consumer.backlogged_since = time.monotonic()
+    await publish(data={"n": 1})
+    assert await comm.receive_nothing(0.3)
+    assert written == [] and consumer.sent == 0
+    monkeypatch.setattr(consumer, "_backlogged", lambda: False)  # it caught up
+    await publish(data={"n": 2})
+    latest = await frame(comm)
+    assert latest["data"] == {"n": 2}  # conflated: only the newest snapshot
+    assert written == [latest["published_ms"]] and consumer.sent == 1
+    await comm.disconnect()

@@ -1,0 +1,113 @@
+"""The Redis watchdog: one slow or failed ping is not an outage; a few in a row
+close every socket with 1013; nothing stops the watch for good. And every
+Redis error reaches callers as StateUnavailable."""
+
+import asyncio
+
+import pytest
+import redis.exceptions
+
+from apps.streams import watchdog as watchdog_module
+from apps.streams.state import RedisState, StateUnavailable
+from apps.streams.watchdog import FAILURES_TO_TRIP, Watchdog
+
+
+class FakeState:
+    def __init__(self, results):
+        self.results = list(results)
+
+    async def ping(self):
+        result = self.results.pop(0) if self.results else True
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+
+class FakeConsumer:
+    def __init__(self):
+        self.lost = 0
+
+    async def backend_lost(self):
+        self.lost += 1
+
+
+@pytest.fixture
+def fast(monkeypatch, settings):
+    settings.REDIS_URL = "redis://127.0.0.1:1/0"  # never dialled: the state is fake
+    monkeypatch.setattr(watchdog_module, "CHECK_INTERVAL", 0.01)
+    monkeypatch.setattr(watchdog_module, "RETRY_INTERVAL", 0.01)
+
+    def use(results):
+        state = FakeState(results)
+        monkeypatch.setattr(watchdog_module, "get_state", lambda: state)
+        return state
+
+    return use
+
+
+async def _watch(results, fast, seconds=0.3):
+    state = fast(results)
+    dog, consumer = Watchdog(), FakeConsumer()
+    dog.consumers.add(consumer)
+    dog.start()
+    try:
+        await asyncio.sleep(seconds)
+    finally:
+        dog.task.cancel()
+    return dog, consumer, state
+
+
+async def test_a_single_failed_ping_closes_nothing(fast):
+    dog, consumer, _ = await _watch([TimeoutError(), True, StateUnavailable("blip"), True], fast)
+    assert consumer.lost == 0 and dog.healthy
+
+
+async def test_consecutive_failed_pings_close_every_socket_with_1013(fast):
+    dog, consumer, _ = await _watch([StateUnavailable("down")] * FAILURES_TO_TRIP + [True], fast)
+    assert consumer.lost == 1
+    assert dog.healthy  # the good ping after the outage lets connections in again
+
+
+async def test_an_unexpected_error_counts_as_a_failed_ping_and_the_watch_goes_on(fast):
+    errors = [RuntimeError("bug")] * FAILURES_TO_TRIP
+    dog, consumer, state = await _watch([*errors, True], fast)
+    assert consumer.lost == 1 and dog.healthy and not state.results
+    assert not dog.task.done() or dog.task.cancelled()
+
+
+async def test_a_stopped_watch_is_restarted(fast):
+    fast([])
+    dog = Watchdog()
+
+    async def broken():
+        raise RuntimeError("gone")
+
+    dog._run = broken
+    dog.start()
+    await asyncio.sleep(0)
+    assert dog.task.done()
+    del dog._run
+    dog.start()  # what watchdog() does on every connect
+    await asyncio.sleep(0)
+    assert not dog.task.done()
+    dog.task.cancel()
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        redis.exceptions.ConnectionError("refused"),
+        redis.exceptions.TimeoutError("slow"),
+        redis.exceptions.ReadOnlyError("READONLY You can't write against a read only replica."),
+        redis.exceptions.ResponseError("OOM command not allowed"),
+        redis.exceptions.BusyLoadingError("LOADING"),
+        OSError("network unreachable"),
+    ],
+)
+async def test_every_redis_error_is_state_unavailable(error):
+    async def failing():
+        raise error
+
+    state = RedisState.__new__(RedisState)  # _call needs no connection
+    with pytest.raises(StateUnavailable):
+        await state._call(failing())
