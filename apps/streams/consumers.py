@@ -15,6 +15,7 @@ import functools
 import json
 import logging
 import os
+import random
 import secrets
 import socket
 import time
@@ -530,8 +531,12 @@ class StreamConsumer(AsyncWebsocketConsumer):
     async def _heartbeat(self):
         """The socket's safety loop: one failing beat is logged and the next
         one comes; only a close ends it."""
+        # The first beat at a random point of the interval: sockets opened
+        # together (a reconnect storm) must not renew their leases together.
+        delay = random.uniform(0.5, 1.0) * settings.WS_HEARTBEAT_INTERVAL
         while not self.closing:
-            await asyncio.sleep(settings.WS_HEARTBEAT_INTERVAL)
+            await asyncio.sleep(delay)
+            delay = settings.WS_HEARTBEAT_INTERVAL
             if self.closing:
                 return
             try:
@@ -685,6 +690,9 @@ class StreamConsumer(AsyncWebsocketConsumer):
             if cap is None:
                 continue
             try:
+                # Counting is cheap; the members are fetched only when over the cap.
+                if await state.lease_count(key) <= cap:
+                    continue
                 members = await state.lease_members(key)
             except StateUnavailable:
                 return

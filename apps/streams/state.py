@@ -81,6 +81,9 @@ def _new_generation():
     return secrets.token_hex(8)
 
 
+REDIS_POOL_SIZE = 50  # connections per process (and event loop)
+
+
 class StateUnavailable(Exception):
     """The shared store (Redis) cannot be reached; callers answer with 1013 / 503."""
 
@@ -207,9 +210,19 @@ class RedisState:
         import redis.asyncio as aioredis
 
         # Short timeouts: a Redis outage must turn into a quick 1013, never a hang.
-        self.redis = aioredis.Redis.from_url(
-            url, socket_timeout=2, socket_connect_timeout=2, health_check_interval=15, decode_responses=True
+        # A bounded pool that makes callers wait for a free connection: a burst
+        # of connects must queue, not fail with "Too many connections" (which
+        # would read as Redis being down).
+        pool = aioredis.BlockingConnectionPool.from_url(
+            url,
+            max_connections=REDIS_POOL_SIZE,
+            timeout=2,
+            socket_timeout=2,
+            socket_connect_timeout=2,
+            health_check_interval=15,
+            decode_responses=True,
         )
+        self.redis = aioredis.Redis(connection_pool=pool)
         self._acquire = self.redis.register_script(_ACQUIRE)
         self._next_seq = self.redis.register_script(_NEXT_SEQ)
         self._count = self.redis.register_script(_COUNT)
