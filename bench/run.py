@@ -208,7 +208,7 @@ def base_env(args):
         # With them on, a connect burst makes every socket's timer fire in the same second, and
         # the burst exhausts the state's Redis pool ("Too many connections" -> StateUnavailable)
         # so sockets close themselves with 1013 (see RESULTS.md). `--app-timers` keeps them.
-        env.update(WS_HEARTBEAT_INTERVAL="3600", WS_LEASE_TTL="7200", TOKEN_RECHECK_INTERVAL="3600")  # noqa: S106
+        env.update(WS_HEARTBEAT_INTERVAL="3600", WS_LEASE_TTL="7200", TOKEN_RECHECK_INTERVAL="3600")
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     return env
 
