@@ -1,10 +1,7 @@
 """A user logs in and watches the real feed (simulator, demo clock) in Chromium."""
 
-import shutil
 
 import pytest
-
-from conftest import ROOT
 
 from .conftest import ARTIFACTS, colour_of, expected_class, log_in, rows, save_metrics, stream_state
 
@@ -100,8 +97,6 @@ def test_screenshot_page_weight_and_time_to_first_live_update(server, feed, owne
     ARTIFACTS.mkdir(exist_ok=True)
     shot = ARTIFACTS / "board.png"
     page.screenshot(path=str(shot), full_page=True)
-    (ROOT / "docs" / "img").mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(shot, ROOT / "docs" / "img" / "board.png")
 
     weight = {
         kind: sum(size for k, size, _ in sizes.values() if k == kind) for kind in ("document", "script", "stylesheet")
