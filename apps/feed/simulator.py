@@ -18,6 +18,8 @@ import random
 
 from django.conf import settings
 
+from apps.streams.state import get_state
+
 from . import market
 from .payloads import FeedData, Futures
 
@@ -463,18 +465,21 @@ class DemoClock:
     epoch, as every loop is.
     """
 
-    def __init__(self, speed, wall=market.vn_now):
+    def __init__(self, speed, wall=market.vn_now, anchor=None):
         self.speed = speed
         self.wall = wall
+        # The wall moment the first loop starts at, shared by every process
+        # (see SimulatorSource.fetch); None: each calendar day's midnight.
+        self.anchor = anchor
         self._loop = None  # (calendar day, loop number, its trading date): walked on, not from the start
 
     def now(self, wall=None):
         """The simulated moment at wall-clock moment `wall` (an aware datetime; default now)."""
         local = (wall or self.wall()).astimezone(market.VN)
-        midnight = dt.datetime.combine(local.date(), dt.time(), tzinfo=market.VN)
-        elapsed = (local - midnight).total_seconds() * self.speed + DEMO_START_S
+        start = self.anchor or dt.datetime.combine(local.date(), dt.time(), tzinfo=market.VN)
+        elapsed = max(0.0, (local - start).total_seconds()) * self.speed + DEMO_START_S
         loops, offset = divmod(elapsed, DEMO_DAY_S)
-        day = self._day(local.date(), int(loops))
+        day = self._day(start.astimezone(market.VN).date(), int(loops))
         for start, end in DEMO_SEGMENTS:
             if offset < end - start:
                 break
@@ -510,15 +515,24 @@ class SimulatorSource:
             settings.EXTRA_SYMBOLS if extra is None else extra,
             settings.FUTURES_OVERRIDE if futures_override is None else futures_override,
         )
+        self.demo = None
         if now is not None:
             self.now = now
         elif self.clock == "demo":
-            self.now = DemoClock(speed or settings.SIMULATOR_SPEED, wall=wall or market.vn_now).now
+            self.demo = DemoClock(speed or settings.SIMULATOR_SPEED, wall=wall or market.vn_now)
+            self.now = self.demo.now
         else:
             self.now = wall or market.vn_now
+        # Tests that drive the wall clock keep the midnight anchor.
+        self.shared_anchor = self.demo is not None and wall is None
         self.requests = 0  # upstream requests: none, ever
 
     async def fetch(self, needs):
+        if self.shared_anchor and self.demo.anchor is None:
+            # Every process plays the demo from the same moment: the first one
+            # to ask sets it (for a day), so a standby that takes over shows the
+            # same simulated time, and a fresh start opens just before 09:15.
+            self.demo.anchor = await get_state().demo_anchor()
         return self.simulator.snapshot(self.now())
 
     def interval(self):

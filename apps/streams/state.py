@@ -12,6 +12,7 @@ and a crashed process's connections stop counting once their leases expire.
 """
 
 import asyncio
+import datetime as dt
 import json
 import secrets
 import time
@@ -99,6 +100,7 @@ class MemoryState:
         self._feed = None
         self._leases = {}  # key -> {member: expiry_s}
         self._sessions = {}  # conn_id -> (expiry_s, info)
+        self._demo_anchor = None
 
     async def latest_get(self, stream):
         return self._latest.get(stream)
@@ -121,6 +123,12 @@ class MemoryState:
     async def feed_touch(self):
         """Record that the feed loop is alive (readiness reads its age)."""
         self._feed = {**(self._feed or {}), "heartbeat_ms": int(time.time() * 1000)}
+
+    async def demo_anchor(self):
+        """The wall moment the simulator's demo day starts at (set once)."""
+        if self._demo_anchor is None:
+            self._demo_anchor = dt.datetime.now(dt.UTC)
+        return self._demo_anchor
 
     def _live(self, key):
         now = time.monotonic()
@@ -262,6 +270,14 @@ class RedisState:
     async def feed_touch(self):
         """Record that the feed loop is alive (readiness reads its age)."""
         await self._call(self.redis.set(f"{PREFIX}feed:heartbeat", int(time.time() * 1000), ex=3600))
+
+    async def demo_anchor(self):
+        """The wall moment the simulator's demo day starts at: the first
+        process to ask sets it; every other one reads the same."""
+        key = f"{PREFIX}demo:anchor"
+        await self._call(self.redis.set(key, int(time.time() * 1000), nx=True))
+        raw = await self._call(self.redis.get(key))
+        return dt.datetime.fromtimestamp(int(raw) / 1000, dt.UTC)
 
     async def lease_acquire(self, conn_id, limits, ttl):
         keys = [f"{PREFIX}lease:{key}" for key, _ in limits]

@@ -1,6 +1,5 @@
 """A user logs in and watches the real feed (simulator, demo clock) in Chromium."""
 
-
 import pytest
 
 from .conftest import ARTIFACTS, colour_of, expected_class, log_in, rows, save_metrics, stream_state
