@@ -62,6 +62,15 @@ SESSIONS = {
 SESSIONS = {board: [(_t(a), _t(b), phase) for a, b, phase in rows] for board, rows in SESSIONS.items()}
 
 
+def seconds_of_day(t):
+    return t.hour * 3600 + t.minute * 60 + t.second
+
+
+_SESSION_SECONDS = {
+    board: [(seconds_of_day(a), seconds_of_day(b), phase) for a, b, phase in rows] for board, rows in SESSIONS.items()
+}
+
+
 def vn_now():
     return dt.datetime.now(VN)
 
@@ -96,18 +105,18 @@ def phase(moment, board="HOSE"):
     local = moment.astimezone(VN)
     if not is_trading_day(local.date()):
         return "closed"
-    clock = local.time()
-    sessions = SESSIONS[board]
-    if clock < sessions[0][0]:
+    return phase_of_day(board, seconds_of_day(local))
+
+
+def phase_of_day(board, seconds):
+    """Session phase of `board` at `seconds` after midnight of a trading day."""
+    sessions = _SESSION_SECONDS[board]
+    if seconds < sessions[0][0]:
         return "pre_open"
     for start, end, name in sessions:
-        if start <= clock < end:
+        if start <= seconds < end:
             return name
     return "closed"
-
-
-def is_open(moment, board="HOSE"):
-    return phase(moment, board) in OPEN_PHASES
 
 
 def is_active(moment):

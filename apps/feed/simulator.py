@@ -88,26 +88,6 @@ DEMO_DAY_S = sum(end - start for start, end in DEMO_SEGMENTS)
 DEMO_START_S = 30 * 60  # the first loop starts at 09:10, just before continuous trading
 
 
-def _seconds(t):
-    return t.hour * 3600 + t.minute * 60 + t.second
-
-
-_SESSION_S = {
-    board: [(_seconds(start), _seconds(end), name) for start, end, name in rows]
-    for board, rows in market.SESSIONS.items()
-}
-
-
-def phase_at(board, seconds):
-    sessions = _SESSION_S[board]
-    if seconds < sessions[0][0]:
-        return "pre_open"
-    for start, end, name in sessions:
-        if start <= seconds < end:
-            return name
-    return "closed"
-
-
 def _weights(symbols, cap=None):
     caps = {s: UNIVERSE[s][2] for s in symbols}
     total = sum(caps.values())
@@ -278,13 +258,13 @@ class SimDay:
         seconds = min(seconds, DAY_CLOSE_S)
         while self.t + STEP_S <= seconds:
             self.t += STEP_S
-            if phase_at("UPCOM", self.t) == "lunch" or phase_at("DER", self.t) == "pre_open":
+            if market.phase_of_day("UPCOM", self.t) == "lunch" or market.phase_of_day("DER", self.t) == "pre_open":
                 continue  # nothing trades
             self._step(self.t)
 
     def _step(self, t):
         rng = self.rng
-        phases = {board: phase_at(board, t) for board in ("HOSE", "HNX", "UPCOM", "DER")}
+        phases = {board: market.phase_of_day(board, t) for board in ("HOSE", "HNX", "UPCOM", "DER")}
         dm = -0.003 * self.m + rng.gauss(0, 0.00035)
         self.m += dm
         for stock in self.stocks.values():
@@ -423,7 +403,7 @@ class Simulator:
         """FeedData for an aware `moment` (the latest trading day's close when closed)."""
         local = moment.astimezone(market.VN)
         date = market.trading_date(local)
-        seconds = _seconds(local.time()) if date == local.date() else DAY_CLOSE_S
+        seconds = market.seconds_of_day(local) if date == local.date() else DAY_CLOSE_S
         day = self.day_at(date, seconds)
         phase = market.phase(local)
         text_date = date.strftime("%d/%m/%Y")

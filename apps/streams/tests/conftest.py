@@ -1,5 +1,7 @@
 """Helpers for the streams tests: an in-process communicator and frame readers."""
 
+import asyncio
+import contextlib
 import json
 
 import pytest
@@ -54,6 +56,27 @@ async def publish(stream="market", data=None, feed="live"):
     return await publish_snapshot(
         stream, data or {"n": 1}, epoch="2026-11-27", source_ms=1764215400950, feed=feed, simulated=True
     )
+
+
+@contextlib.asynccontextmanager
+async def publishing(hz=4, data=None, tolerate_errors=False):
+    """Publishes a market snapshot `hz` times a second while the block runs.
+    `tolerate_errors`: keep going through a Redis outage (fault tests)."""
+
+    async def loop():
+        while True:
+            try:
+                await asyncio.wait_for(publish(data=data), 1)
+            except Exception:
+                if not tolerate_errors:
+                    raise
+            await asyncio.sleep(1 / hz)
+
+    task = asyncio.ensure_future(loop())
+    try:
+        yield
+    finally:
+        task.cancel()
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@ open ones (never connected-but-silent); data flows again once Redis is back.
 SIGTERM closes sockets with 4200 and gives the leases back."""
 
 import asyncio
-import contextlib
 import signal
 import subprocess
 import time
@@ -14,7 +13,7 @@ from channels.layers import channel_layers
 from apps.streams.state import get_state, reset_state
 
 from .clients import close_code, connect, outcome, recv_json
-from .conftest import publish
+from .conftest import publishing as shared_publishing
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -65,19 +64,8 @@ def own_redis(tmp_path, settings):
     reset_state()
 
 
-@contextlib.asynccontextmanager
-async def publishing(hz=4):
-    async def loop():
-        while True:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(publish(), 1)
-            await asyncio.sleep(1 / hz)
-
-    task = asyncio.ensure_future(loop())
-    try:
-        yield
-    finally:
-        task.cancel()
+def publishing(hz=4):
+    return shared_publishing(hz, tolerate_errors=True)
 
 
 async def test_redis_outage_closes_1013_refuses_fast_and_recovers(processes, owner_token, own_redis):

@@ -2,7 +2,6 @@
 within WS_HEARTBEAT_INTERVAL + WS_HEARTBEAT_TIMEOUT and pins little memory;
 a well-behaved client that never sends anything is never closed."""
 
-import asyncio
 import contextlib
 import time
 
@@ -12,7 +11,7 @@ from asgiref.sync import sync_to_async
 from apps.accounts.models import UserLimits
 
 from .clients import connect, established, raw_non_reader, recv_json, rss_mb
-from .conftest import publish
+from .conftest import publishing
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -22,20 +21,9 @@ ENV = {"WS_HEARTBEAT_INTERVAL": INTERVAL, "WS_HEARTBEAT_TIMEOUT": TIMEOUT, "WS_M
 BIG = {"rows": [{"s": f"S{i:03d}", "p": 12345 + i, "v": 9_000_000 + i} for i in range(600)]}  # ~20 KB
 
 
-@contextlib.asynccontextmanager
-async def flowing(hz=10):
+def flowing(hz=10):
     """Publishes a ~20 KB market snapshot `hz` times a second."""
-
-    async def loop():
-        while True:
-            await publish(data=BIG)
-            await asyncio.sleep(1 / hz)
-
-    task = asyncio.ensure_future(loop())
-    try:
-        yield
-    finally:
-        task.cancel()
+    return publishing(hz, data=BIG)
 
 
 def _caps(owner, token, n):
