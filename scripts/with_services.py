@@ -8,7 +8,7 @@ Uses REDIS_URL / DATABASE_URL when they are set. Otherwise starts a throwaway
 on free loopback ports in a temporary folder, exports their URLs to the
 command, and stops them and removes the folder afterwards, whatever happens.
 Missing Debian packages (redis-server, postgresql, chromium) are installed
-with apt-get when running as root.
+by scripts/system_packages.py.
 """
 
 import glob
@@ -21,11 +21,7 @@ import sys
 import tempfile
 import time
 
-PACKAGES = {  # binary that proves the package is there -> Debian package
-    "redis-server": "redis-server",
-    "postgresql": "postgresql",
-    "chromium": "chromium",
-}
+import system_packages  # scripts/, beside this file
 
 
 def log(message):
@@ -43,36 +39,12 @@ def pg_bin(name):
     return found[-1] if found else shutil.which(name)
 
 
-def missing_packages(need_redis, need_pg, need_browser):
-    missing = []
-    if need_redis and not shutil.which("redis-server"):
-        missing.append(PACKAGES["redis-server"])
-    if need_pg and not pg_bin("postgres"):
-        missing.append(PACKAGES["postgresql"])
-    if need_browser and not os.path.exists("/usr/bin/chromium"):
-        missing.append(PACKAGES["chromium"])
-    return missing
-
-
-def apt_install(packages):
-    if not packages:
-        return
-    if os.geteuid() != 0:
-        sys.exit(
-            f"[services] missing Debian packages {packages}; install them (sudo apt-get install {' '.join(packages)})"
-        )
-    log(f"installing {' '.join(packages)} with apt-get")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    subprocess.run(["apt-get", "update", "-qq"], check=True, env=env)
-    subprocess.run(
-        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *packages],
-        check=True,
-        env=env,
-        stdout=subprocess.DEVNULL,
-    )
-    # Debian starts the packaged services; ours run on their own ports instead.
-    for service in ("redis-server", "postgresql"):
-        subprocess.run(["service", service, "stop"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, check=False)
+def needed_packages(need_redis, need_pg, need_browser):
+    return [
+        package
+        for package, needed in (("redis-server", need_redis), ("postgresql", need_pg), ("chromium", need_browser))
+        if needed
+    ]
 
 
 def wait_for(check, what, timeout=30):
@@ -209,7 +181,7 @@ def main(argv):
     env = dict(os.environ)
     need_redis = not env.get("REDIS_URL")
     need_pg = not env.get("DATABASE_URL")
-    apt_install(missing_packages(need_redis, need_pg, need_browser=env.get("SKIP_BROWSER_INSTALL") != "1"))
+    system_packages.ensure(needed_packages(need_redis, need_pg, need_browser=env.get("SKIP_BROWSER_INSTALL") != "1"))
     tmp = tempfile.mkdtemp(prefix="stocktracker-services-")
     procs = []
     # A CI timeout or `kill` sends SIGTERM: stop the servers on the way out too.
