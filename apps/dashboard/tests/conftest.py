@@ -26,7 +26,8 @@ class LiveServer:
         self.processes = processes
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
-        self.env = {"WS_ALLOWED_ORIGINS": self.url, "WS_MAX_CONNECTIONS_PER_IP": 50, **env}
+        # No WS_ALLOWED_ORIGINS: the page's own origin is allowed whatever the port.
+        self.env = {"WS_ALLOWED_ORIGINS": "", "WS_MAX_CONNECTIONS_PER_IP": 50, **env}
         self.proc = None
 
     def start(self, **env):

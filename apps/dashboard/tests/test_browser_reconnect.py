@@ -33,12 +33,16 @@ def test_it_reconnects_after_the_server_drops_the_socket(server, feed, owner, pa
 
 
 def test_a_40xx_close_stops_the_stream_and_says_why(server, feed, owner, page):
-    # A server that does not list this page's origin refuses session sockets with 4003.
+    # The page is http, but a trusted proxy says the request came over https:
+    # the origins differ, so the session sockets are refused with 4003.
+    log_in(page, server)
+    page.goto("about:blank")
     server.stop()
-    server.start(WS_ALLOWED_ORIGINS="https://elsewhere.example")
+    server.start(WS_TRUSTED_PROXIES="127.0.0.1")
     opened = []
     page.on("websocket", lambda ws: opened.append(ws.url))
-    log_in(page, server)
+    page.set_extra_http_headers({"X-Forwarded-Proto": "https"})
+    page.goto(server.url + "/")
     for stream in STREAMS:
         page.wait_for_function(f"document.querySelector('[data-conn={stream}]').dataset.state === 'stopped'")
     notice = page.locator("[data-role=stopped]")
