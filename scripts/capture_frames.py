@@ -43,7 +43,7 @@ def ready(frames):
     return data["phase"] == "continuous" and all(stock["last"] is not None for stock in data["stocks"])
 
 
-async def capture(port, token, timeout):
+async def capture(port, token, limit_s):
     frames = {}
 
     async def listen(stream):
@@ -59,10 +59,10 @@ async def capture(port, token, timeout):
                     return
 
     tasks = [asyncio.create_task(listen(stream)) for stream in STREAMS]
-    deadline = time.monotonic() + timeout
+    deadline = time.monotonic() + limit_s
     while not ready(frames):
         if time.monotonic() > deadline:
-            sys.exit(f"no continuous-trading frames within {timeout} s; saw {sorted(frames)}")
+            sys.exit(f"no continuous-trading frames within {limit_s} s; saw {sorted(frames)}")
         await asyncio.sleep(0.2)
     for task in tasks:
         task.cancel()

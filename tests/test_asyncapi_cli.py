@@ -56,4 +56,3 @@ def test_asyncapi_validate_reports_nothing(asyncapi):
     diagnostics = json.loads(result.stdout[result.stdout.index("[") :])
     assert diagnostics == []
     assert "is valid" in result.stdout and "don't have governance issues" in result.stdout
-
