@@ -40,7 +40,9 @@ EXAMPLES = list(example_payloads())
 
 @pytest.mark.parametrize("name, pointer, payload", EXAMPLES, ids=[name for name, _, _ in EXAMPLES])
 def test_every_example_is_a_valid_frame(name, pointer, payload):
-    assert [e.message for e in validator(pointer).iter_errors(payload)] == []
+    problems = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator(pointer).iter_errors(payload)]
+    # After a payload change, refresh the examples: .venv/bin/python scripts/capture_frames.py
+    assert problems == [], f"{name}: the example no longer matches the schema (re-run scripts/capture_frames.py)"
 
 
 def test_each_snapshot_message_has_a_real_simulator_frame_as_example():
