@@ -42,3 +42,9 @@ def test_every_locked_package_has_a_hash():
         entries = re.split(r"\n(?=[A-Za-z0-9])", (ROOT / lock).read_text())
         unhashed = [e.split()[0] for e in entries if PIN.match(e) and "--hash=sha256:" not in e]
         assert unhashed == [], lock
+
+
+def test_the_benchs_uvicorn_command_installs_from_the_runtime_lock():
+    # bench/RESULTS.md recommends uvicorn with uvloop, httptools and websockets-sansio.
+    runtime = pins("requirements.txt")
+    assert {"uvicorn", "uvloop", "httptools", "websockets"} <= set(runtime)
