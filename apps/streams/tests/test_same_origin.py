@@ -4,7 +4,7 @@ WS_ALLOWED_ORIGINS only adds other origins."""
 
 import pytest
 
-from apps.streams.consumers import origin_allowed
+from apps.streams.origin import origin_allowed
 
 from .conftest import closed_with, communicator, frame, session_cookie
 
