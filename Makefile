@@ -28,6 +28,10 @@ venv: $(VENV)/.runtime
 
 dev-venv: $(VENV)/.dev
 
+# The Debian packages the suite needs (make test runs this itself).
+packages:
+	$(PYTHON) scripts/system_packages.py
+
 # After editing requirements.in or requirements-dev.in: rewrite both locks.
 # Pins already in a lock stay unless an edit needs them to move; UPGRADE=1 takes the newest.
 LOCK := $(VENV)/bin/uv pip compile --quiet --universal --generate-hashes --python-version 3.11 $(if $(UPGRADE),--upgrade)
@@ -43,8 +47,7 @@ run: venv
 # Uses REDIS_URL / DATABASE_URL when set; otherwise starts throwaway servers.
 test: export DEBUG = false
 test: export SECRET_KEY ?= test-only-secret-key-0123456789-abcdefghijklmnopqrstuvwxyz
-test: dev-venv
-	$(PYTHON) scripts/system_packages.py
+test: dev-venv packages
 	$(PY) manage.py collectstatic --no-input -v 0
 	$(PY) scripts/with_services.py -- $(PY) -m pytest $(PYTEST_ARGS)
 
