@@ -6,6 +6,7 @@ error naming the variable; cross-setting mistakes are reported by the system
 checks in `stocktracker/checks.py`.
 """
 
+import datetime
 from pathlib import Path
 
 import environ
@@ -182,6 +183,23 @@ FEED_INTERVAL = _positive("FEED_INTERVAL", "float", 0.0)
 FEED_IDLE_INTERVAL = _positive("FEED_IDLE_INTERVAL", "float", 60.0, minimum=1)
 FEED_IN_PROCESS = _read("FEED_IN_PROCESS", "bool", EMBEDDED)
 FUTURES_OVERRIDE = env.str("FUTURES_OVERRIDE", default="").strip().upper()
+
+
+def _dates(name):
+    """A comma-separated list of ISO dates (YYYY-MM-DD)."""
+    days = set()
+    for text in _read(name, "list", []):
+        if not text.strip():
+            continue
+        try:
+            days.add(datetime.date.fromisoformat(text.strip()))
+        except ValueError:
+            raise ImproperlyConfigured(f"{name}: {text.strip()!r} is not a date: use YYYY-MM-DD.") from None
+    return frozenset(days)
+
+
+# Exchange closures announced after the pinned `holidays` package was released.
+MARKET_CLOSED_DATES = _dates("MARKET_CLOSED_DATES")
 EXTRA_SYMBOLS = [s.strip().upper() for s in _read("EXTRA_SYMBOLS", "list", []) if s.strip()]
 SIMULATOR_CLOCK = _choice("SIMULATOR_CLOCK", "demo" if EMBEDDED else "wall", ("demo", "wall"))
 SIMULATOR_SEED = _read("SIMULATOR_SEED", "int", 20261127)

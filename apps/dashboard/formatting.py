@@ -101,6 +101,21 @@ def compact(value):
     return f"{round(value)}"
 
 
+def short(value):
+    """Three significant digits for the board's narrowest cells: 246400 -> '246K',
+    46200 -> '46.2K', 1330000 -> '1.33M'."""
+    value = _num(value)
+    if value is None:
+        return ""
+    size = abs(value)
+    for limit, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
+        if size >= limit:
+            scaled = value / limit
+            digits = 2 if abs(scaled) < 9.995 else 1 if abs(scaled) < 99.95 else 0
+            return f"{scaled:.{digits}f}{suffix}"
+    return f"{round(value)}"
+
+
 def billions(value, signed=False):
     """VND amounts in billions (tỷ đồng) with two decimals."""
     value = _num(value)

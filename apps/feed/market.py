@@ -1,12 +1,19 @@
 """Vietnamese market rules: trading calendar, session phases, ticks, price bands
 and VN30 futures codes (see docs/asyncapi.yaml and the SSI reference, section 6).
 
-Pure functions of aware datetimes in Asia/Ho_Chi_Minh; no I/O. Holidays are
-not known here: every weekday counts as a trading day.
+Pure functions of aware datetimes in Asia/Ho_Chi_Minh; no I/O. A trading day
+is a weekday that is neither a Vietnamese public holiday (the `holidays`
+package: Tết, Hùng Kings, 30/4, 1/5, 2/9 and the government's swapped days
+off, which the exchanges also close for) nor in MARKET_CLOSED_DATES (closures
+announced after the pinned package was released).
 """
 
 import datetime as dt
+from functools import lru_cache
 from zoneinfo import ZoneInfo
+
+import holidays
+from django.conf import settings
 
 VN = ZoneInfo("Asia/Ho_Chi_Minh")
 
@@ -75,8 +82,18 @@ def vn_now():
     return dt.datetime.now(VN)
 
 
+@lru_cache(maxsize=64)
+def _public_holidays(year):
+    return frozenset(holidays.country_holidays("VN", years=year))
+
+
+def is_holiday(day):
+    """A weekday on which the exchanges are closed."""
+    return day in _public_holidays(day.year) or day in settings.MARKET_CLOSED_DATES
+
+
 def is_trading_day(day):
-    return day.weekday() < 5
+    return day.weekday() < 5 and not is_holiday(day)
 
 
 def previous_trading_day(day):
@@ -117,6 +134,23 @@ def phase_of_day(board, seconds):
         if start <= seconds < end:
             return name
     return "closed"
+
+
+def is_open(moment):
+    """Some board is in a session (the derivatives ATO opens at 08:45, before HOSE)."""
+    local = moment.astimezone(VN)
+    if not is_trading_day(local.date()):
+        return False
+    seconds = seconds_of_day(local)
+    return any(phase_of_day(board, seconds) in OPEN_PHASES for board in _SESSION_SECONDS)
+
+
+def session_code(phase_name):
+    """SSI's TradingSession code for one of PHASES (None before the first session)."""
+    return SESSION_CODES[phase_name]
+
+
+SESSION_CODES = {"pre_open": None, "ato": "ATO", "continuous": "LO", "lunch": "BREAK", "atc": "ATC", "closed": "C"}
 
 
 def is_active(moment):
@@ -176,7 +210,8 @@ def third_thursday(year, month):
 
 
 def futures_expiry(year, month):
-    """Last trading day: the third Thursday, or the trading day before it."""
+    """Last trading day: the third Thursday, or the trading day before it when
+    that is a holiday (February 2026: the 19th fell in Tết, so the 13th)."""
     day = third_thursday(year, month)
     return day if is_trading_day(day) else previous_trading_day(day)
 

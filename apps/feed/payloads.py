@@ -55,22 +55,56 @@ class FeedData:
 
 
 def stock(raw):
-    """Normalised stock quote from a DailyStockPrice row (X-TRADE/R shapes also read)."""
+    """Normalised stock quote from an SSI-shaped row (DailyStockPrice, or the
+    hub's X-TRADE/X-QUOTE/R/F fields merged into one row)."""
     row = r.read(raw, r.STOCK_FIELDS)
-    quote = {"symbol": (row["symbol"] or "").strip().upper(), "market": (row["market"] or None)}
+    quote = {"symbol": (row["symbol"] or "").strip().upper(), "market": _code(row["market"])}
     for name in ("ref", "ceiling", "floor", "open", "high", "low", "last", "avg"):
         quote[name] = r.to_price(row[name])
-    for name in (
-        "volume",
-        "value",
-        "foreign_buy_volume",
-        "foreign_sell_volume",
-        "foreign_buy_value",
-        "foreign_sell_value",
-        "foreign_room",
-    ):
+    for name in _COUNTS:
         quote[name] = r.to_int(row[name])
+    quote["bids"] = _levels(row, "bid", r.to_price)
+    quote["asks"] = _levels(row, "ask", r.to_price)
+    quote["session"] = _code(row["session"])
+    quote["status"] = _code(row["status"])
     return quote
+
+
+_COUNTS = (
+    "volume",
+    "value",
+    "foreign_buy_volume",
+    "foreign_sell_volume",
+    "foreign_buy_value",
+    "foreign_sell_value",
+    "foreign_room",
+    "room_total",
+    "last_volume",
+    "active_buy_volume",
+    "active_sell_volume",
+)
+
+
+def _code(value):
+    """An upstream code (exchange, session, status) as text; None if absent."""
+    text = str(value).strip().upper() if value is not None else ""
+    return text or None
+
+
+def _levels(row, side, price_of):
+    """Up to three [price, volume] levels of one side, best first; None when the
+    source has no order book at all (REST), [] when the side is empty (no
+    sellers at the ceiling: SSI sends a zero price)."""
+    prices = [row[f"{side}_price_{n}"] for n in (1, 2, 3)]
+    volumes = [row[f"{side}_vol_{n}"] for n in (1, 2, 3)]
+    if all(value is None for value in prices + volumes):
+        return None
+    levels = []
+    for price, volume in zip(prices, volumes, strict=True):
+        price = price_of(price)
+        if price is not None:
+            levels.append([price, r.to_int(volume)])
+    return levels
 
 
 def _change(last, ref, places=2):
@@ -118,6 +152,14 @@ def _stock_entry(symbol, quote):
         "foreign_buy_volume": quote.get("foreign_buy_volume"),
         "foreign_sell_volume": quote.get("foreign_sell_volume"),
         "foreign_room": quote.get("foreign_room"),
+        "room_total": quote.get("room_total"),
+        "bids": quote.get("bids"),
+        "asks": quote.get("asks"),
+        "last_volume": quote.get("last_volume"),
+        "active_buy_volume": quote.get("active_buy_volume"),
+        "active_sell_volume": quote.get("active_sell_volume"),
+        "session": quote.get("session"),
+        "status": quote.get("status"),
     }
 
 
@@ -136,6 +178,13 @@ def futures_entry(futures, vn30):
         "volume": r.to_int(row["volume"]),
         "vn30": vn30,
         "basis": basis,
+        "bids": _levels(row, "bid", r.to_points),
+        "asks": _levels(row, "ask", r.to_points),
+        "last_volume": r.to_int(row["last_volume"]),
+        "active_buy_volume": r.to_int(row["active_buy_volume"]),
+        "active_sell_volume": r.to_int(row["active_sell_volume"]),
+        "session": _code(row["session"]),
+        "status": _code(row["status"]),
     }
 
 
@@ -152,30 +201,45 @@ def build_market(data):
 # --- foreign ------------------------------------------------------------------
 
 
+def _minus(a, b):
+    return a - b if a is not None and b is not None else None
+
+
 def _flow(quote):
-    buy_volume = quote["foreign_buy_volume"] or 0
-    sell_volume = quote["foreign_sell_volume"] or 0
-    buy_value = quote["foreign_buy_value"] or 0
-    sell_value = quote["foreign_sell_value"] or 0
+    """Foreign flow of one symbol; a number the source did not send stays None."""
+    buy_volume, sell_volume = quote["foreign_buy_volume"], quote["foreign_sell_volume"]
+    buy_value, sell_value = quote["foreign_buy_value"], quote["foreign_sell_value"]
     return {
         "buy_volume": buy_volume,
         "sell_volume": sell_volume,
-        "net_volume": buy_volume - sell_volume,
+        "net_volume": _minus(buy_volume, sell_volume),
         "buy_value": buy_value,
         "sell_value": sell_value,
-        "net_value": buy_value - sell_value,
+        "net_value": _minus(buy_value, sell_value),
     }
 
 
+_FLOW_KEYS = ("buy_volume", "sell_volume", "net_volume", "buy_value", "sell_value", "net_value")
+
+
 def _total(flows):
-    keys = ("buy_volume", "sell_volume", "net_volume", "buy_value", "sell_value", "net_value")
-    return {key: sum(flow[key] for flow in flows) for key in keys}
+    """Sums over the symbols that report each number; None when none does."""
+    totals = {}
+    for key in _FLOW_KEYS:
+        known = [flow[key] for flow in flows if flow[key] is not None]
+        totals[key] = sum(known) if known else None
+    return totals
+
+
+def _on_hose(quote):
+    # Only rows that say HOSE: an extra from HNX/UPCOM, or one whose exchange
+    # is unknown, is not part of the HOSE board's totals.
+    return quote["market"] == "HOSE"
 
 
 def board_flow(data):
     """Foreign totals over the whole HOSE board: the numbers the speed is measured on."""
-    quotes = data.quotes
-    return _total([_flow(q) for q in quotes.values() if (q["market"] or "HOSE") == "HOSE"])
+    return _total([_flow(q) for q in data.quotes.values() if _on_hose(q)])
 
 
 def foreign_speed(history, window_s=SPEED_WINDOW_S):
@@ -195,6 +259,8 @@ def foreign_speed(history, window_s=SPEED_WINDOW_S):
         if sample[0] <= now_ms - window_s * 1000:
             base = sample
     span_ms = now_ms - base[0]
+    if None in (buy, sell, base[1], base[2]):
+        return speed
     if span_ms <= 0 or buy < base[1] or sell < base[2]:
         return speed
     buy_rate = round((buy - base[1]) * 60_000 / span_ms)
@@ -206,10 +272,10 @@ def foreign_speed(history, window_s=SPEED_WINDOW_S):
 def build_foreign(data, history=()):
     quotes = data.quotes
     flows = {symbol: _flow(q) for symbol, q in quotes.items()}
-    hose = [flows[s] for s, q in quotes.items() if (q["market"] or "HOSE") == "HOSE"]
+    hose = [flows[s] for s, q in quotes.items() if _on_hose(q)]
     basket = [flows[s] for s in data.basket if s in flows]
     ranked = sorted(
-        ((s, f) for s, f in flows.items() if (quotes[s]["market"] or "HOSE") == "HOSE"),
+        ((s, f) for s, f in flows.items() if _on_hose(quotes[s]) and f["net_value"] is not None),
         key=lambda item: (item[1]["net_value"], item[0]),
     )
     top_sellers = [_top(s, f) for s, f in ranked[:TOP_N] if f["net_value"] < 0]
@@ -220,7 +286,8 @@ def build_foreign(data, history=()):
         if flow is None:
             rows.append(dict.fromkeys(_ROW_KEYS) | {"symbol": symbol})
         else:
-            rows.append({"symbol": symbol, **flow, "room": quotes[symbol]["foreign_room"]})
+            quote = quotes[symbol]
+            rows.append({"symbol": symbol, **flow, "room": quote["foreign_room"], "room_total": quote["room_total"]})
     return {
         "trading_date": data.trading_date.isoformat(),
         "vn30": _total(basket),
@@ -232,7 +299,7 @@ def build_foreign(data, history=()):
     }
 
 
-_ROW_KEYS = ("symbol", "buy_volume", "sell_volume", "net_volume", "buy_value", "sell_value", "net_value", "room")
+_ROW_KEYS = ("symbol", *_FLOW_KEYS, "room", "room_total")
 
 
 def _top(symbol, flow):

@@ -28,6 +28,20 @@ STOCK_FIELDS = {
     "foreign_net_volume": ("NetBuySellVol", "Netforeivol"),
     "foreign_net_value": ("NetBuySellVal", "Netforeignval"),
     "foreign_room": ("ForeignCurrentRoom", "CurrentRoom"),
+    "room_total": ("TotalRoom", "ForeignTotalRoom"),
+    # Stream-only fields (X-QUOTE, X-TRADE, F); ActiveBuyVol/ActiveSellVol are
+    # our names for X-TRADE's LastVol summed by Side (BU/SD).
+    **{
+        f"{side}_{kind}_{n}": (f"{side.capitalize()}{kind.capitalize()}{n}",)
+        for side in ("bid", "ask")
+        for kind in ("price", "vol")
+        for n in (1, 2, 3)
+    },
+    "last_volume": ("LastVol", "MatchVol"),
+    "active_buy_volume": ("ActiveBuyVol",),
+    "active_sell_volume": ("ActiveSellVol",),
+    "session": ("TradingSession",),
+    "status": ("TradingStatus",),
 }
 
 INDEX_FIELDS = {

@@ -174,8 +174,7 @@ class Feed:
             # From the clock alone, every idle cycle (published only when it changes):
             # readiness and connect-time `feed` frames need a current state even
             # while nobody watches. No upstream request, no payload.
-            phase = market.phase(self.source.now())
-            await self.set_feed_state("live" if phase in market.OPEN_PHASES else "closed")
+            await self.set_feed_state("live" if market.is_open(self.source.now()) else "closed")
             self.failures, self.failing_since = 0, None
             return {}  # zero-cost idle: no upstream request, nothing built or serialized
         data = await self.source.fetch(needs)
@@ -184,7 +183,8 @@ class Feed:
         if epoch != self.epoch:
             await self._new_epoch(epoch)
         extras = self._track(data, needs)
-        feed = "live" if data.phase in market.OPEN_PHASES else "closed"
+        # Any board in a session: the derivatives ATO (08:45) is live before HOSE opens.
+        feed = "live" if data.phase in market.OPEN_PHASES or market.is_open(self.source.now()) else "closed"
         await self.set_feed_state(feed)
         published = {}
         for stream in protocol.STREAMS:

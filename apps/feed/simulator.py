@@ -2,9 +2,13 @@
 
 Deterministic: a day's path depends only on SIMULATOR_SEED and the trading
 date, and the state at a moment does not depend on how often it is read (the
-day advances in fixed 10-second steps from the morning). Output rows have the
-shapes of SSI's DailyStockPrice and DailyIndex, so the payload builders and
-the fake SSI server read them exactly as they read SSI.
+day advances in fixed one-second steps from the morning). Each symbol has
+market events at random seconds, as the hub delivers them: a trade (X-TRADE:
+price, LastVol and the aggressor's side BU/SD; auction matches have no side)
+or a change of its three-level order book (X-QUOTE). Output rows are
+SSI-shaped: DailyStockPrice and DailyIndex keys plus the stream's (BidPrice1..3,
+LastVol, TotalRoom, TradingSession...), so the payload builders read them as
+they read SSI.
 
 Two clocks: `wall` (Asia/Ho_Chi_Minh now; a closed market is closed) and
 `demo` (plays trading days on a loop, SIMULATOR_SPEED simulated seconds per
@@ -23,7 +27,7 @@ from apps.streams.state import get_state
 from . import market
 from .payloads import FeedData, Futures
 
-STEP_S = 10
+STEP_S = 1
 POINT_EVERY_S = 300  # sparkline resolution
 
 # Basket effective 03/08/2026 (HOSE July-2026 review; see the SSI reference, section 6).
@@ -82,10 +86,13 @@ INDEX_CAP = {"VN30": 0.10, "HNX30": 0.15}  # free-float weight caps
 
 DAY_OPEN_S = 8 * 3600 + 45 * 60  # derivatives ATO: the first moment anything moves
 DAY_CLOSE_S = 15 * 3600
-# Each demo loop plays 08:40 -> 11:35 and 12:55 -> 15:05 (most of lunch is skipped).
-DEMO_SEGMENTS = ((8 * 3600 + 40 * 60, 11 * 3600 + 35 * 60), (12 * 3600 + 55 * 60, 15 * 3600 + 5 * 60))
+# Each demo loop plays 08:44 -> 11:31 and 12:59 -> 15:01: a minute of each quiet
+# stretch (pre-open, lunch, close) so the phases show, then trading again.
+DEMO_SEGMENTS = ((8 * 3600 + 44 * 60, 11 * 3600 + 31 * 60), (12 * 3600 + 59 * 60, 15 * 3600 + 60))
 DEMO_DAY_S = sum(end - start for start, end in DEMO_SEGMENTS)
-DEMO_START_S = 30 * 60  # the first loop starts at 09:10, just before continuous trading
+DEMO_START_S = 36 * 60  # the first loop starts at 09:20, in continuous trading; later loops pass the ATO
+BOOK_LEVELS = 3  # HOSE publishes three levels; the board shows three everywhere
+TRADE_SHARE = 0.6  # share of a symbol's events that are trades (the rest move its book)
 
 
 def _weights(symbols, cap=None):
@@ -112,10 +119,77 @@ def _listing(symbol):
     return ("HOSE", rng.choice((8000, 15000, 25000, 40000, 70000)), rng.randint(3, 40) * 1000, 0.3, 100)
 
 
+_SQRT = [math.sqrt(max(1, n)) for n in range(3601)]  # of the seconds since an event (capped: a lunch)
+
+
+def _up(price, board):
+    """The next price above `price` on `board`'s tick ladder (DER: tenths of a point)."""
+    return price + (1 if board == "DER" else market.tick_size(price, board))
+
+
+def _down(price, board):
+    return price - (1 if board == "DER" else market.tick_size(price - 1, board))
+
+
+class _Book:
+    """Three levels a side around the best bid, with volumes that trades eat
+    and quote events replace; levels beyond the band do not exist."""
+
+    __slots__ = ("asks", "bids", "board", "ceiling", "depth", "floor", "lot")
+
+    def __init__(self, board, ceiling, floor, depth, lot):
+        self.board, self.ceiling, self.floor, self.depth, self.lot = board, ceiling, floor, depth, lot
+        self.bids = []  # [[price, volume], ...], best first
+        self.asks = []
+
+    def _volume(self, rng):
+        return max(1, int(rng.expovariate(1 / self.depth))) * self.lot
+
+    def follow(self, rng, best_bid):
+        """Re-centre on `best_bid`: levels at prices that stay keep their volume."""
+        if self.bids and self.bids[0][0] == best_bid:
+            return
+        old_bids = {p: v for p, v in self.bids}
+        old_asks = {p: v for p, v in self.asks}
+        bids, price = [], best_bid
+        while len(bids) < BOOK_LEVELS and price >= self.floor:
+            bids.append([price, old_bids.get(price) or self._volume(rng)])
+            price = _down(price, self.board)
+        asks, price = [], _up(best_bid, self.board)
+        while len(asks) < BOOK_LEVELS and price <= self.ceiling:
+            asks.append([price, old_asks.get(price) or self._volume(rng)])
+            price = _up(price, self.board)
+        self.bids, self.asks = bids, asks
+
+    def hit(self, rng, side, volume):
+        """A trade of `volume` against the best level of `side` (BU eats the best ask)."""
+        levels = self.asks if side == "BU" else self.bids
+        if levels:
+            left = levels[0][1] - volume
+            levels[0][1] = left if left > 0 else self._volume(rng)  # emptied: new orders arrive
+
+    def requote(self, rng):
+        levels = self.bids + self.asks
+        if levels:
+            levels[int(rng.random() * len(levels))][1] = self._volume(rng)
+
+    def row(self, scale=1):
+        out = {}
+        for side, levels in (("Bid", self.bids), ("Ask", self.asks)):
+            for n in range(BOOK_LEVELS):
+                price, volume = levels[n] if n < len(levels) else (None, None)
+                out[f"{side}Price{n + 1}"] = price if price is None or scale == 1 else round(price / scale, 1)
+                out[f"{side}Vol{n + 1}"] = volume
+        return out
+
+
 class _Stock:
     __slots__ = (
+        "active_buy",
+        "active_sell",
         "beta",
         "board",
+        "book",
         "ceiling",
         "closed",
         "fbv",
@@ -127,16 +201,20 @@ class _Stock:
         "fsval",
         "high",
         "last",
+        "last_volume",
         "lots",
         "low",
+        "m_seen",
+        "next_t",
         "open",
         "opened",
-        "p_trade",
+        "rate",
         "ref",
         "room",
-        "room0",
+        "room_total",
         "sigma",
         "symbol",
+        "t_seen",
         "value",
         "volume",
         "x",
@@ -144,7 +222,7 @@ class _Stock:
         "x_lo",
     )  # fmt: skip
 
-    def __init__(self, symbol, rng):
+    def __init__(self, symbol, rng, shown=True):
         board, price, cap, room_pct, adv = _listing(symbol)
         self.symbol, self.board = symbol, board
         self.ref = market.round_to_tick(price * math.exp(rng.gauss(0, 0.05)), board)
@@ -153,32 +231,66 @@ class _Stock:
         self.x_lo = math.log(self.floor / self.ref) - 0.003
         self.x_hi = math.log(self.ceiling / self.ref) + 0.003
         self.beta = rng.uniform(0.6, 1.4)
-        self.sigma = rng.uniform(0.00035, 0.0006)  # per 10-s step: roughly 1.5-2.5 % a day
-        self.p_trade = 0.85 if adv >= 100 else 0.4
-        continuous_steps = 4.5 * 3600 / STEP_S
-        self.lots = max(1.0, adv * 1e9 / self.ref / 100 / (continuous_steps * self.p_trade) * rng.uniform(0.6, 1.4))
+        self.sigma = rng.uniform(0.00011, 0.00019)  # per second: roughly 1.5-2.5 % a day
+        # Market events per second; the symbols only the indices and the foreign
+        # totals read move less often (cheaper, and nobody watches them tick).
+        self.rate = min(0.3, 0.03 + adv / 6000) if shown else 0.02 + adv / 30000
+        trades_a_day = 4.5 * 3600 * self.rate * TRADE_SHARE
+        self.lots = max(1.0, adv * 1e9 / self.ref / 100 / trades_a_day * rng.uniform(0.6, 1.4))
         self.foreign_share = rng.uniform(0.08, 0.3)
         self.foreign_buy_bias = min(0.85, max(0.15, rng.gauss(0.5, 0.12)))
         shares = cap * 1e9 / price
-        self.room0 = self.room = int(shares * room_pct)
-        self.open = self.high = self.low = self.last = None
+        self.room = int(shares * room_pct)
+        self.room_total = int(shares * (0.49 if room_pct > 0.3 else 0.3))  # the foreign ownership limit
+        self.open = self.high = self.low = self.last = self.last_volume = None
         self.volume = self.value = self.fbv = self.fsv = self.fbval = self.fsval = 0
+        self.active_buy = self.active_sell = 0
         self.opened = self.closed = False
+        self.book = _Book(board, self.ceiling, self.floor, self.lots * 3, 100)
+        self.next_t = DAY_OPEN_S + int(rng.expovariate(self.rate))
+        self.t_seen, self.m_seen = DAY_OPEN_S, 0.0
 
     def price(self):
         raw = self.ref * math.exp(self.x)
         return min(self.ceiling, max(self.floor, market.round_to_tick(raw, self.board)))
 
-    def trade(self, rng, lots):
-        price = self.price()
+    def move(self, rng, t, m):
+        """Catch the price up with the market since this symbol's last event."""
+        x = self.x + self.beta * (m - self.m_seen) + rng.gauss(0, self.sigma * _SQRT[min(t - self.t_seen, 3600)])
+        self.x = min(self.x_hi, max(self.x_lo, x))
+        self.t_seen, self.m_seen = t, m
+        self.book.follow(rng, self.price())
+
+    def event(self, rng, t, m, continuous):
+        up = self.x
+        self.move(rng, t, m)
+        if continuous and rng.random() < TRADE_SHARE:
+            rising = self.x > up
+            side = "BU" if rng.random() < (0.65 if rising else 0.35) else "SD"
+            best = self.book.asks if side == "BU" else self.book.bids
+            price = best[0][0] if best else self.book.bids[0][0] if side == "BU" else self.book.asks[0][0]
+            lots = max(1, int(rng.expovariate(1 / self.lots)))
+            self.book.hit(rng, side, lots * 100)
+            self.trade(rng, lots, price, side)
+        else:
+            self.book.requote(rng)
+        self.next_t = t + 1 + int(rng.expovariate(self.rate))
+
+    def trade(self, rng, lots, price=None, side=None):
+        """One match; `side` None for an auction match (no aggressor)."""
+        price = self.price() if price is None else price
         volume = lots * 100
-        self.last = price
+        self.last, self.last_volume = price, volume
         if self.open is None:
             self.open = self.high = self.low = price
         self.high = max(self.high, price)
         self.low = min(self.low, price)
         self.volume += volume
         self.value += volume * price
+        if side == "BU":
+            self.active_buy += volume
+        elif side == "SD":
+            self.active_sell += volume
         foreign = volume * self.foreign_share * rng.random() * 2
         buy = min(int(foreign * self.foreign_buy_bias) // 100 * 100, self.room // 100 * 100, volume)
         sell = min(int(foreign * (1 - self.foreign_buy_bias)) // 100 * 100, volume)
@@ -188,13 +300,14 @@ class _Stock:
         self.fbval += buy * price
         self.fsval += sell * price
 
-    def row(self, day):
+    def row(self, day, session):
         avg = round(self.value / self.volume) if self.volume else None
         change = self.last - self.ref if self.last is not None else None
         return {
             "TradingDate": day,
             "Symbol": self.symbol,
             "Market": self.board,
+            "Exchange": self.board,
             "PriceChange": change,
             "PerPriceChange": round(change * 100 / self.ref, 2) if change is not None else None,
             "CeilingPrice": self.ceiling,
@@ -207,8 +320,8 @@ class _Stock:
             "AveragePrice": avg,
             "TotalMatchVol": self.volume,
             "TotalMatchVal": self.value,
-            "TotalDealVol": 0,
-            "TotalDealVal": 0,
+            "TotalDealVol": None,  # put-through is not simulated: unknown, not zero
+            "TotalDealVal": None,
             "ForeignBuyVolTotal": self.fbv,
             "ForeignSellVolTotal": self.fsv,
             "ForeignBuyValTotal": self.fbval,
@@ -219,17 +332,106 @@ class _Stock:
             "TotalTradedVol": self.volume,
             "TotalTradedValue": self.value,
             "Time": None,
+            # Stream fields (X-QUOTE, X-TRADE, R, F)
+            **self.book.row(),
+            "LastVol": self.last_volume,
+            "ActiveBuyVol": self.active_buy,
+            "ActiveSellVol": self.active_sell,
+            "TotalRoom": self.room_total,
+            "TradingSession": session,
+            "TradingStatus": "N",
         }
 
 
+class _Future:
+    """The front-month contract, priced in tenths of a point off VN30 plus a basis."""
+
+    __slots__ = (
+        "active_buy", "active_sell", "basis", "book", "ceiling", "closed", "floor", "high", "last",
+        "last_volume", "low", "next_t", "open", "ref", "value", "volume",
+    )  # fmt: skip
+
+    RATE = 0.9  # events per second: the most traded contract on the market
+
+    def __init__(self, rng, ref, basis):
+        self.ref = round(ref * 10)
+        ceiling, floor = market.futures_bands(ref)
+        self.ceiling, self.floor = round(ceiling * 10), round(floor * 10)
+        self.basis = basis
+        self.open = self.high = self.low = self.last = self.last_volume = None
+        self.volume = self.value = self.active_buy = self.active_sell = 0
+        self.closed = False
+        self.book = _Book("DER", self.ceiling, self.floor, 25, 1)
+        self.next_t = DAY_OPEN_S
+
+    def price(self, vn30):
+        return min(self.ceiling, max(self.floor, round((vn30 + self.basis) * 10)))
+
+    def event(self, rng, t, vn30, continuous):
+        self.book.follow(rng, self.price(vn30))
+        if continuous and rng.random() < TRADE_SHARE:
+            side = "BU" if rng.random() < 0.5 else "SD"
+            best = self.book.asks if side == "BU" else self.book.bids
+            price = best[0][0] if best else self.book.bids[0][0] if side == "BU" else self.book.asks[0][0]
+            contracts = max(1, int(rng.expovariate(1 / 15)))
+            self.book.hit(rng, side, contracts)
+            self.trade(contracts, price, side)
+        else:
+            self.book.requote(rng)
+        self.next_t = t + 1 + int(rng.expovariate(self.RATE))
+
+    def trade(self, contracts, price, side=None):
+        self.last, self.last_volume = price, contracts
+        self.open = price if self.open is None else self.open
+        self.high = price if self.high is None else max(self.high, price)
+        self.low = price if self.low is None else min(self.low, price)
+        self.volume += contracts
+        self.value += contracts * price * 10_000  # tenths of a point x 100,000 VND a point
+        if side == "BU":
+            self.active_buy += contracts
+        elif side == "SD":
+            self.active_sell += contracts
+
+    def row(self, day, symbol, session):
+        points = {name: (None if v is None else v / 10) for name, v in
+                  (("ref", self.ref), ("ceiling", self.ceiling), ("floor", self.floor), ("open", self.open),
+                   ("high", self.high), ("low", self.low), ("last", self.last))}  # fmt: skip
+        return {
+            "TradingDate": day,
+            "Symbol": symbol,
+            "Market": "DER",
+            "Exchange": "DER",
+            "RefPrice": points["ref"],
+            "CeilingPrice": points["ceiling"],
+            "FloorPrice": points["floor"],
+            "OpenPrice": points["open"],
+            "HighestPrice": points["high"],
+            "LowestPrice": points["low"],
+            "ClosePrice": points["last"],
+            "PriceChange": round(points["last"] - points["ref"], 1) if self.last is not None else None,
+            "TotalMatchVol": self.volume,
+            "TotalMatchVal": self.value,
+            **self.book.row(scale=10),
+            "LastVol": self.last_volume,
+            "ActiveBuyVol": self.active_buy,
+            "ActiveSellVol": self.active_sell,
+            "TradingSession": session,
+            "TradingStatus": "N",
+        }
+
+
+_BOARDS = ("HOSE", "HNX", "UPCOM", "DER")
+
+
 class SimDay:
-    """One simulated trading day, advanced in fixed steps."""
+    """One simulated trading day, advanced in fixed one-second steps."""
 
     def __init__(self, seed, date, extra=()):
         self.date = date
         self.rng = rng = random.Random(f"stocktracker:{seed}:{date.isoformat()}")
         symbols = list(UNIVERSE) + [s for s in extra if s not in UNIVERSE]
-        self.stocks = {symbol: _Stock(symbol, rng) for symbol in symbols}
+        shown = set(VN30_BASKET) | set(extra)
+        self.stocks = {symbol: _Stock(symbol, rng, symbol in shown) for symbol in symbols}
         hose = [s for s in UNIVERSE if UNIVERSE[s][0] == "HOSE"]
         hnx = [s for s in UNIVERSE if UNIVERSE[s][0] == "HNX"]
         self.members = {
@@ -243,67 +445,70 @@ class SimDay:
         self.prior = {code: round(base * math.exp(rng.gauss(0, 0.02)), 2) for code, base in INDEX_BASE.items()}
         # Futures: reference = previous settlement, a little off the VN30 close.
         self.fut_year, self.fut_month = market.front_month(date)
-        self.fut_ref = round(self.prior["VN30"] + rng.gauss(0, 4), 1)
-        self.fut_ceiling, self.fut_floor = market.futures_bands(self.fut_ref)
-        self.basis = self.fut_ref - self.prior["VN30"]
-        self.fut = {"open": None, "high": None, "low": None, "last": None, "volume": 0, "value": 0}
-        self.fut_closed = False
+        fut_ref = round(self.prior["VN30"] + rng.gauss(0, 4), 1)
+        self.fut = _Future(rng, fut_ref, fut_ref - self.prior["VN30"])
         self.m = 0.0  # market factor (log-return shared by every stock)
         self.t = DAY_OPEN_S - STEP_S  # seconds after midnight already simulated
+        self.phases = dict.fromkeys(_BOARDS, "pre_open")
         self.points = {code: [] for code in self.members}
 
     # --- stepping -----------------------------------------------------------------
 
     def advance_to(self, seconds):
         seconds = min(seconds, DAY_CLOSE_S)
+        phase_of_day = market.phase_of_day
         while self.t + STEP_S <= seconds:
-            self.t += STEP_S
-            if market.phase_of_day("UPCOM", self.t) == "lunch" or market.phase_of_day("DER", self.t) == "pre_open":
-                continue  # nothing trades
-            self._step(self.t)
+            self.t = t = self.t + STEP_S
+            phases = {board: phase_of_day(board, t) for board in _BOARDS}
+            if phases != self.phases:
+                self._transitions(t, self.phases, phases)
+                self.phases = phases
+            if phases["UPCOM"] == "lunch" or phases["DER"] == "pre_open":
+                continue  # nothing trades or quotes
+            self._step(t, phases)
 
-    def _step(self, t):
+    def _transitions(self, t, before, after):
+        """The auctions match when their session ends: HOSE's ATO at 09:15, the
+        ATCs at 14:45 (UPCOM has none), the future's ATO at 09:00."""
         rng = self.rng
-        phases = {board: market.phase_of_day(board, t) for board in ("HOSE", "HNX", "UPCOM", "DER")}
-        dm = -0.003 * self.m + rng.gauss(0, 0.00035)
-        self.m += dm
         for stock in self.stocks.values():
-            stock.x = min(stock.x_hi, max(stock.x_lo, stock.x + stock.beta * dm + rng.gauss(0, stock.sigma)))
-            ph = phases[stock.board]
-            if ph == "continuous":
-                if not stock.opened and stock.board == "HOSE":
-                    stock.opened = True  # the ATO auction: one large match at the open
-                    stock.trade(rng, max(1, int(stock.lots * rng.uniform(8, 20))))
-                elif rng.random() < stock.p_trade:
-                    stock.opened = True
-                    stock.trade(rng, max(1, int(rng.expovariate(1 / stock.lots))))
-            elif ph == "closed" and not stock.closed and stock.opened:
+            was, now = before[stock.board], after[stock.board]
+            if was == now:
+                continue
+            if was == "ato" and now == "continuous":
+                stock.move(rng, t, self.m)
+                stock.opened = True
+                stock.trade(rng, max(1, int(stock.lots * rng.uniform(8, 20))))
+            elif was == "atc" and now == "closed" and stock.opened:
+                stock.move(rng, t, self.m)
                 stock.closed = True
-                if stock.board != "UPCOM":  # the ATC auction
-                    stock.trade(rng, max(1, int(stock.lots * rng.uniform(20, 50))))
-        self._step_futures(rng, phases["DER"], t)
-        if t % POINT_EVERY_S == 0 and phases["HOSE"] in ("ato", "continuous", "atc", "closed") and t <= DAY_CLOSE_S:
+                stock.trade(rng, max(1, int(stock.lots * rng.uniform(20, 50))))
+        fut, was, now = self.fut, before["DER"], after["DER"]
+        if was != now and (was, now) in (("ato", "continuous"), ("atc", "closed")):
+            vn30 = self.index_value("VN30")
+            fut.book.follow(rng, fut.price(vn30))
+            fut.trade(max(1, int(rng.expovariate(1 / 200))), fut.price(vn30))
+            fut.closed = now == "closed"
+
+    def _step(self, t, phases):
+        rng = self.rng
+        self.m += -0.0003 * self.m + rng.gauss(0, 0.00011)
+        m = self.m
+        for stock in self.stocks.values():
+            if stock.next_t <= t:
+                ph = phases[stock.board]
+                if ph in ("ato", "continuous", "atc"):
+                    stock.event(rng, t, m, ph == "continuous")
+                else:
+                    stock.next_t = t + 1 + int(rng.expovariate(stock.rate))
+        fut = self.fut
+        fut.basis += -0.001 * fut.basis + rng.gauss(0, 0.16)
+        if fut.next_t <= t and phases["DER"] in ("ato", "continuous", "atc"):
+            fut.event(rng, t, self.index_value("VN30"), phases["DER"] == "continuous")
+        if t % POINT_EVERY_S == 0 and phases["HOSE"] in ("ato", "continuous", "atc", "closed"):
             ms = self._ms(t)
             for code in self.members:
                 self.points[code].append([ms, self.index_value(code)])
-
-    def _step_futures(self, rng, ph, t):
-        self.basis += -0.01 * self.basis + rng.gauss(0, 0.5)
-        fut = self.fut
-        if ph == "continuous" or (ph == "closed" and not self.fut_closed and fut["last"] is not None):
-            if ph == "closed":
-                self.fut_closed = True
-            elif rng.random() > 0.9:
-                return
-            raw = self.index_value("VN30") + self.basis
-            price = min(self.fut_ceiling, max(self.fut_floor, round(raw, 1)))
-            contracts = max(1, int(rng.expovariate(1 / 60)))
-            fut["last"] = price
-            fut["open"] = price if fut["open"] is None else fut["open"]
-            fut["high"] = price if fut["high"] is None else max(fut["high"], price)
-            fut["low"] = price if fut["low"] is None else min(fut["low"], price)
-            fut["volume"] += contracts
-            fut["value"] += round(contracts * price * 100_000)
 
     # --- reading ------------------------------------------------------------------
 
@@ -343,7 +548,7 @@ class SimDay:
             "Time": None,
             "Change": change,
             "RatioChange": round(change * 100 / self.prior[code], 2),
-            "TotalTrade": 0,
+            "TotalTrade": None,
             "TotalMatchVol": volume,
             "TotalMatchVal": value_traded,
             "TypeIndex": None,
@@ -353,34 +558,15 @@ class SimDay:
             "Declines": declines,
             "Ceilings": ceilings,
             "Floors": floors,
-            "TotalDealVol": 0,
-            "TotalDealVal": 0,
+            "TotalDealVol": None,
+            "TotalDealVal": None,
             "TotalVol": volume,
             "TotalVal": value_traded,
             "TradingSession": session,
         }
 
-    def futures_row(self, day):
-        fut = self.fut
-        last = fut["last"]
-        return {
-            "TradingDate": day,
-            "Symbol": market.futures_code(self.fut_year, self.fut_month),
-            "Market": "DER",
-            "RefPrice": self.fut_ref,
-            "CeilingPrice": self.fut_ceiling,
-            "FloorPrice": self.fut_floor,
-            "OpenPrice": fut["open"],
-            "HighestPrice": fut["high"],
-            "LowestPrice": fut["low"],
-            "ClosePrice": last,
-            "PriceChange": round(last - self.fut_ref, 1) if last is not None else None,
-            "TotalMatchVol": fut["volume"],
-            "TotalMatchVal": fut["value"],
-        }
-
-
-_SESSION_CODE = {"pre_open": None, "ato": "ATO", "continuous": "LO", "lunch": "BREAK", "atc": "ATC", "closed": "C"}
+    def futures_row(self, day, symbol=None, session=None):
+        return self.fut.row(day, symbol or market.futures_code(self.fut_year, self.fut_month), session)
 
 
 class Simulator:
@@ -407,9 +593,9 @@ class Simulator:
         day = self.day_at(date, seconds)
         phase = market.phase(local)
         text_date = date.strftime("%d/%m/%Y")
-        session = _SESSION_CODE[phase]
+        sessions = {board: market.session_code(market.phase(local, board)) for board in _BOARDS}
         symbol, alias, expiry = market.futures_contract(date, self.futures_override)
-        row = {**day.futures_row(text_date), "Symbol": symbol}
+        row = day.futures_row(text_date, symbol, sessions["DER"])
         contract = Futures(symbol=symbol, alias=alias, expiry=expiry, row=row)
         points = {}
         for code in day.members:
@@ -425,9 +611,9 @@ class Simulator:
             simulated=True,
             basket=list(basket),
             extra=list(self.extra),
-            stocks=[stock.row(text_date) for stock in day.stocks.values()],
+            stocks=[stock.row(text_date, sessions[stock.board]) for stock in day.stocks.values()],
             futures=contract,
-            indices={code: day.index_row(code, text_date, session) for code in day.members},
+            indices={code: day.index_row(code, text_date, sessions["HOSE"]) for code in day.members},
             points=points,
         )
 
@@ -439,7 +625,7 @@ class DemoClock:
     (a leader and the standby that takes over from it) computes the same one and
     the data never goes back in time within an epoch. Each Asia/Ho_Chi_Minh
     calendar day, counted from its midnight, plays loops of DEMO_DAY_S
-    simulated seconds, the first from 09:10 of that day's trading date (the last
+    simulated seconds, the first from 09:20 of that day's trading date (the last
     one before it on a weekend), each next loop the next trading day. At
     midnight the next calendar day starts over from its own trading date: a new
     epoch, as every loop is.

@@ -386,6 +386,7 @@ class SSISource:
         self.override = settings.FUTURES_OVERRIDE if futures_override is None else futures_override
         self._day = None  # (trading date, basket, Futures without a row)
         self._off_hose = None  # (trading date, extra symbols missing from that day's HOSE board)
+        self._extra_markets = (None, {})  # (trading date, {extra symbol: its exchange})
 
     @property
     def requests(self):
@@ -424,7 +425,7 @@ class SSISource:
             basket, contract = await self.resolve_day(day)
             stocks = await self.client.daily_stock_price(day, market_code="HOSE")
             for symbol in self._extras_off_hose(day, stocks):  # one more request per symbol
-                stocks.extend(await self.client.daily_stock_price(day, symbol=symbol, page_size=10))
+                stocks.extend(await self._extra_rows(day, symbol))
         if "market" in needs:
             rows = await self.client.daily_stock_price(day, market_code="DER", symbol=contract.symbol, page_size=10)
             match = [row for row in rows if str(pick(lower_keys(row), ("symbol",)) or "").upper() == contract.symbol]
@@ -445,6 +446,20 @@ class SSISource:
             futures=futures,
             indices=indices,
         )
+
+    async def _extra_rows(self, day, symbol):
+        """The rows of an extra off the HOSE board, marked with its exchange:
+        DailyStockPrice rows do not say it, so ask HNX, then UPCOM, and keep the
+        one that answered for the day (one request a cycle after that)."""
+        if self._extra_markets[0] != day:
+            self._extra_markets = (day, {})
+        known = self._extra_markets[1].get(symbol)
+        for market_code in (known,) if known else ("HNX", "UPCOM"):
+            rows = await self.client.daily_stock_price(day, market_code=market_code, symbol=symbol, page_size=10)
+            if rows:
+                self._extra_markets[1][symbol] = market_code
+                return rows
+        return []
 
     def _extras_off_hose(self, day, hose_rows):
         """EXTRA_SYMBOLS that the HOSE board of `day` lacks (HNX, UPCOM): the only

@@ -32,6 +32,18 @@
     return String(Math.round(v));
   }
 
+  function short(v) {
+    if (none(v)) return "";
+    const size = Math.abs(v);
+    for (const [limit, suffix] of [[1e9, "B"], [1e6, "M"], [1e3, "K"]]) {
+      if (size >= limit) {
+        const scaled = v / limit, a = Math.abs(scaled);
+        return scaled.toFixed(a < 9.995 ? 2 : a < 99.95 ? 1 : 0) + suffix;
+      }
+    }
+    return String(Math.round(v));
+  }
+
   function sparklinePath(points, prior, width = 120, height = 32, pad = 2) {
     const pts = (points || []).filter((p) => p && !none(p[0]) && !none(p[1]));
     if (pts.length < 2) return { path: "", priorY: null };
@@ -53,6 +65,7 @@
     priceClass,
     signClass,
     compact,
+    short,
     sparklinePath,
     kprice: (v) => (none(v) ? "" : f2.format(v / 1000)),
     signedKprice: (v) => (none(v) ? "" : f2s.format(v / 1000)),
@@ -62,12 +75,15 @@
     signedPoints: (v, d = 2) => (none(v) ? "" : (d === 1 ? f1s : f2s).format(v)),
     billions: (v, signed) => (none(v) ? "" : (signed ? f2s : f2).format(v / 1e9)),
     escape: (s) => String(s === null || s === undefined ? "" : s).replace(/[&<>"']/g, (c) => escapeMap[c]),
-    /* Restart a short highlight on an element whose value changed. */
+    /* A short highlight on an element whose value changed. No forced reflow:
+       a board changes hundreds of cells a second, and reading layout per cell
+       would stall the page; a cell still lit just stays lit a little longer. */
     flash(el, direction) {
-      el.classList.remove("flash", "flash-up", "flash-down");
-      void el.offsetWidth;
       const cls = direction > 0 ? "flash-up" : direction < 0 ? "flash-down" : "flash";
-      el.classList.add(cls);
+      if (!el.classList.contains(cls)) {
+        el.classList.remove("flash", "flash-up", "flash-down");
+        el.classList.add(cls);
+      }
       clearTimeout(el._flashTimer);
       el._flashTimer = setTimeout(() => el.classList.remove(cls), 700);
     },

@@ -4,7 +4,7 @@ from .. import formatting
 
 register = template.Library()
 
-for _name in ("kprice", "signed_kprice", "pct", "number", "points", "signed_points", "compact", "billions"):
+for _name in ("kprice", "signed_kprice", "pct", "number", "points", "signed_points", "compact", "short", "billions"):
     register.filter(_name, getattr(formatting, _name))
 
 
@@ -40,3 +40,37 @@ def abs_value(value):
 def sparkline(index):
     path, prior_y = formatting.sparkline_path(index.get("points"), index.get("prior"))
     return {"path": path, "prior_y": prior_y, "cls": formatting.sign_class(index.get("change"))}
+
+
+@register.simple_tag
+def book(row, side):
+    """The three levels of one side as board cells read them: bids 3, 2, 1
+    (best next to the last price), asks 1, 2, 3; missing levels are empty."""
+    levels = (row or {}).get(f"{side}s") or []
+    cells = []
+    for n in (3, 2, 1) if side == "bid" else (1, 2, 3):
+        price, volume = levels[n - 1] if len(levels) >= n else (None, None)
+        cells.append({"field": f"{side}{n}", "price": price, "volume": volume, "cls": price_class(price, row)})
+    return cells
+
+
+@register.simple_tag
+def book_rows(row):
+    """Levels 1-3 side by side (the futures panel's order book)."""
+    bids, asks = (row or {}).get("bids") or [], (row or {}).get("asks") or []
+    rows = []
+    for n in range(3):
+        bid, bid_vol = bids[n] if n < len(bids) else (None, None)
+        ask, ask_vol = asks[n] if n < len(asks) else (None, None)
+        rows.append(
+            {
+                "n": n + 1,
+                "bid": bid,
+                "bid_vol": bid_vol,
+                "ask": ask,
+                "ask_vol": ask_vol,
+                "bid_cls": price_class(bid, row),
+                "ask_cls": price_class(ask, row),
+            }
+        )
+    return rows

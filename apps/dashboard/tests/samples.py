@@ -32,6 +32,15 @@ def stock(symbol, ref, last, *, band_pct=7, **extra):
         "foreign_buy_volume": 10_000,
         "foreign_sell_volume": 25_000,
         "foreign_room": 123_456_789,
+        "room_total": 400_000_000,
+        # Three levels each side around the last price, on the 100 VND tick, within the band.
+        "bids": [[p, 10_000 * (n + 1)] for n, p in enumerate(range(traded, traded - 300, -100)) if p >= floor],
+        "asks": [[p, 5_000 * (n + 1)] for n, p in enumerate(range(traded + 100, traded + 400, 100)) if p <= ceiling],
+        "last_volume": 1_200,
+        "active_buy_volume": 600_000,
+        "active_sell_volume": 500_000,
+        "session": "LO",
+        "status": "N",
     }
     row.update(extra)
     return row
@@ -66,6 +75,13 @@ def market(**overrides):
             "volume": 152340,
             "vn30": 1356.12,
             "basis": 3.28,
+            "bids": [[1359.3, 12], [1359.2, 40], [1359.1, 7]],
+            "asks": [[1359.4, 5], [1359.5, 22], [1359.6, 31]],
+            "last_volume": 3,
+            "active_buy_volume": 80_000,
+            "active_sell_volume": 70_000,
+            "session": "LO",
+            "status": "N",
         },
     }
     data.update(overrides)

@@ -36,6 +36,8 @@ def test_large_numbers_are_compact_or_grouped():
     assert f.number(1234500) == "1,234,500"
     assert f.compact(123_456_789) == "123.46M"
     assert f.compact(2_500_000_000) == "2.50B"
+    assert [f.short(v) for v in (246_400, 46_200, 9_000, 1_330_000, 99_960, 640)] == [
+        "246K", "46.2K", "9.00K", "1.33M", "100K", "640"]  # fmt: skip
     assert f.billions(-12_345_000_000, signed=True) == "-12.35"
     assert f.pct(1.456) == "+1.46%"
 

@@ -37,7 +37,7 @@ async def redis_commands():
     return (await get_state().redis.info("stats"))["total_commands_processed"], trips
 
 
-async def measure(label, feed, clock, cycles, requests=lambda: 0):
+async def measure(label, feed, clock, cycles, requests=lambda: 0, step_s=10):
     from apps.streams.protocol import subscriber_key
     from apps.streams.state import get_state
 
@@ -47,7 +47,7 @@ async def measure(label, feed, clock, cycles, requests=lambda: 0):
     start_commands = await redis_commands()
     start_requests, start_cpu, start_wall = requests(), time.thread_time(), time.perf_counter()
     for _ in range(cycles):
-        clock.advance(seconds=10)
+        clock.advance(seconds=step_s)
         await feed.cycle()
     cpu = (time.thread_time() - start_cpu) / cycles
     wall = (time.perf_counter() - start_wall) / cycles
@@ -91,7 +91,9 @@ async def main():
         await measure("ssi (VN30 + future + 5 indices)", Feed(source, elect=True), clock, 50, lambda: source.requests)
         await source.aclose()
     clock = Clock()
-    await measure("simulator", Feed(SimulatorSource(clock="wall", seed=1, now=clock), elect=True), clock, 200)
+    # The simulator's cadence on the wall clock: a cycle a second.
+    source = SimulatorSource(clock="wall", seed=1, now=clock)
+    await measure("simulator (1 s steps)", Feed(source, elect=True), clock, 200, step_s=1)
 
 
 if __name__ == "__main__":

@@ -53,11 +53,22 @@ def ssi_text(value, decimals=None):
 _VALUE_KEYS = {"TotalMatchVal", "TotalTradedValue", "ForeignBuyValTotal", "ForeignSellValTotal", "NetBuySellVal"}
 
 
+# The keys of a DailyStockPrice row (reference, section 3.8): no market, no
+# order book, no last trade; the simulator's stream fields are left out.
+DAILY_STOCK_PRICE_KEYS = frozenset(
+    "TradingDate PriceChange PerPriceChange CeilingPrice FloorPrice RefPrice OpenPrice HighestPrice LowestPrice "
+    "ClosePrice AveragePrice ClosePriceAdjusted TotalMatchVol TotalMatchVal TotalDealVal TotalDealVol "
+    "ForeignBuyVolTotal ForeignCurrentRoom ForeignSellVolTotal ForeignBuyValTotal ForeignSellValTotal "
+    "TotalBuyTrade TotalBuyTradeVol TotalSellTrade TotalSellTradeVol NetBuySellVol NetBuySellVal TotalTradedVol "
+    "TotalTradedValue Symbol Time".split()
+)
+
+
 def stock_row_text(row):
     out = {}
     for key, value in row.items():
-        if key == "Market":
-            continue  # DailyStockPrice rows do not say their market
+        if key not in DAILY_STOCK_PRICE_KEYS:
+            continue
         if isinstance(value, int | float) and not isinstance(value, bool):
             out[key] = ssi_text(value, 4 if key in _VALUE_KEYS else None)
         else:
@@ -111,6 +122,7 @@ class FakeSSI:
         return f"http://{host}:{port}/"
 
     def start(self):
+        self._snapshot()  # simulate the morning now, not inside the first request's timeout
         handler = type("Handler", (_Handler,), {"fake": self})
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self._server.daemon_threads = True

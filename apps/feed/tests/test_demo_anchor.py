@@ -1,5 +1,5 @@
 """The demo clock starts from one shared moment: a fresh start opens the
-demo day just before continuous trading, and every process (a leader and the
+demo day in continuous trading, and every process (a leader and the
 standby that takes over) shows the same simulated time."""
 
 import datetime as dt
@@ -12,14 +12,14 @@ from apps.streams.state import get_state, reset_state
 
 
 @pytest.mark.parametrize("mode", ["redis", "embedded"])
-async def test_a_fresh_demo_opens_at_ten_past_nine(mode, request):
+async def test_a_fresh_demo_opens_in_continuous_trading_at_twenty_past_nine(mode, request):
     if mode == "embedded":
         request.getfixturevalue("embedded")
     source = SimulatorSource(clock="demo", speed=60)
     await source.fetch({"market"})
     moment = source.now().astimezone(market.VN)
-    assert dt.time(9, 10) <= moment.time() < dt.time(9, 12)
-    assert market.phase(moment) == "ato"
+    assert dt.time(9, 20) <= moment.time() < dt.time(9, 22)
+    assert market.phase(moment) == "continuous"
 
 
 async def test_two_processes_share_the_demo_moment():

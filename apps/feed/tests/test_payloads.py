@@ -29,10 +29,15 @@ VN30_INDEX = {"IndexId": "VN30", "IndexValue": "2101.35", "TradingDate": "26/11/
 
 
 def stock(symbol, buy_value, sell_value, *, buy_volume="1000", sell_volume="1000", room="500000", **more):
-    """A DailyStockPrice row with lower-case and table-spelling keys, as some SSI answers have."""
-    return {"symbol": symbol, "refprice": "20000", "closeprice": "20100", "ForeignBuyVolTotal": buy_volume,
-            "ForeignSellVolTotal": sell_volume, "foreignbuyvaltotal": buy_value, "Toreignsellvaltotal": sell_value,
-            "ForeignCurrentRoom": room, **more}  # fmt: skip
+    """A HOSE board row with lower-case and table-spelling keys, as some SSI answers have."""
+    return {"symbol": symbol, "Market": "HOSE", "refprice": "20000", "closeprice": "20100",
+            "ForeignBuyVolTotal": buy_volume, "ForeignSellVolTotal": sell_volume, "foreignbuyvaltotal": buy_value,
+            "Toreignsellvaltotal": sell_value, "ForeignCurrentRoom": room, **more}  # fmt: skip
+
+
+# What REST does not know (no order book, no trade-by-trade data), as null.
+STREAM_ONLY = {"room_total": None, "bids": None, "asks": None, "last_volume": None, "active_buy_volume": None,
+               "active_sell_volume": None, "session": None, "status": None}  # fmt: skip
 
 
 def data(**kwargs):
@@ -47,7 +52,7 @@ def test_a_stock_row_becomes_a_board_entry_with_exact_whole_numbers():
         {"symbol": "FPT", "exchange": "HOSE", "ref": 98500, "ceiling": 105300, "floor": 91700, "open": 98800,
          "high": 99700, "low": 98200, "last": 99400, "change": 900, "change_pct": 0.91, "avg": 99050,
          "volume": 6512300, "value": 645043315000, "foreign_buy_volume": 1204500, "foreign_sell_volume": 1876200,
-         "foreign_room": 3215400}
+         "foreign_room": 3215400, **STREAM_ONLY}
     ]  # fmt: skip
     assert payload["futures"] is None
     json.dumps(payload)  # JSON-safe
@@ -84,7 +89,8 @@ def test_the_futures_basis_is_the_future_minus_vn30():
     assert payload["futures"] == {
         "symbol": "41I1GC000", "alias": "VN30F2612", "expiry": "2026-12-17", "ref": 2095.0, "ceiling": 2241.6,
         "floor": 1948.4, "open": 2098.1, "high": 2110.0, "low": 2090.2, "last": 2105.3, "change": 10.3,
-        "change_pct": 0.49, "volume": 184230, "vn30": 2101.35, "basis": 3.95}  # fmt: skip
+        "change_pct": 0.49, "volume": 184230, "vn30": 2101.35, "basis": 3.95,
+        **{k: v for k, v in STREAM_ONLY.items() if k != "room_total"}}  # fmt: skip
 
 
 def test_the_basis_is_null_without_a_vn30_value():
@@ -113,14 +119,16 @@ def test_index_field_aliases_from_the_spec_tables_are_accepted():
     assert entry["prior"] == 576.7 and entry["change_pct"] == -0.26
 
 
-def test_foreign_totals_cover_vn30_and_the_whole_board():
-    rows = [stock("AAA", "300", "100"), stock("BBB", "50", "250"), stock("CCC", "1000", "0", Market="HOSE")]
+def test_foreign_totals_cover_vn30_and_the_whole_hose_board():
+    rows = [stock("AAA", "300", "100"), stock("BBB", "50", "250"), stock("CCC", "1000", "0"),
+            stock("SHS", "7000", "0", Market="HNX"), stock("ZZZ", "9000", "0", Market=None)]  # fmt: skip
     payload = build_foreign(data(basket=["AAA", "BBB"], stocks=rows))
     assert payload["vn30"] == {"buy_volume": 2000, "sell_volume": 2000, "net_volume": 0, "buy_value": 350,
                                "sell_value": 350, "net_value": 0}  # fmt: skip
     assert payload["board"]["buy_value"] == 1350 and payload["board"]["net_value"] == 1000
     assert payload["rows"][0] == {"symbol": "AAA", "buy_volume": 1000, "sell_volume": 1000, "net_volume": 0,
-                                  "buy_value": 300, "sell_value": 100, "net_value": 200, "room": 500000}  # fmt: skip
+                                  "buy_value": 300, "sell_value": 100, "net_value": 200, "room": 500000,
+                                  "room_total": None}  # fmt: skip
     assert [r["symbol"] for r in payload["rows"]] == ["AAA", "BBB"]
 
 

@@ -126,8 +126,8 @@ def test_five_indices_with_sparkline_points(closing):
 
 def test_the_future_is_the_front_month_and_its_basis_drifts_around_zero():
     bases = []
-    for n in range(12):
-        data = Simulator(seed=100 + n).snapshot(at("14:00"))
+    for n in range(8):
+        data = Simulator(seed=100 + n).snapshot(at("10:15"))
         futures = build_market(data)["futures"]
         assert futures["symbol"] == "41I1GC000" and futures["expiry"] == "2026-12-17"
         assert futures["floor"] <= futures["last"] <= futures["ceiling"]
@@ -154,10 +154,11 @@ def test_the_demo_clock_plays_a_day_on_a_loop_and_moves_on_to_the_next_trading_d
     clock = DemoClock(speed=60)
     midnight = at("00:00", dt.date(2026, 11, 27))  # a Friday: the wall clock's day starts the demo
     first = clock.now(midnight)
-    assert first.date() == dt.date(2026, 11, 27) and first.time() == dt.time(9, 10)
+    assert first.date() == dt.date(2026, 11, 27) and first.time() == dt.time(9, 20)
+    assert market.phase(first) == "continuous"  # a first look that moves
     minute = dt.timedelta(minutes=1)
-    assert clock.now(midnight + minute).time() == dt.time(10, 10)  # a real minute: an hour of market time
-    assert clock.now(midnight + 3 * minute).time() == dt.time(13, 30)  # past 11:35 the demo skips lunch
+    assert clock.now(midnight + minute).time() == dt.time(10, 20)  # a real minute: an hour of market time
+    assert clock.now(midnight + 3 * minute).time() == dt.time(13, 48)  # past 11:31 the demo skips lunch
     assert clock.now(midnight + 7 * minute).date() == dt.date(2026, 11, 30)  # Friday's loop done: Monday
     # On a weekend the demo plays the last trading day, then the next ones.
     assert DemoClock(speed=60).now(at("00:00", dt.date(2026, 11, 29))).date() == dt.date(2026, 11, 27)
