@@ -231,10 +231,7 @@ class HubChannel:
             self._invocation += 1
             call = {"H": HUB, "M": "SwitchChannels", "A": [self.channel], "I": self._invocation}
             await ws.send(json.dumps(call))
-            self.up = True
-            self.sessions += 1
-            log.info("SSI hub %s: subscribed (%d symbols, protocol %s)", self.kind, self._count(), protocol)
-            self.on_link(self, True, "subscribed")
+            subscribed = False  # up once the server answers anything after the subscription
             while True:
                 wait = watchdog
                 left = rotate_at - self.tokens.clock()
@@ -248,6 +245,11 @@ class HubChannel:
                         continue
                     raise HubSilent(f"no frame for {watchdog:.1f} s (KeepAliveTimeout)") from None
                 self.frames += 1
+                if not subscribed:
+                    subscribed = self.up = True
+                    self.sessions += 1
+                    log.info("SSI hub %s: subscribed (%d symbols, protocol %s)", self.kind, self._count(), protocol)
+                    self.on_link(self, True, "subscribed")
                 self._handle(text)
         finally:
             await ws.close()

@@ -110,6 +110,7 @@ class Board:
         self.rows = {}
         self.indices = {}
         self.stamps = {}  # symbol -> {group: monotonic time of the last hub update}
+        self.trade_totals = {}  # symbol -> TotalVol of the last X-TRADE counted (REST's total may differ)
         self.version = 0
         self.messages = 0
         self.ignored = 0
@@ -120,6 +121,7 @@ class Board:
         self.rows.clear()
         self.indices.clear()
         self.stamps.clear()
+        self.trade_totals.clear()
         self.version += 1
 
     # --- the hub --------------------------------------------------------------------
@@ -147,19 +149,20 @@ class Board:
         if row is None:
             row = self.rows[symbol] = {"Symbol": symbol}
         if data_type == "X-TRADE":
-            self._count_side(row, update, content)
+            self._count_side(symbol, row, update, content)
         update["Symbol"] = symbol
         row.update(update)
         self.stamps.setdefault(symbol, {})[_GROUPS[data_type]] = time.monotonic()
         self.version += 1
         return True
 
-    @staticmethod
-    def _count_side(row, update, content):
+    def _count_side(self, symbol, row, update, content):
         volume = _number(update.get("LastVol"))
-        total, before = _number(update.get("TotalVol")), _number(row.get("TotalVol"))
+        total, before = _number(update.get("TotalVol")), self.trade_totals.get(symbol)
         if volume is None or volume <= 0 or (total is not None and before is not None and total <= before):
             return  # no trade, or one already counted
+        if total is not None:
+            self.trade_totals[symbol] = total
         side = ""
         for key, value in content.items():
             if str(key).lower() == "side":

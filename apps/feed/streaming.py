@@ -39,6 +39,7 @@ log = logging.getLogger("apps.feed.streaming")
 BOARD_REFRESH_S = 60.0  # whole-HOSE-board refresh while `foreign` is watched
 FIRST_DATA_WAIT_S = 20.0  # longest a fetch waits for the first snapshot of a part
 LOOP_SLICE_S = 0.5
+STALE_GRACE_S = 2.0  # the hub down this long: the feed says `stale`
 
 STREAM_PARTS = {
     "market": ("board", "future", "index:VN30"),
@@ -120,6 +121,8 @@ class StreamingSource(SSISource):
         """Why the data is not live (the runner says `stale`), or "" when it is."""
         if not self.hub.running or self.hub.up:
             return ""
+        if self.hub.down_since is not None and time.monotonic() - self.hub.down_since < STALE_GRACE_S:
+            return ""  # a reconnect that takes a moment is not an outage
         detail = self.hub.describe_down() or "stream connecting"
         if self.rest_error is not None:
             detail += f"; REST: {self.rest_error}"

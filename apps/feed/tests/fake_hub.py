@@ -13,7 +13,7 @@ Failure modes, each injected for real:
 
     hub.refuse_negotiate(times)   negotiate answers HTTP 401
     hub.drop_all()                every WebSocket is cut (TCP reset, no close frame)
-    hub.silence()                 links stay open but nothing more is sent (no keep-alive)
+    hub.silence()                 links open, but nothing is sent on any (no keep-alive, no reply)
     hub.send_raw(text)            any frame, e.g. a malformed one
     hub.send_error(text)          an `Error` hub call
     hub.close_expired = True      links whose token expired are closed (off by default)
@@ -229,7 +229,8 @@ class FakeHub:
         link = Link(ws, bearer, str(uuid.uuid4()))
         self.links.add(link)
         try:
-            await ws.send(json.dumps({"C": self._cursor(), "S": 1, "M": []}))
+            if not self.silent:
+                await ws.send(json.dumps({"C": self._cursor(), "S": 1, "M": []}))
             async for text in ws:
                 call = json.loads(text)
                 if call.get("M") == "SwitchChannels" and call.get("H", "").lower() == HUB.lower():
@@ -239,8 +240,9 @@ class FakeHub:
                     subs = {} if self.replace_on_switch else link.subs
                     subs[kind] = {s.upper() for s in symbols.split("-")}
                     link.subs = subs
-                    await ws.send(json.dumps({"I": str(call.get("I"))}))
-                else:
+                    if not self.silent:
+                        await ws.send(json.dumps({"I": str(call.get("I"))}))
+                elif not self.silent:
                     await ws.send(json.dumps({"I": str(call.get("I")), "E": "unknown method"}))
         except ConnectionClosed:
             pass
