@@ -336,6 +336,7 @@ class HubStream:
         self.channels = []
         self.tasks = []
         self.down_since = time.monotonic()
+        self.last_drop = time.monotonic()  # what the hub sent before this may have missed updates
 
     @property
     def running(self):
@@ -352,7 +353,7 @@ class HubStream:
             for sub in subscriptions
         ]
         self.tasks = [asyncio.ensure_future(channel.run()) for channel in self.channels]
-        self.down_since = time.monotonic()
+        self.down_since = self.last_drop = time.monotonic()
 
     async def stop(self):
         for task in self.tasks:
@@ -362,8 +363,10 @@ class HubStream:
         self.down_since = time.monotonic()
 
     def _link(self, channel, up, reason):
-        if not up and self.down_since is None:
-            self.down_since = time.monotonic()
+        if not up:
+            self.last_drop = time.monotonic()
+            if self.down_since is None:
+                self.down_since = self.last_drop
         if self.up:
             self.down_since = None
         if self.on_link_change:

@@ -5,9 +5,10 @@ apps/feed/rows.py), each key in one spelling only, the hub's: a REST
 DailyStockPrice row is renamed on the way in (ClosePrice -> LastPrice, ...),
 so a row never holds two spellings of one field that could disagree.
 
-A REST snapshot is older than what the hub sent while it was in flight: a
-snapshot taken at moment T leaves alone every field group (trade, quote,
-room, status) of a symbol that the hub updated after T.
+A REST snapshot is older than what a live hub link sent: a snapshot applied
+with `since` T leaves alone every field group (trade, quote, room, status)
+of a symbol that the hub updated after T (the source passes the hub's last
+drop: older hub data may have missed updates, REST replaces it).
 
 `ActiveBuyVol`/`ActiveSellVol` are ours: X-TRADE `LastVol` summed by `Side`
 (`BU` buy, `SD` sell, anything else neither), counted once per trade (a

@@ -267,7 +267,9 @@ class StreamingSource(SSISource):
     async def _take(self, day, parts):
         epoch = self.link_epoch
         for part in parts:
-            since = time.monotonic()
+            # What the hub sent since its last drop is newer than any REST answer;
+            # what it sent before may have missed updates: REST replaces that.
+            since = self.hub.last_drop if self.hub.up else time.monotonic()
             contract = self._day[2]
             if part == "board":
                 rows = await self.client.daily_stock_price(day, market_code="HOSE")
