@@ -489,7 +489,7 @@ class SSISource:
 
     def slow_after(self):
         """A normal cycle takes one budget slot per request; only more than that is slow."""
-        return self.requests_per_cycle() * self.client.budget.spacing * 1.5 + 1.0
+        return self.requests_per_cycle() * self.client.budget.spacing + 0.5
 
     def interval(self):
         """Trading hours: FEED_INTERVAL (default 10 s), never faster than one
