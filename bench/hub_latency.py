@@ -68,7 +68,7 @@ def free_port():
 
 
 def start(args, env, name, logdir):
-    out = open(os.path.join(logdir, f"{name}.log"), "w")  # noqa: SIM115 - lives as long as the child
+    out = open(os.path.join(logdir, f"{name}.log"), "w")  # lives as long as the child
     return subprocess.Popen(args, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
 
 
@@ -150,7 +150,7 @@ async def main(args):
             env,
             "hub-daphne",
             logdir,
-        )  # noqa: E501
+        )
         worker = start([PY, "manage.py", "runworker"], env, "hub-worker", logdir)
         try:
             wait_port(port, web)
@@ -187,7 +187,7 @@ async def main(args):
                     side = rng.choice(("BU", "SD", ""))
                     messages.append(
                         ("X-TRADE", trade(symbol, 20000 + rng.randrange(100) * 50, volume, totals[symbol], side=side))
-                    )  # noqa: E501
+                    )
                 elif kind < 0.9:
                     price = 20000 + rng.randrange(100) * 50
                     quote = {"Symbol": symbol, "BidPrice1": price, "BidVol1": rng.randrange(1, 900) * 100,
@@ -196,7 +196,7 @@ async def main(args):
                 else:
                     messages.append(
                         ("R", {"Symbol": symbol, "TotalRoom": 1e9, "CurrentRoom": 1e8 - n, "BuyVol": n * 10.0})
-                    )  # noqa: E501
+                    )
             log(f"trade phase: {count} messages over {args.duration} s")
             rest.reset_log()
             market_from = len(frames["market"])

@@ -337,6 +337,8 @@ class HubStream:
         self.tasks = []
         self.down_since = time.monotonic()
         self.last_drop = time.monotonic()  # what the hub sent before this may have missed updates
+        self.up_since = None  # when every link was last up (after being down)
+        self.started_at = None
 
     @property
     def running(self):
@@ -353,7 +355,8 @@ class HubStream:
             for sub in subscriptions
         ]
         self.tasks = [asyncio.ensure_future(channel.run()) for channel in self.channels]
-        self.down_since = self.last_drop = time.monotonic()
+        self.down_since = self.last_drop = self.started_at = time.monotonic()
+        self.up_since = None
 
     async def stop(self):
         for task in self.tasks:
@@ -367,10 +370,18 @@ class HubStream:
             self.last_drop = time.monotonic()
             if self.down_since is None:
                 self.down_since = self.last_drop
-        if self.up:
+        if self.up and self.down_since is not None:
             self.down_since = None
+            self.up_since = time.monotonic()
+        if not self.up:
+            self.up_since = None
         if self.on_link_change:
             self.on_link_change(channel, up, reason)
+
+    @property
+    def reconnected(self):
+        """True once any link of this start came up a second time."""
+        return any(channel.sessions > 1 for channel in self.channels)
 
     def describe_down(self):
         down = [channel.kind for channel in self.channels if not channel.up]

@@ -40,6 +40,10 @@ BOARD_REFRESH_S = 60.0  # whole-HOSE-board refresh while `foreign` is watched
 FIRST_DATA_WAIT_S = 20.0  # longest a fetch waits for the first snapshot of a part
 LOOP_SLICE_S = 0.5
 STALE_GRACE_S = 2.0  # the hub down this long: the feed says `stale`
+# At start the links come up while the first snapshot is in flight: a part asked
+# for this shortly before they were all up counts (each next hub message heals
+# the symbol it is about). After a reconnect there is no such slack.
+START_SLACK_S = 5.0
 
 STREAM_PARTS = {
     "market": ("board", "future", "index:VN30"),
@@ -73,8 +77,7 @@ class StreamingSource(SSISource):
         )
         self.needs = set()
         self.have = set()  # parts the board holds for its day (kept through idle)
-        self.fresh = set()  # parts taken since the hub last came up
-        self.link_epoch = 0
+        self.taken_at = {}  # part -> monotonic start of its latest REST request
         self.subscribed = None
         self.rest_task = None
         self.rest_error = None
@@ -164,7 +167,7 @@ class StreamingSource(SSISource):
                 log.info("new trading day %s: the board starts empty", day)
             self.board.reset(day)
             self.have.clear()
-            self.fresh.clear()
+            self.taken_at.clear()
             self._data = None
         subscriptions = self._subscriptions(basket, contract)
         if subscriptions != self.subscribed or not self.hub.running:
@@ -186,12 +189,18 @@ class StreamingSource(SSISource):
         }
         return [f"{kind}:{'-'.join(symbols[kind])}" for kind in CHANNEL_TYPES]
 
+    @property
+    def fresh(self):
+        """Parts whose REST answer is no older than the hub's links (see `_rest_step`)."""
+        since = self.hub.up_since
+        if since is None:
+            return set()
+        if not self.hub.reconnected:
+            since = max(since - START_SLACK_S, self.hub.started_at)
+        return {part for part, at in self.taken_at.items() if at >= since}
+
     def _on_link(self, channel, up, reason):
-        if up:
-            # Whatever happened while the link was down is missing: snapshot again.
-            self.link_epoch += 1
-            self.fresh.clear()
-        else:
+        if not up:
             log.warning("SSI hub %s link down (%s): REST polling until it is back", channel.kind, reason)
         self._wake()
 
@@ -251,7 +260,10 @@ class StreamingSource(SSISource):
         wanted = parts_for(self.needs)
         moment = time.monotonic()
         if self.hub.up:
-            todo = [part for part in wanted if part not in self.fresh]
+            # After every reconnect, a snapshot of everything the streams show: what
+            # changed while a link was down is missing from the board.
+            fresh = self.fresh
+            todo = [part for part in wanted if part not in fresh]
             if not todo and "foreign" in self.needs and moment - self.last_board >= BOARD_REFRESH_S:
                 todo = ["board"]
         else:
@@ -265,8 +277,8 @@ class StreamingSource(SSISource):
             await self._backfill(day)
 
     async def _take(self, day, parts):
-        epoch = self.link_epoch
         for part in parts:
+            started = time.monotonic()
             # What the hub sent since its last drop is newer than any REST answer;
             # what it sent before may have missed updates: REST replaces that.
             since = self.hub.last_drop if self.hub.up else time.monotonic()
@@ -287,8 +299,7 @@ class StreamingSource(SSISource):
                 code = part.split(":", 1)[1]
                 self.board.apply_rest_index(code, await self.client.daily_index(code, day), since)
             self.have.add(part)
-            if epoch == self.link_epoch:
-                self.fresh.add(part)
+            self.taken_at[part] = started
             self._progress.set()
 
     async def _backfill(self, day):
