@@ -303,7 +303,7 @@ class HubChannel:
             log.warning("SSI hub %s: server error: %s", self.kind, error)
         for data_type, content in messages:
             self.messages += 1
-            metrics.HUB_MESSAGES.labels(data_type).inc()
+            _counter(data_type).inc()
             try:
                 self.on_message(data_type, content)
             except Exception:  # one bad message must not drop the link
@@ -315,6 +315,19 @@ class HubChannel:
 
 
 _WS_LOG = logging.getLogger("apps.feed.hub.ws")
+_COUNTERS = {}
+_KNOWN_TYPES = {*CHANNEL_TYPES, "X", "B", "OL", "TRADE", "QUOTE"}
+
+
+def _counter(data_type):
+    """The message counter of a data type (the server's strings never become new labels)."""
+    label = data_type if data_type in _KNOWN_TYPES else "other"
+    counter = _COUNTERS.get(label)
+    if counter is None:
+        counter = _COUNTERS[label] = metrics.HUB_MESSAGES.labels(label)
+    return counter
+
+
 _BACKGROUND = set()  # abort requests in flight (a reference keeps them alive)
 
 

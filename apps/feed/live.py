@@ -169,13 +169,13 @@ class Board:
             if str(key).lower() == "side":
                 side = str(value or "").strip().upper()
                 break
+        # From the first trade of the day both are known (0 until a trade of that side).
+        row.setdefault("ActiveBuyVol", 0)
+        row.setdefault("ActiveSellVol", 0)
         if side == "BU":
-            row["ActiveBuyVol"] = row.get("ActiveBuyVol", 0) + int(volume)
+            row["ActiveBuyVol"] += int(volume)
         elif side == "SD":
-            row["ActiveSellVol"] = row.get("ActiveSellVol", 0) + int(volume)
-        else:  # unknown side: neither, but the row now says it counts
-            row.setdefault("ActiveBuyVol", 0)
-            row.setdefault("ActiveSellVol", 0)
+            row["ActiveSellVol"] += int(volume)
 
     def _apply_index(self, content, names, stamp, since=None):
         update = {}
