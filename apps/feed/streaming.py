@@ -290,7 +290,7 @@ class StreamingSource(SSISource):
                     self.board.apply_rest_stocks(
                         await self.client.daily_stock_price(day, symbol=symbol, page_size=10), since
                     )
-                self.last_board = since
+                self.last_board = started
             elif part == "future":
                 rows = await self.client.daily_stock_price(day, market_code="DER", symbol=contract.symbol, page_size=10)
                 match = [r for r in rows if str(pick(lower_keys(r), ("symbol",)) or "").upper() == contract.symbol]
