@@ -91,10 +91,11 @@ async def test_the_board_starts_from_rest_and_moves_with_the_hub(source, fake_ss
 
 
 async def test_with_the_stream_healthy_rest_is_not_asked_for_prices(source, fake_ssi, hub):
-    await subscribe("market")
+    for stream in ("market", "foreign", "index"):
+        await subscribe(stream, conn_id=f"viewer-{stream}")
     feed = Feed(source, elect=True)
     await started(feed, source)
-    await until(lambda: not source._kick.is_set() and {"board", "future", "index:VN30"} <= source.fresh)
+    await until(lambda: source.backfilled_day is not None and len(source.fresh) == 7, what="snapshot and back-fill")
     fake_ssi.reset_log()
     for n in range(4):
         hub.broadcast("X-TRADE", trade("ACB", 24500 + 50 * n, 100, 10_000_000 + 100 * n))
