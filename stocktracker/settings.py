@@ -174,6 +174,12 @@ SSI_MAX_RPS = _read("SSI_MAX_RPS", "float", 1.0)
 if SSI_MAX_RPS <= 0:
     raise ImproperlyConfigured(f"SSI_MAX_RPS={SSI_MAX_RPS!r} must be greater than 0.")
 SSI_TIMEOUT = _positive("SSI_TIMEOUT", "float", 10.0)
+# The FastConnect streaming hub (classic SignalR; the client appends v2.0/signalr/...).
+SSI_STREAM_URL = env.str("SSI_STREAM_URL", default="https://fc-datahub.ssi.com.vn/")
+if not SSI_STREAM_URL.startswith(("http://", "https://")):
+    raise ImproperlyConfigured(f"SSI_STREAM_URL={SSI_STREAM_URL!r} must start with http:// or https://.")
+# false: REST polling alone (no streaming hub).
+SSI_STREAMING = _read("SSI_STREAMING", "bool", True)
 FEED_SOURCE = _choice(
     "FEED_SOURCE", "ssi" if SSI_CONSUMER_ID and SSI_CONSUMER_SECRET else "simulator", ("ssi", "simulator")
 )
@@ -209,6 +215,8 @@ if SIMULATOR_SPEED <= 0:
     raise ImproperlyConfigured(f"SIMULATOR_SPEED={SIMULATOR_SPEED!r} must be greater than 0.")
 FEED_LEADER_TTL = _positive("FEED_LEADER_TTL", "float", 15.0, minimum=3)
 FEED_STALE_AFTER = _positive("FEED_STALE_AFTER", "float", 0.0)
+# Each stream is published at most once per this many seconds (and only when it changed).
+FEED_PUBLISH_INTERVAL = _positive("FEED_PUBLISH_INTERVAL", "float", 1.0, minimum=0.05)
 
 # --- WebSocket streams ------------------------------------------------------
 

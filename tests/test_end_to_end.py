@@ -14,7 +14,13 @@ from apps.streams.protocol import STREAMS
 
 pytestmark = pytest.mark.e2e
 
-WORKER_ENV = {"FEED_SOURCE": "simulator", "SIMULATOR_CLOCK": "demo", "SIMULATOR_SPEED": "60", "FEED_INTERVAL": "0.5"}
+WORKER_ENV = {
+    "FEED_SOURCE": "simulator",
+    "SIMULATOR_CLOCK": "demo",
+    "SIMULATOR_SPEED": "60",
+    "FEED_INTERVAL": "0.5",
+    "FEED_PUBLISH_INTERVAL": "0.5",
+}
 
 
 async def first_snapshot(url, token):

@@ -49,6 +49,10 @@ BACKOFF_CAP_S = 60.0
 
 def make_source():
     if settings.FEED_SOURCE == "ssi":
+        if settings.SSI_STREAMING:
+            from .streaming import StreamingSource
+
+            return StreamingSource()
         from .ssi import SSISource
 
         return SSISource()
@@ -145,7 +149,8 @@ class Feed:
         self.failing_since = None
         self.touched = -math.inf  # monotonic time of the last heartbeat
         self.wake = asyncio.Event()
-        self.stats = {"cycles": 0, "idle": 0, "fetches": 0, "builds": 0, "published": 0}
+        self.stats = {"cycles": 0, "idle": 0, "fetches": 0, "unchanged": 0, "builds": 0, "published": 0}
+        self.last_data = None  # the FeedData the last cycle built from
 
     # --- one cycle -------------------------------------------------------------------
 
@@ -174,18 +179,33 @@ class Feed:
             # From the clock alone, every idle cycle (published only when it changes):
             # readiness and connect-time `feed` frames need a current state even
             # while nobody watches. No upstream request, no payload.
+            idle = getattr(self.source, "idle", None)
+            if idle is not None:
+                await idle()  # a streaming source closes its upstream links
             await self.set_feed_state("live" if market.is_open(self.source.now()) else "closed")
             self.failures, self.failing_since = 0, None
+            self.last_data = None
             return {}  # zero-cost idle: no upstream request, nothing built or serialized
         data = await self.source.fetch(needs)
         self.stats["fetches"] += 1
         epoch = data.trading_date.isoformat()
         if epoch != self.epoch:
             await self._new_epoch(epoch)
-        extras = self._track(data, needs)
+        self._seed_points()
         # Any board in a session: the derivatives ATO (08:45) is live before HOSE opens.
         feed = "live" if data.phase in market.OPEN_PHASES or market.is_open(self.source.now()) else "closed"
-        await self.set_feed_state(feed)
+        degraded = getattr(self.source, "degraded", "")
+        if degraded and feed == "live":
+            await self.set_feed_state("stale", degraded)
+        else:
+            await self.set_feed_state(feed)
+        if data is self.last_data and all(stream in self.fingerprints for stream in needs):
+            # A streaming source hands back the same data while nothing changed.
+            self.stats["unchanged"] += 1
+            self.failures, self.failing_since = 0, None
+            return {}
+        self.last_data = data
+        extras = self._track(data, needs)
         published = {}
         for stream in protocol.STREAMS:
             if stream not in needs:
@@ -224,6 +244,15 @@ class Feed:
                         self.points[entry["code"]] = points
             except (ValueError, KeyError, TypeError):
                 log.warning("could not read sparkline points from the latest index frame")
+
+    def _seed_points(self):
+        """Sparkline points a source back-filled (SSI: IntradayOhlc), before the ones tracked here."""
+        take = getattr(self.source, "take_backfill", None)
+        seed = take() if take is not None else None
+        for code, points in (seed or {}).items():
+            fixed = self.points.get(code, [])
+            first = fixed[0][0] if fixed else math.inf
+            self.points[code] = [list(p) for p in points if p[0] < first] + fixed
 
     def _track(self, data, needs):
         """Per-cycle history the pure builders need: foreign flow samples and index points."""
@@ -292,14 +321,19 @@ class Feed:
         if result is not None or self.failures:  # a standby's no-op is not a cycle
             metrics.CYCLE.observe(took)
         interval = self.source.interval()
-        if took > interval / 2:
+        # A source says how long its normal cycle may take (SSI: one request per
+        # budget slot); the default is half the interval.
+        slow_after = getattr(self.source, "slow_after", None)
+        limit = max(interval / 2, slow_after() if slow_after else 0.0)
+        if took > limit:
             log.warning("slow feed cycle: %.2f s (interval %.1f s)", took, interval)
         return result
 
     # --- the loop ----------------------------------------------------------------------
 
     def next_interval(self):
-        interval = self.source.interval()
+        # Never faster than FEED_PUBLISH_INTERVAL: each stream at most once per interval.
+        interval = max(self.source.interval(), settings.FEED_PUBLISH_INTERVAL)
         if self.failures:
             interval += random.uniform(0, min(BACKOFF_CAP_S, 2.0**self.failures))
         return interval

@@ -148,6 +148,7 @@ class SSIClient:
         self.token = None
         self.refresh_at = 0.0
         self.requests = 0  # HTTP requests sent, token requests included
+        self._token_lock = asyncio.Lock()  # REST and the hub's links share one token
 
     async def aclose(self):
         await self.http.aclose()
@@ -157,6 +158,13 @@ class SSIClient:
     async def access_token(self, *, force=False):
         if self.token and not force and self.clock() < self.refresh_at:
             return self.token
+        held = self.token
+        async with self._token_lock:
+            if self.token and self.token != held and self.clock() < self.refresh_at:
+                return self.token  # another caller refreshed it meanwhile
+            return await self._fetch_token()
+
+    async def _fetch_token(self):
         for _ in range(2):  # a token that is already expired on arrival is fetched once more
             body = await self._call(
                 "POST",
@@ -349,6 +357,17 @@ class SSIClient:
         )
         return rows[0] if rows else None
 
+    async def intraday_ohlc(self, symbol, day, *, resolution=1):
+        """The day's intraday bars of `symbol` (an index code is accepted), oldest first."""
+        params = {
+            "symbol": symbol,
+            "fromDate": ssi_date(day),
+            "toDate": ssi_date(day),
+            "ascending": "true",
+            "resolution": resolution,
+        }
+        return await self.get_list("IntradayOhlc", params, page_size=1000)
+
 
 def pick_front_future(items, day):
     """(symbol, expiry) of the VN30 future with the nearest last trading day >= `day`."""
@@ -482,6 +501,10 @@ class SSISource:
         day = self._off_hose[0] if self._off_hose else None
         extras = self._off_hose[1] if day is not None and day == market.trading_date(self.now()) else self.extra
         return 2 + len(market.INDEX_CODES) + len(extras)
+
+    def slow_after(self):
+        """A normal cycle takes one budget slot per request; only more than that is slow."""
+        return self.requests_per_cycle() * self.client.budget.spacing + 0.5
 
     def interval(self):
         """Trading hours: FEED_INTERVAL (default 10 s), never faster than one

@@ -59,6 +59,17 @@ SSI_LATENCY = Histogram(
     ["endpoint"],
     buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
 )
+HUB_MESSAGES = Counter(
+    "stocktracker_ssi_hub_messages_total", "Messages received from the SSI streaming hub, by data type.", ["type"]
+)
+HUB_ERRORS = Counter(
+    "stocktracker_ssi_hub_errors_total",
+    "SSI streaming hub problems: Error calls, failed invocations, malformed frames.",
+    ["kind"],
+)
+HUB_RECONNECTS = Counter(
+    "stocktracker_ssi_hub_reconnects_total", "SSI streaming hub connections lost or rotated, by reason.", ["reason"]
+)
 FEED_STATE = Gauge(
     "stocktracker_feed_state",
     "1 for the feed's current state (live, closed, stale, down).",

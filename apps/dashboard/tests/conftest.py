@@ -51,7 +51,13 @@ def server(processes):
 @pytest.fixture
 def feed(processes):
     """The real feed: the simulator on its demo clock, fast enough to move at once."""
-    return processes.worker(FEED_SOURCE="simulator", SIMULATOR_CLOCK="demo", SIMULATOR_SPEED=60, FEED_INTERVAL=0.5)
+    return processes.worker(
+        FEED_SOURCE="simulator",
+        SIMULATOR_CLOCK="demo",
+        SIMULATOR_SPEED=60,
+        FEED_INTERVAL=0.5,
+        FEED_PUBLISH_INTERVAL=0.5,
+    )
 
 
 @pytest.fixture

@@ -75,6 +75,7 @@ async def test_every_process_on_the_machine_is_counted_whichever_one_answers(pro
         "SIMULATOR_CLOCK": "demo",
         "SIMULATOR_SPEED": "60",
         "FEED_INTERVAL": "0.3",
+        "FEED_PUBLISH_INTERVAL": "0.3",
         "FEED_IDLE_INTERVAL": "1",
     }
     processes.worker(**env)

@@ -283,6 +283,36 @@ class FakeSSI:
         text = {key: (ssi_text(v) if isinstance(v, int | float) else v) for key, v in row.items()}
         return self._page([text], params)
 
+    def _intradayohlc(self, params):
+        """1-minute bars from 09:00 to now around the symbol's current value (indices only)."""
+        data = self._snapshot()
+        code = params.get("symbol", "")
+        row = next((r for c, r in data.indices.items() if c.lower() == code.lower()), None)
+        if row is None or not self._same_day(data, params):
+            return self._page([], params)
+        value = float(row["IndexValue"])
+        now = self.now().astimezone(market.VN)
+        moment = dt.datetime.combine(data.trading_date, dt.time(9), tzinfo=market.VN)
+        bars = []
+        while moment <= now and moment.time() <= dt.time(14, 45):
+            if not dt.time(11, 30) <= moment.time() < dt.time(13):
+                close = f"{value - len(bars) % 7 * 0.25:.2f}"
+                bars.append(
+                    {
+                        "Symbol": code,
+                        "Value": close,
+                        "TradingDate": data.trading_date.strftime("%d/%m/%Y"),
+                        "Time": (moment + dt.timedelta(seconds=59)).strftime("%H:%M:%S"),
+                        "Open": close,
+                        "High": close,
+                        "Low": close,
+                        "Close": close,
+                        "Volume": "1000",
+                    }
+                )
+            moment += dt.timedelta(minutes=1)
+        return self._page(bars, params)
+
 
 def _json(obj):
     return json.dumps(obj).encode()

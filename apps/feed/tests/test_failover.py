@@ -15,7 +15,13 @@ from apps.streams.state import get_state
 
 pytestmark = pytest.mark.e2e
 
-WORKER_ENV = {"FEED_SOURCE": "simulator", "SIMULATOR_CLOCK": "demo", "SIMULATOR_SPEED": "60", "FEED_INTERVAL": "0.5"}
+WORKER_ENV = {
+    "FEED_SOURCE": "simulator",
+    "SIMULATOR_CLOCK": "demo",
+    "SIMULATOR_SPEED": "60",
+    "FEED_INTERVAL": "0.5",
+    "FEED_PUBLISH_INTERVAL": "0.5",
+}
 TOOK = "took the feed leader lock"
 
 

@@ -1,0 +1,247 @@
+"""The streaming hub client against a fake SignalR hub on loopback: handshake,
+frames, and every way the link fails (dropped, silent, malformed, refused token,
+expiring token)."""
+
+import asyncio
+import json
+import logging
+import time
+
+import pytest
+
+from apps.feed.hub import HubChannel, HubStream, parse_frame
+from apps.streams.logs import RedactSecrets
+from apps.streams.metrics import HUB_ERRORS
+
+from .conftest import ssi_client
+from .fake_hub import FakeHub, trade
+from .fake_ssi import FakeSSI
+
+
+async def until(condition, timeout=10.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+class Recorder:
+    def __init__(self):
+        self.messages = []
+        self.links = []
+
+    def message(self, data_type, content):
+        self.messages.append((data_type, content))
+
+    def link(self, channel, up, reason):
+        self.links.append((channel.kind, up, reason))
+
+
+@pytest.fixture
+def fakes():
+    with FakeSSI() as ssi, FakeHub(ssi, keepalive=1.0) as hub:
+        yield ssi, hub
+
+
+def channel(ssi, hub, recorder, sub="X-TRADE:ACB-FPT", **kwargs):
+    client = ssi_client(ssi)
+    link = HubChannel(
+        hub.url, sub, client, on_message=recorder.message, on_link=recorder.link, backoff_base=0.05, **kwargs
+    )
+    return client, link
+
+
+async def running(link):
+    task = asyncio.ensure_future(link.run())
+    await until(lambda: link.up, what="the link to come up")
+    return task
+
+
+async def stop(task, client):
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    await client.aclose()
+
+
+@pytest.mark.parametrize("protocol", ["1.5", "1.3"])
+async def test_a_link_negotiates_with_the_bearer_token_and_subscribes_exactly_its_channel(protocol):
+    with FakeSSI() as ssi, FakeHub(ssi, protocol=protocol) as hub:
+        recorder = Recorder()
+        client, link = channel(ssi, hub, recorder)
+        task = await running(link)
+        await until(lambda: hub.subscribed("X-TRADE"), what="the subscription")
+        bearer, params, _ = hub.negotiations[0]
+        assert bearer == client.token and params["connectionData"] == '[{"name":"FcMarketDataV2Hub"}]'
+        assert len(hub.connects) == 1 and hub.starts == 1  # the + and / of the connection token survived
+        assert [sub for _, sub in hub.switches] == ["X-TRADE:ACB-FPT"]
+        hub.broadcast("X-TRADE", trade("FPT", 99400, 100, 1000))
+        await until(lambda: recorder.messages, what="a trade")
+        assert recorder.messages[0][0] == "X-TRADE" and recorder.messages[0][1]["LastPrice"] == 99400.0
+        await stop(task, client)
+
+
+async def test_one_frame_may_carry_several_messages_and_content_may_be_an_object(fakes):
+    ssi, hub = fakes
+    recorder = Recorder()
+    client, link = channel(ssi, hub, recorder)
+    task = await running(link)
+    await until(lambda: hub.subscribed("X-TRADE"))
+    hub.broadcast_many([("X-TRADE", trade("ACB", 24500, 100, 100)), ("X-TRADE", trade("FPT", 99400, 200, 300))])
+    hub.broadcast("X-TRADE", trade("ACB", 24550, 100, 200), as_object=True)
+    hub.broadcast("X-TRADE", trade("VNM", 61000, 100, 100))  # not subscribed: the hub does not send it
+    await until(lambda: len(recorder.messages) == 3, what="three messages")
+    assert [(m["Symbol"], m["TotalVol"]) for _, m in recorder.messages] == [("ACB", 100), ("FPT", 300), ("ACB", 200)]
+    await stop(task, client)
+
+
+def test_frames_are_parsed_as_signalr_classic_sends_them():
+    content = json.dumps({"Symbol": "FPT"})
+    arg = json.dumps({"DataType": "X-QUOTE", "Content": content})
+    frame = {"C": "d-1", "M": [{"H": "FcMarketDataV2Hub", "M": "Broadcast", "A": [arg]}]}
+    assert parse_frame(json.dumps(frame)) == ([("X-QUOTE", {"Symbol": "FPT"})], [])
+    assert parse_frame("{}") == ([], [])
+    assert parse_frame('{"I":"0"}') == ([], [])
+    assert parse_frame('{"I":"1","E":"no such channel"}') == ([], ["invocation 1: no such channel"])
+    error = {"M": [{"H": "FcMarketDataV2Hub", "M": "Error", "A": ["quota exceeded"]}]}
+    assert parse_frame(json.dumps(error)) == ([], ["quota exceeded"])
+    for bad in ("[1]", '{"M": 3}', '{"M": [{"M": "Broadcast", "A": ["{\\"DataType\\": \\"R\\"}"]}]}', "not json"):
+        with pytest.raises(ValueError):
+            parse_frame(bad)
+
+
+async def test_a_dropped_connection_is_reopened_and_subscribed_again(fakes):
+    ssi, hub = fakes
+    recorder = Recorder()
+    client, link = channel(ssi, hub, recorder)
+    task = await running(link)
+    await until(lambda: hub.subscribed("X-TRADE"))
+    hub.drop_all()
+    await until(lambda: ("X-TRADE", False, "dropped") in recorder.links, what="the drop to be noticed")
+    await until(lambda: link.up and len(hub.switches) == 2, what="a new subscription")
+    assert [sub for _, sub in hub.switches] == ["X-TRADE:ACB-FPT"] * 2
+    hub.broadcast("X-TRADE", trade("FPT", 99500, 100, 1100))
+    await until(lambda: recorder.messages, what="data on the new link")
+    await stop(task, client)
+
+
+async def test_a_silent_link_is_declared_dead_after_the_keepalive_timeout(fakes):
+    ssi, hub = fakes
+    recorder = Recorder()
+    client, link = channel(ssi, hub, recorder)
+    task = await running(link)
+    await asyncio.sleep(2.5)  # keep-alives every 0.5 s keep a 1 s watchdog happy
+    assert link.sessions == 1 and link.up
+    hub.silence()
+    silenced = time.monotonic()
+    await until(lambda: ("X-TRADE", False, "silent") in recorder.links, timeout=5, what="the watchdog")
+    assert time.monotonic() - silenced < 2.5
+    hub.silence(False)
+    await until(lambda: link.up and link.sessions == 2, what="the link back")
+    await stop(task, client)
+
+
+async def test_malformed_frames_and_error_calls_are_counted_and_the_link_stays(fakes, caplog):
+    ssi, hub = fakes
+    recorder = Recorder()
+    client, link = channel(ssi, hub, recorder)
+    task = await running(link)
+    await until(lambda: hub.subscribed("X-TRADE"))
+    malformed = HUB_ERRORS.labels("malformed")._value.get()
+    errors = HUB_ERRORS.labels("error_call")._value.get()
+    with caplog.at_level(logging.WARNING, logger="apps.feed.hub"):
+        hub.send_raw("{not json")
+        bad_content = json.dumps({"DataType": "X-TRADE", "Content": "{oops"})
+        hub.send_raw(json.dumps({"C": "x", "M": [{"H": "FcMarketDataV2Hub", "M": "Broadcast", "A": [bad_content]}]}))
+        hub.send_error("Connection has been blocked, quota 10 exceeded by 2")
+        hub.broadcast("X-TRADE", trade("FPT", 99400, 100, 1000))
+        await until(lambda: recorder.messages, what="the good trade after the bad frames")
+    assert HUB_ERRORS.labels("malformed")._value.get() == malformed + 2
+    assert HUB_ERRORS.labels("error_call")._value.get() == errors + 1
+    assert "quota 10 exceeded" in caplog.text and "malformed frame" in caplog.text
+    assert link.sessions == 1  # no reconnect for a bad frame
+    await stop(task, client)
+
+
+async def test_a_token_refused_at_negotiate_is_replaced_by_a_fresh_one(fakes):
+    ssi, hub = fakes
+    recorder = Recorder()
+    client, link = channel(ssi, hub, recorder)
+    hub.refuse_negotiate(1)
+    task = await running(link)
+    assert ("X-TRADE", True, "subscribed") in recorder.links
+    tokens = [bearer for bearer, _, _ in hub.negotiations]
+    assert len(tokens) == 2 and tokens[0] != tokens[1]  # the refused token was not tried again
+    assert len(ssi.calls("AccessToken")) == 2
+    await stop(task, client)
+
+
+async def test_the_link_moves_to_a_fresh_token_before_the_old_one_expires():
+    with FakeSSI(token_ttl=4) as ssi, FakeHub(ssi, keepalive=1.0) as hub:
+        hub.close_expired = True  # whether SSI does this is not known: the client must not depend on it
+        recorder = Recorder()
+        client, link = channel(ssi, hub, recorder)
+        task = await running(link)
+        first = client.token
+        await until(lambda: len(hub.connects) >= 2, timeout=6, what="a second link")
+        from apps.feed.ssi import jwt_exp
+
+        (second_bearer, second_at) = hub.connects[1]
+        assert second_bearer != first and second_at < jwt_exp(first)
+        assert ("X-TRADE", False, "rotate") in recorder.links
+        assert ("X-TRADE", False, "dropped") not in recorder.links
+        await stop(task, client)
+
+
+async def test_one_link_per_channel_type_streams_correctly_when_switching_replaces(fakes):
+    ssi, hub = fakes
+    assert hub.replace_on_switch
+    recorder = Recorder()
+    client = ssi_client(ssi)
+    stream = HubStream(hub.url, client, on_message=recorder.message, on_link=recorder.link, backoff_base=0.05)
+    stream.start(["X-TRADE:FPT", "X-QUOTE:FPT", "R:FPT", "MI:VN30", "F:FPT"])
+    await until(lambda: stream.up and len(hub.subscribed()) == 5, what="five links")
+    hub.broadcast("X-TRADE", trade("FPT", 99400, 100, 1000))
+    hub.broadcast("R", {"Symbol": "FPT", "TotalRoom": 1000.0, "CurrentRoom": 10.0})
+    hub.broadcast("MI", {"IndexId": "VN30", "IndexValue": 2000.5})
+    hub.broadcast("X-QUOTE", {"Symbol": "FPT", "BidPrice1": 99300.0})
+    hub.broadcast("F", {"Symbol": "FPT", "TradingSession": "LO"})
+    await until(lambda: len(recorder.messages) == 5, what="one message of each type")
+    assert sorted(t for t, _ in recorder.messages) == ["F", "MI", "R", "X-QUOTE", "X-TRADE"]
+    hub.drop_all()
+    await until(lambda: not stream.up, what="down")
+    assert stream.describe_down().startswith("stream down:")
+    await until(lambda: stream.up, what="up again")
+    await stream.stop()
+    assert hub.links == set() or await_links_gone(hub)
+    await client.aclose()
+
+
+def await_links_gone(hub):
+    deadline = time.monotonic() + 5
+    while hub.links and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not hub.links
+
+
+async def test_neither_the_bearer_nor_the_connection_token_reaches_a_log_line(fakes, caplog):
+    ssi, hub = fakes
+    recorder = Recorder()
+    client, link = channel(ssi, hub, recorder)
+    with caplog.at_level(logging.DEBUG):
+        task = await running(link)
+        hub.drop_all()
+        await until(lambda: link.sessions == 2 and link.up, what="a reconnect")
+        await stop(task, client)
+    secrets = [bearer for bearer, _, _ in hub.negotiations]
+    secrets += list(hub._tokens)
+    redact = RedactSecrets()
+    lines = []
+    for record in caplog.records:
+        redact.filter(record)
+        lines.append(record.getMessage() + (record.exc_text or ""))
+    text = "\n".join(lines)
+    assert "negotiate" in text or "subscribed" in text  # there was logging to check
+    for secret in secrets:
+        assert secret not in text
+        assert secret.split("+")[0] not in text  # nor the escaped connection token
