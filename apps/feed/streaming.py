@@ -287,9 +287,7 @@ class StreamingSource(SSISource):
                 rows = await self.client.daily_stock_price(day, market_code="HOSE")
                 self.board.apply_rest_stocks(rows, since, market="HOSE")
                 for symbol in self._extras_off_hose(day, rows):
-                    self.board.apply_rest_stocks(
-                        await self.client.daily_stock_price(day, symbol=symbol, page_size=10), since
-                    )
+                    self.board.apply_rest_stocks(await self._extra_rows(day, symbol), since)
                 self.last_board = started
             elif part == "future":
                 rows = await self.client.daily_stock_price(day, market_code="DER", symbol=contract.symbol, page_size=10)

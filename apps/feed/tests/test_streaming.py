@@ -241,3 +241,21 @@ def test_ssi_streaming_false_keeps_rest_polling_alone(settings):
     assert type(make_source()) is SSISource
     settings.SSI_STREAMING = True
     assert type(make_source()) is StreamingSource
+
+
+async def test_extras_off_hose_carry_their_exchange_with_the_hub_too(fake_ssi, hub, clock):
+    source = StreamingSource(
+        ssi_client(fake_ssi),
+        now=clock,
+        extra=["DGC", "SHS", "ACV"],
+        futures_override="",
+        stream_url=hub.url,
+        hub_options={"backoff_base": 0.05},
+    )
+    try:
+        await subscribe("market")
+        await started(Feed(source, elect=True), source)
+        extras = {s["symbol"]: s["exchange"] for s in (await latest("market"))["data"]["stocks"][30:]}
+        assert extras == {"DGC": "HOSE", "SHS": "HNX", "ACV": "UPCOM"}
+    finally:
+        await source.aclose()
