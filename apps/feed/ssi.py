@@ -406,6 +406,7 @@ class SSISource:
         self._day = None  # (trading date, basket, Futures without a row)
         self._off_hose = None  # (trading date, extra symbols missing from that day's HOSE board)
         self._extra_markets = (None, {})  # (trading date, {extra symbol: its exchange})
+        self._closed_data = None  # (trading date, needs, FeedData) fetched after the close
 
     @property
     def requests(self):
@@ -439,6 +440,15 @@ class SSISource:
     async def fetch(self, needs):
         now = self.now()
         day = market.trading_date(now)
+        closed = self._closed_data
+        if closed is not None and closed[0] == day and closed[1] >= set(needs) and not market.is_active(now):
+            return closed[2]  # out of trading hours the board no longer moves: no data call
+        data = await self._fetch(now, day, needs)
+        # Taken out of trading hours, the day's data is final until the next session.
+        self._closed_data = None if market.is_active(self.now()) else (day, frozenset(needs), data)
+        return data
+
+    async def _fetch(self, now, day, needs):
         basket, contract, stocks, futures, indices = [], None, [], None, {}
         if needs & {"market", "foreign"}:
             basket, contract = await self.resolve_day(day)

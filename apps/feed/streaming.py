@@ -268,7 +268,9 @@ class StreamingSource(SSISource):
                 todo = ["board"]
         else:
             todo = [part for part in wanted if part not in self.have]
-            if not todo and moment - self.last_poll >= super().interval():
+            # Out of trading hours (nights, weekends, holidays) the board no longer moves:
+            # REST fills what the board lacks, and polls nothing more.
+            if not todo and market.is_active(self.now()) and moment - self.last_poll >= super().interval():
                 todo = wanted
                 self.last_poll = moment
         if todo:
