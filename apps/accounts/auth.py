@@ -210,7 +210,7 @@ class TokenCache:
         return snapshot
 
     async def _snapshot(self, prefix):
-        from apps.streams.state import StateUnavailable, get_state
+        from stocktracker.lib.state import StateUnavailable, get_state
 
         state = get_state()
         key = generation_key(prefix)
@@ -256,7 +256,7 @@ class TokenCache:
         return snapshot
 
     async def _record_use(self, token_id, ip):
-        from apps.streams.state import StateUnavailable, get_state
+        from stocktracker.lib.state import StateUnavailable, get_state
 
         from .models import LAST_USED_INTERVAL
 

@@ -14,7 +14,7 @@ from django.views.decorators.http import require_GET
 from apps.accounts.auth import check_token
 from apps.streams.netaddr import request_client_ip
 from apps.streams.protocol import STREAMS, now_ms
-from apps.streams.state import StateUnavailable, get_state
+from stocktracker.lib.state import StateUnavailable, get_state
 
 from . import snapshots
 

@@ -31,6 +31,7 @@ from django.conf import settings
 from redis.exceptions import RedisError
 
 from apps.accounts.auth import check_token, recheck_token, session_user_check
+from stocktracker.lib.state import StateUnavailable, get_state
 
 from . import protocol
 from .accounting import accounting
@@ -38,7 +39,6 @@ from .metrics import fanout
 from .netaddr import scope_client_ip
 from .protocol import Close
 from .publish import wake_feed
-from .state import StateUnavailable, get_state
 from .transport import link_for
 from .watchdog import draining, install_sigterm_drain, watchdog
 

@@ -34,7 +34,7 @@ import weakref
 
 from django.conf import settings
 
-from .state import StateUnavailable, get_state
+from stocktracker.lib.state import StateUnavailable, get_state
 
 log = logging.getLogger("apps.streams")
 
