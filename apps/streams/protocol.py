@@ -66,9 +66,7 @@ class Refusal:
     TOO_SLOW = Reason(Close.TOO_SLOW, 503, "too_slow", "the client stopped reading")
     RESTARTING = Reason(Close.RESTARTING, 503, "restarting", "server restarting; reconnect")
     UNAVAILABLE = Reason(Close.TRY_AGAIN_LATER, 503, "unavailable", "service temporarily unavailable")
-    BACKEND_LOST = Reason(
-        Close.TRY_AGAIN_LATER, 503, "unavailable", "a backing service is unavailable; retry later"
-    )
+    BACKEND_LOST = Reason(Close.TRY_AGAIN_LATER, 503, "unavailable", "a backing service is unavailable; retry later")
 
 
 def refusal_table() -> list[dict]:
@@ -150,6 +148,28 @@ def snapshot_feed(text: str):
     except ValueError:
         return None
     return frame.get("feed") if isinstance(frame, dict) else None
+
+
+def _order(text: str):
+    """(epoch, seq) of a snapshot frame, read from its header (no parse of `data`)."""
+    head = text.partition(',"data":')[0]
+    try:
+        epoch = head.split('"epoch":"', 1)[1].split('"', 1)[0]
+        seq = int(head.split('"seq":', 1)[1].split(",", 1)[0])
+    except (IndexError, ValueError):
+        return None
+    return epoch, seq
+
+
+def is_newer(text: str, than: str) -> bool:
+    """True if snapshot `text` should follow `than` (a later seq, or another
+    epoch: a new trading day); unknown shapes count as newer."""
+    mine, theirs = _order(text), _order(than)
+    if mine is None or theirs is None:
+        return text != than
+    if mine[0] != theirs[0]:
+        return True
+    return mine[1] > theirs[1]
 
 
 def feed_frame(state: str, *, since_ms: int, detail: str = "", simulated: bool = False) -> str:
