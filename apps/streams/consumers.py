@@ -158,10 +158,14 @@ class StreamConsumer(AsyncWebsocketConsumer):
         await _asgi_close(self.base_send, self.link, code)
 
     async def dispatch(self, message):
-        if getattr(self, get_handler_name(message), None) is None:
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
             log.debug("ignored channel message type=%s", message.get("type"))
             return
-        await super().dispatch(message)
+        # Every ORM call here goes through database_sync_to_async, which cleans
+        # up connections itself: skip Channels' aclose_old_connections() hop
+        # per message (all such hops share one thread: a connect storm queued on it).
+        await handler(message)
 
     # --- lifecycle ---------------------------------------------------------------
 

@@ -159,3 +159,21 @@ def apply_check(grant, result):
     moved = deadline != grant.deadline
     grant.deadline = deadline
     return None, moved
+
+
+def session_auth_when_cookie(inner):
+    """Channels' session auth, for handshakes that carry a cookie only: API
+    clients (Bearer, `?token=`, `auth` message) skip its user lookup, a hop
+    onto the one shared sync thread per connect that queued connect storms."""
+    from channels.auth import AuthMiddlewareStack
+    from django.contrib.auth.models import AnonymousUser
+
+    with_session = AuthMiddlewareStack(inner)
+    anonymous = AnonymousUser()
+
+    async def middleware(scope, receive, send):
+        if header(scope, b"cookie") is None:
+            return await inner({**scope, "user": anonymous}, receive, send)
+        return await with_session(scope, receive, send)
+
+    return middleware

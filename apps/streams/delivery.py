@@ -130,24 +130,28 @@ class Hub:
         for consumer in list(members):
             if consumer.closing:
                 continue
-            link = consumer.link
             if not consumer.ready:
                 consumer.pending[kind] = Held(text, frame, size)
                 continue
+            link = consumer.link
             if link is None:
                 later.append(consumer)
                 continue
-            if link.backlog() > limit:
-                consumer.pending[kind] = Held(text, frame, size)
-                self._backlogged(consumer, now, "send buffer full")
-                continue
-            consumer.backlogged_since = None
             if consumer.pending:
+                if link.backlog() > limit:
+                    consumer.pending[kind] = Held(text, frame, size)
+                    self._backlogged(consumer, now, "send buffer full")
+                    continue
                 self._flush_held(consumer, kind)
-            if link.write(frame):
+            outcome = link.offer(frame, limit)
+            if outcome > 0:
                 consumer.sent += 1
                 consumer.sent_bytes += size
+                consumer.backlogged_since = None
                 wrote = True
+            elif outcome < 0:
+                consumer.pending[kind] = Held(text, frame, size)
+                self._backlogged(consumer, now, "send buffer full")
         for consumer in later:  # no Link: the server's ASGI send, in turn
             if not consumer.closing:
                 await consumer.write(text, frame, size)

@@ -4,7 +4,8 @@ periodic work done for all of them at once.
 - Shared state holds one entry per socket (who, what stream, from where, which
   process and channel: the admin's live-sessions page and its "disconnect").
 - Every WS_HEARTBEAT_INTERVAL the process renews all of its sockets' leases and
-  entries in one Redis round trip (`state.renew`); nothing is renewed per socket.
+  entries in batches (`state.renew`, one round trip per 1,000 sockets); nothing
+  is renewed per socket.
   A killed process stops renewing, so its slots and entries expire within
   WS_LEASE_TTL.
 - Every TOKEN_RECHECK_INTERVAL, and at a token's own deadline (expiry, end of
@@ -29,6 +30,7 @@ from .protocol import Refusal
 log = logging.getLogger("apps.streams")
 
 PROCESS = f"{socket.gethostname()}:{os.getpid()}"
+RENEW_SLICE = 1000  # sockets per renewal round trip
 RECHECK_RETRY = 1.0  # first retry of a failed re-check; doubles up to TOKEN_RECHECK_INTERVAL
 
 
@@ -104,15 +106,19 @@ class Registry:
                             settings.WS_HEARTBEAT_INTERVAL, exc_info=True)  # fmt: skip
 
     async def renew(self):
-        """Every socket's leases and live-session entry, in one round trip."""
+        """Every socket's leases and live-session entry: one round trip per
+        RENEW_SLICE sockets, yielding to the event loop in between so that
+        10,000 sockets never stall the fan-out."""
         live = [c for c in self.sockets if not c.closing]
-        if not live:
-            return
-        failed = await get_state().renew(
-            [(c.conn_id, leases.limits_for(c.ip, c.stream, c.grant)) for c in live],
-            [(c.conn_id, entry(c)) for c in live],
-            settings.WS_LEASE_TTL,
-        )
+        failed = []
+        for start in range(0, len(live), RENEW_SLICE):
+            part = live[start : start + RENEW_SLICE]
+            failed += await get_state().renew(
+                [(c.conn_id, leases.limits_for(c.ip, c.stream, c.grant)) for c in part],
+                [(c.conn_id, entry(c)) for c in part],
+                settings.WS_LEASE_TTL,
+            )
+            await asyncio.sleep(0)
         self.renewed_at = time.monotonic()
         if failed:
             gone = set(failed)

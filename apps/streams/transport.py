@@ -140,7 +140,8 @@ def _install_pong_hook():
 def _daphne_protocol(send):
     if isinstance(send, functools.partial) and send.args:
         protocol = send.args[0]
-        if hasattr(protocol, "sendCloseFrame") and hasattr(protocol, "transport"):
+        # A plain TCP transport (nginx terminates TLS): its buffer is what `offer` reads.
+        if hasattr(protocol, "sendCloseFrame") and hasattr(getattr(protocol, "transport", None), "dataBuffer"):
             return protocol
     return None
 
@@ -198,45 +199,39 @@ class Link:
         return self.protocol.state == self.protocol.STATE_OPEN
 
     def backlog(self) -> int:
-        """Bytes buffered in user space for this client (0 if unknown)."""
-        transport = getattr(self.protocol, "transport", None)
-        # TLS wraps the TCP transport; the bytes pile up in the inner one.
-        for candidate in (transport, getattr(transport, "transport", None)):
-            if candidate is not None and hasattr(candidate, "dataBuffer"):
-                return len(candidate.dataBuffer) - candidate.offset + getattr(candidate, "_tempDataLen", 0)
-        return 0
+        """Bytes buffered in user space for this client."""
+        transport = self.protocol.transport
+        return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
 
     def write(self, frame: bytes) -> bool:
-        """Write a framed message; False if the socket is not open. Frames are
-        whole messages and all writes happen on the one event loop thread, so
-        they never interleave with daphne's own."""
+        """Write a framed message; False if the socket is not open."""
+        return self.offer(frame, None) > 0
+
+    def offer(self, frame: bytes, limit) -> int:
+        """Write a framed message unless more than `limit` bytes already wait
+        for this client: 1 written, -1 held back (backlogged), 0 not open.
+        Frames are whole messages and every write happens on the event loop's
+        thread, so they never interleave with daphne's own."""
         protocol = self.protocol
         if protocol.state != protocol.STATE_OPEN or protocol.send_queue:
-            return False
+            return 0
         transport = protocol.transport
-        sock = getattr(transport, "socket", None)
-        if (
-            sock is not None
-            and not transport.TLS
-            and transport.connected
-            and not transport.disconnecting
-            and not transport._tempDataLen
-            and transport.offset == len(transport.dataBuffer)
-        ):
+        waiting = len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+        if waiting == 0 and not transport.TLS and transport.connected and not transport.disconnecting:
             # Nothing queued: hand the bytes to the kernel now, as asyncio's
             # own transports do (Twisted would buffer them and wait for the
             # next writable event: two epoll changes per socket per frame).
             try:
-                sent = sock.send(frame)
-            except BlockingIOError:
-                sent = 0
+                sent = transport.socket.send(frame)
             except OSError:
-                sent = 0  # Twisted's write finds the error and closes the connection
+                sent = 0  # EAGAIN, or an error Twisted's write finds and closes on
             if sent == len(frame):
-                return True
+                return 1
             frame = frame[sent:]
+        elif limit is not None and waiting > limit:
+            return -1
         transport.write(frame)
-        return True
+        return 1
 
     def pong_seen(self, nonce: bytes) -> bool:
         return self.protocol.__dict__.get("stk_pong") == nonce

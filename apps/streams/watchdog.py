@@ -58,6 +58,7 @@ FLUSH_TIMEOUT = 5.0  # seconds for the last usage flush
 LAG_PROBE = 0.5  # seconds between event-loop lag probes
 OVERLOAD_LAG = 2.0  # an event loop this many seconds late refuses new sockets
 REFUSAL_LOG_INTERVAL = 10.0
+STALL_LOG = 0.5  # a lag probe this late is logged (once per interval)
 
 _watchdogs = {}  # event loop -> Watchdog
 
@@ -109,10 +110,16 @@ class Watchdog:
             before = loop.time()
             await asyncio.sleep(LAG_PROBE)
             self.lag = max(0.0, loop.time() - before - LAG_PROBE)
+            if _gc["freeze"]:
+                _apply_gc_plan()
+            if self.lag > STALL_LOG and loop.time() - self.lag_logged >= REFUSAL_LOG_INTERVAL:
+                self.lag_logged = loop.time()
+                log.warning("event loop stalled %.2f s (%d sockets)", self.lag, len(self.consumers))
 
     # --- Redis ------------------------------------------------------------------------
 
     def start(self):
+        _watch_gc()
         if self.lag_task is None or self.lag_task.done():
             self.lag_task = asyncio.ensure_future(self._probe_lag())
         if settings.REDIS_URL and (self.task is None or self.task.done()):
@@ -182,6 +189,51 @@ class Watchdog:
             log.error("redis unavailable (%s): closing %d sockets with 1013", exc or "timeout", len(self.consumers))
         self.healthy = False
         self.closing = {asyncio.ensure_future(consumer.backend_lost()) for consumer in list(self.consumers)}
+
+
+_gc = {"started": None, "freeze": False, "thawed": 0.0}
+GC_THAW = 600.0  # seconds between thaws (see _on_gc)
+
+
+def _watch_gc():
+    import gc
+
+    if _on_gc not in gc.callbacks:
+        gc.callbacks.append(_on_gc)
+        _gc["thawed"] = time.monotonic()
+
+
+def _on_gc(phase, info):
+    """A full collection walks every object of every open socket (about 2 s
+    at 10,000 sockets) and, while sockets keep arriving, runs every few
+    seconds. Survivors of one are long-lived: they are frozen (left out of
+    later collections) at the next lag probe. Every GC_THAW seconds they are
+    thawed instead, so that reference cycles left by closed sockets are still
+    collected: one full-length collection per GC_THAW. Long ones are logged."""
+    if info.get("generation") != 2:
+        return
+    now = time.monotonic()
+    if phase == "start":
+        _gc["started"] = now
+        return
+    took = now - (_gc["started"] or now)
+    if took > STALL_LOG / 2:
+        log.warning("full garbage collection took %.2f s (%d objects collected)", took, info.get("collected", 0))
+    if now - _gc["thawed"] >= GC_THAW:
+        _gc["thawed"] = now
+        _gc["freeze"] = "thaw"
+    else:
+        _gc["freeze"] = "freeze"
+
+
+def _apply_gc_plan():
+    import gc
+
+    plan, _gc["freeze"] = _gc["freeze"], False
+    if plan == "freeze":
+        gc.freeze()
+    elif plan == "thaw":
+        gc.unfreeze()
 
 
 def watchdog() -> Watchdog:

@@ -86,6 +86,11 @@ async def test_frames_held_back_from_a_slow_client_are_not_counted_as_sent(owner
             self.frames.append(json.loads(frame[4:] if frame[1] == 126 else frame[2:]))
             return True
 
+        def offer(self, frame, limit):
+            if limit is not None and self.backlog_bytes > limit:
+                return -1
+            return 1 if self.write(frame) else 0
+
     monkeypatch.setattr(delivery, "fanout", Clock())
     comm = communicator(token=owner_token[1])
     await comm.connect()
