@@ -34,7 +34,7 @@ def pytest_configure(config):
 def _reset_layers():
     from channels.layers import channel_layers
 
-    from apps.streams.state import reset_state
+    from stocktracker.lib.state import reset_state
 
     channel_layers.backends.clear()
     reset_state()

@@ -12,7 +12,8 @@ Connection i (counting from --offset) goes to stream STREAMS[i % 3] with an
 on stdin ("GO"), waits --warmup s, then for --duration s records, for every
 `snapshot` frame, receive time - `published_ms` (ms), and which (stream, seq)
 it was. Writes latencies as float64 to --raw and prints one `RESULT {json}`.
-Answers protocol pings. Exits by itself after --max-life seconds.
+Answers protocol pings. Then stays connected (idle phase) until a second line
+on stdin, prints `IDLE {json}` and closes. Exits by itself after --max-life seconds.
 """
 
 import argparse
@@ -284,6 +285,11 @@ async def main():
         "maxrss_mb": round(ru1.ru_maxrss / 1024, 1),
     }
     print("RESULT " + json.dumps(result), flush=True)
+    # Stay connected (idle-cost measurement) until told "END" or stdin closes.
+    await loop.run_in_executor(None, sys.stdin.readline)
+    result_idle = {"open_at_end": sum(1 for c in conns if not c.closed), "close_codes": st.close_codes,
+                   "heartbeats": st.heartbeats}  # fmt: skip
+    print("IDLE " + json.dumps(result_idle), flush=True)
     for c in conns:
         if c.tr is not None:
             c.tr.abort()

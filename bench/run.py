@@ -51,9 +51,14 @@ _libc = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") el
 
 
 def _die_with_parent():
-    """Child-side: get SIGTERM when the bench process dies, however it dies."""
+    """Child-side: get SIGTERM when the bench process dies, however it dies;
+    and as many open files as the hard limit allows (10,000 sockets)."""
     if _libc is not None:
         _libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    import resource
+
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def log(msg):
@@ -198,17 +203,10 @@ def base_env(args):
         FEED_IN_PROCESS="false",
         PYTHONUNBUFFERED="1",
     )
-    # Every connect runs one ORM query (the token's deadline) through database_sync_to_async; with
-    # CONN_MAX_AGE=0 each opens a new PostgreSQL connection in the single sync thread, which caps
-    # connects at ~100/s and less as load grows. A persistent connection (an operator setting)
-    # keeps the connect phase short; `--db-conn-max-age 0` measures the default.
-    env["DATABASE_CONN_MAX_AGE"] = str(args.db_conn_max_age)
-    if not args.app_timers:
-        # Push the per-socket 30 s timers (heartbeat + lease renewal, token re-check) past the run.
-        # With them on, a connect burst makes every socket's timer fire in the same second, and
-        # the burst exhausts the state's Redis pool ("Too many connections" -> StateUnavailable)
-        # so sockets close themselves with 1013 (see RESULTS.md). `--app-timers` keeps them.
-        env.update(WS_HEARTBEAT_INTERVAL="3600", WS_LEASE_TTL="7200", TOKEN_RECHECK_INTERVAL="3600")
+    # Production settings: every timer (heartbeat, lease, re-check) at its default. Only the
+    # per-IP cap is raised (every client is 127.0.0.1) and the token's cap (bench/seed.py).
+    if args.db_conn_max_age is not None:
+        env["DATABASE_CONN_MAX_AGE"] = str(args.db_conn_max_age)
     env.pop("PYTHONDONTWRITEBYTECODE", None)
     return env
 
@@ -326,9 +324,24 @@ def redis_ps(r):
 ASGI_APP = "stocktracker.asgi:application"
 
 
+def procfile_web(port):
+    """The Procfile's `web:` command, as production runs it, on `port`."""
+    with open(os.path.join(ROOT, "Procfile")) as f:
+        line = next(x for x in f if x.startswith("web:"))
+    words = line[4:].split()
+    words = [w.replace("${PORT:-8000}", str(port)) for w in words]
+    if words[0] == "daphne":
+        words = [PY, "-m", "daphne", *words[1:]]
+    if ASGI_APP != "stocktracker.asgi:application":
+        words[-1] = ASGI_APP
+    return words
+
+
 def server_cmd(server, port):
+    if server == "bare":
+        return [PY, os.path.join(HERE, "bare.py"), "--port", str(port)]
     if server == "daphne":
-        return [PY, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), ASGI_APP]
+        return procfile_web(port)
     cmd = [
         PY, "-m", "uvicorn", ASGI_APP,
         "--host", "127.0.0.1", "--port", str(port),
@@ -370,10 +383,10 @@ def run_one(args, token, r, *, server, layer, n, logdir):
         "duration_s": args.duration,
         "warmup_s": args.warmup,
         "client_procs": args.procs,
-        "app_timers": args.app_timers,
         "db_conn_max_age": args.db_conn_max_age,
         "asgi_app": ASGI_APP,
-        "loop": uvicorn_loop() if server == "uvicorn" else "asyncio (twisted asyncioreactor)",
+        "loop": uvicorn_loop() if server == "uvicorn" else "asyncio" if server == "bare" else "asyncio (twisted)",
+        "command": " ".join(server_cmd(server, 0)).replace(PY, "python"),
         "started": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "loadavg_before": [round(x, 2) for x in os.getloadavg()],
     }
@@ -395,6 +408,7 @@ def run_one(args, token, r, *, server, layer, n, logdir):
         rps = redis_ps(r)
 
         # clients
+        scans0 = token_scans()
         per = [n // args.procs + (1 if i < n % args.procs else 0) for i in range(args.procs)]
         per = [k for k in per if k > 0]
         clients = []
@@ -411,6 +425,7 @@ def run_one(args, token, r, *, server, layer, n, logdir):
             offset += k
         conn_info = [json.loads(c.wait_line("CONNECTED", args.connect_timeout + 20)) for c in clients]
         result["connect_s"] = round(time.monotonic() - t_conn, 1)
+        result["connect_s_clients"] = max(c["seconds"] for c in conn_info)
         result["connected"] = sum(c["connected"] for c in conn_info)
         result["connect_failures"] = merge_counts(c["failures"] for c in conn_info)
         result["connect_close_codes"] = merge_counts(c["close_codes"] for c in conn_info)
@@ -425,6 +440,10 @@ def run_one(args, token, r, *, server, layer, n, logdir):
         result["feed_wait_s"] = wait_steady_feed(r, feed, timeout=90)
         time.sleep(1.0)
         rss_connected = rss_mb(srv.ps)
+        scans1 = token_scans()
+        result["token_table_queries_during_connect"] = (
+            scans1 - scans0 if scans0 is not None and scans1 is not None else None
+        )
 
         # measurement window
         for c in clients:
@@ -448,6 +467,24 @@ def run_one(args, token, r, *, server, layer, n, logdir):
         res = [json.loads(c.wait_line("RESULT", 60)) for c in clients]
         if spy is not None:
             result["profile"] = finish_profile(spy, os.path.join(RAW, f"{args.stamp}-{tag}.pyspy.txt"))
+        if args.idle > 0:
+            # No data flowing: stop the feed; the sockets stay open; what the server spends
+            # now is its periodic work (heartbeats, pings, renewals, re-checks, daphne's timers).
+            feed.stop()
+            time.sleep(3.0)
+            i0, t0 = cpu_s(srv.ps), time.monotonic()
+            time.sleep(args.idle)
+            result["idle_cpu_s_per_s"] = round((cpu_s(srv.ps) - i0) / (time.monotonic() - t0), 4)
+            result["idle_window_s"] = args.idle
+            result["rss_mb_idle_connected"] = round(rss_mb(srv.ps), 1)
+            result["rss_kib_per_idle_conn"] = round(
+                (result["rss_mb_idle_connected"] - rss_idle) * 1024 / max(1, result["connected"]), 1
+            )
+        for c in clients:
+            c.send("END")
+        idle = [json.loads(c.wait_line("IDLE", 60)) for c in clients]
+        result["open_after_idle"] = sum(x["open_at_end"] for x in idle)
+        result["close_codes_by_end"] = merge_counts(x["close_codes"] for x in idle)
 
         lat = array.array("d")
         for i in range(len(clients)):
@@ -512,6 +549,24 @@ def run_one(args, token, r, *, server, layer, n, logdir):
         result["stop_s"] = round(time.monotonic() - t, 1)
         result["log_tail"] = {name: tail(os.path.join(runlog, f"{name}.log")) for name in ("server", "feed")}
     return result
+
+
+def token_scans():
+    """Index and sequential scans of the token table so far (PostgreSQL's
+    statistics): one per token lookup query."""
+    try:
+        import psycopg
+
+        with psycopg.connect(os.environ["DATABASE_URL"], autocommit=True) as conn:
+            conn.execute("SELECT pg_stat_force_next_flush()")
+            time.sleep(1.2)  # statistics reach pg_stat_user_tables within a second
+            row = conn.execute(
+                "SELECT coalesce(seq_scan, 0) + coalesce(idx_scan, 0) FROM pg_stat_user_tables "
+                "WHERE relname = 'accounts_apitoken'"
+            ).fetchone()
+            return int(row[0]) if row else None
+    except Exception:  # noqa: BLE001 - reported as unknown
+        return None
 
 
 def merge_counts(dicts):
@@ -590,25 +645,27 @@ def closed(r):
 
 def table(results):
     head = (
-        "| server | layer | N | connected (in s) | delivered msg/s (of expected) | p50 / p99 latency | "
-        "server CPU s/s | µs/msg | server RSS MB per 1k conns (idle → connected) | worker / redis CPU | "
-        "other load on the box | sockets closed by the server |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n"
+        "| server | N | connected (s) | delivered (of expected) | p50 / p99 publish→receive | server CPU s/s | "
+        "µs per delivered msg | × bare | idle CPU s/s (no data) | RSS KiB per idle conn | token-table queries "
+        "during connect | sockets closed by the server |\n|---|---|---|---|---|---|---|---|---|---|---|---|\n"
     )
+    bare = {r["n"]: r.get("server_us_per_msg") for r in results if r["server"] == "bare"}
     rows = []
     for r in results:
         if "error" in r and "lat_ms_p50" not in r:
-            rows.append(f"| {r['server']} | {r['layer']} | {r['n']:,} | {r.get('connected', '–')} | **failed**: "
-                        f"{r['error'][:120]} | | | | | | | |")  # fmt: skip
+            rows.append(f"| {r['server']} | {r['n']:,} | {r.get('connected', '–')} | **failed**: "
+                        f"{r['error'][:120]} | | | | | | | | |")  # fmt: skip
             continue
-        rss = r["server_rss_mb"]
         ratio = r["delivery_ratio"]
         cpu = r["cpu_s_per_s"]
+        base = bare.get(r["n"])
+        times = f"{r['server_us_per_msg'] / base:.2f}" if base and r.get("server_us_per_msg") else "–"
         rows.append(
-            f"| {r['server']} | {r['layer']} | {r['n']:,} | {r['connected']:,} ({r['connect_s']:g}) | "
-            f"{fmt(r['delivered_per_s'])} ({fmt(round(ratio * 100, 1) if ratio is not None else None, ' %')}) | "
+            f"| {r['server']} | {r['n']:,} | {r['connected']:,} ({r.get('connect_s_clients', r['connect_s']):g}) | "
+            f"{fmt(round(ratio * 100, 1) if ratio is not None else None, ' %')} | "
             f"{fmt(r['lat_ms_p50'])} / {fmt(r['lat_ms_p99'])} ms | {cpu['server']:.3f} | "
-            f"{fmt(r['server_us_per_msg'])} | {r['server_rss_mb_per_1k_conns']} ({rss['idle']} → {rss['connected']}) | "
-            f"{cpu.get('feed', 0):.3f} / {cpu.get('redis', 0):.3f} | {max(0.0, r['other_load_s_per_s']):.2f} s/s | "
+            f"{fmt(r['server_us_per_msg'])} | {times} | {fmt(r.get('idle_cpu_s_per_s'))} | "
+            f"{fmt(r.get('rss_kib_per_idle_conn'))} | {fmt(r.get('token_table_queries_during_connect'))} | "
             f"{closed(r)} |" + (f" ⚠ {r['error'][:80]}" if "error" in r else "")
         )
     return head + "\n".join(rows) + "\n"
@@ -627,34 +684,30 @@ def generated_part(results, info, command, started):
         + ", ".join(f"{k} {v}" for k, v in info["versions"].items())
         + ".\n"
     )
-    out.append(
-        "Server, clients, Redis, PostgreSQL and the feed worker all share the same cores, on 127.0.0.1. "
-        "Each client follows one stream (round-robin over market, foreign, index), so N clients should "
-        "receive about N snapshot frames per second. *Latency*: receive time − the frame's `published_ms` "
-        "(set by `publish_snapshot` before it stores the frame and calls `group_send`), over every (frame, "
-        "client) pair in the window. *µs/msg*: server CPU per delivered frame. *RSS per 1k conns*: (server "
-        "RSS with N clients connected − RSS idle) / N × 1 000. *Other load*: CPU the rest of the machine "
-        "(other sessions' test suites) used during the window, outside the server, worker, redis and "
-        "clients; it competes with the server.\n"
-    )
     a = info.get("args", {})
-    timers = (
-        "the app's own 30 s heartbeat and token re-check timers"
-        if a.get("app_timers")
-        else "the per-socket 30 s timers (heartbeat + lease renewal, token re-check) pushed past the run "
-        "(WS_HEARTBEAT_INTERVAL=TOKEN_RECHECK_INTERVAL=3600; see below for why)"
-    )
+    commands = {r["server"]: r.get("command", "") for r in results}
     out.append(
-        f"Settings for server and worker: CHANNEL_LAYER per row, DEBUG=false, LOG_LEVEL={a.get('log_level')}, "
-        f"DATABASE_CONN_MAX_AGE={a.get('db_conn_max_age')}, WS_MAX_CONNECTIONS_PER_IP raised, {timers}; feed: "
-        f"`manage.py {'runworker' if a.get('feed') == 'runworker' else '(bench/fakefeed.py)'}` with "
-        "FEED_SOURCE=simulator SIMULATOR_CLOCK=demo FEED_INTERVAL=1 SIMULATOR_SPEED=30. daphne: "
-        "`python -m daphne -b 127.0.0.1 -p PORT stocktracker.asgi:application`; uvicorn: `python -m uvicorn "
-        "stocktracker.asgi:application --ws websockets-sansio --ws-per-message-deflate false --loop "
-        f"{a.get('uvicorn_loop_used', 'uvloop')} --lifespan off --backlog 4096`. {a.get('procs')} client processes "
-        f"(bench/client.py, Bearer token), {a.get('concurrency')} connects in flight each; a run measures whoever "
-        f"connected within {a.get('connect_timeout'):g} s, waits until all three streams publish steadily, then "
-        f"{a.get('warmup'):g} s warm-up and a {a.get('duration'):g} s window.\n"
+        "Server, clients, Redis, PostgreSQL and the feed worker share the same 2 cores, on 127.0.0.1. Each "
+        "client follows one stream (round-robin over market, foreign, index; 5.8–6.1 KB snapshots, ~1 Hz each), "
+        "so N clients should receive about N frames per second. *bare*: `bench/bare.py`, a plain `websockets` "
+        "server calling `websockets.broadcast()` for the same frames from the same channel layer, no auth "
+        "(the yardstick). *daphne*: the Procfile's `web:` line with production settings (every timer at its "
+        "default: 30 s heartbeat, 90 s lease TTL, 30 s token re-check; PubSub layer), only the per-IP cap "
+        "raised (all clients are 127.0.0.1).\n"
+    )
+    for server, command in commands.items():
+        out.append(f"- {server}: `{command}`")
+    out.append("")
+    out.append(
+        "*Latency*: receive time − the frame's `published_ms`, over every (frame, client) pair in the "
+        f"{a.get('duration', 20):g} s window (after {a.get('warmup', 3):g} s warm-up). *µs per delivered msg*: "
+        "server CPU / frames delivered; *× bare*: that against the bare server at the same N in the same run. "
+        f"*Idle CPU*: the server's CPU over {a.get('idle', 65):g} s with the feed stopped and every socket "
+        "still open (heartbeats, pings, lease renewals, re-checks). *RSS per idle conn*: (RSS with N open − "
+        "RSS before any) / N. *Connected (s)*: the connect storm, "
+        f"{a.get('procs')} client processes × {a.get('concurrency')} connects in flight, one Bearer token; "
+        "*token-table queries*: index + sequential scans of `accounts_apitoken` during it "
+        "(PostgreSQL statistics).\n"
     )
     out.append(table(results))
     out.append("Raw numbers, one JSON per run (connect times, close codes, RSS peaks, client CPU): `bench/raw/`.")
@@ -684,14 +737,15 @@ def write_results(path, results, info, command, started):
 
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--n", default="1000,5000", help="comma-separated client counts")
-    p.add_argument("--servers", default="daphne,uvicorn")
-    p.add_argument("--layers", default="core,pubsub")
+    p.add_argument("--n", default="1000,5000,10000", help="comma-separated client counts")
+    p.add_argument("--servers", default="bare,daphne", help="bare, daphne (Procfile), uvicorn")
+    p.add_argument("--layers", default="pubsub")
     p.add_argument("--duration", type=float, default=20, help="measurement window (s)")
     p.add_argument("--warmup", type=float, default=3)
     p.add_argument("--procs", type=int, default=4, help="client processes")
-    p.add_argument("--concurrency", type=int, default=10, help="connects in flight per client process")
-    p.add_argument("--connect-timeout", type=float, default=75, help="measure with whoever connected by then")
+    p.add_argument("--concurrency", type=int, default=50, help="connects in flight per client process")
+    p.add_argument("--connect-timeout", type=float, default=60, help="measure with whoever connected by then")
+    p.add_argument("--idle", type=float, default=65, help="idle window after the run (feed stopped), s; 0: none")
     p.add_argument("--feed", choices=["runworker", "fake"], default="runworker")
     p.add_argument("--log-level", default="warning", help="LOG_LEVEL for the server and the worker")
     p.add_argument("--quick", action="store_true", help="N=200, 6 s windows, no RESULTS.md")
@@ -699,21 +753,21 @@ def parse_args():
     p.add_argument("--no-report", action="store_true")
     p.add_argument("--asgi-app", default=ASGI_APP, help="experiments: e.g. bench.patched_asgi:application")
     p.add_argument("--uvicorn-loop", choices=["auto", "uvloop", "asyncio"], default="auto")
-    p.add_argument("--db-conn-max-age", type=int, default=60, help="DATABASE_CONN_MAX_AGE for server and worker")
-    p.add_argument("--app-timers", action="store_true", help="keep the app's 30 s heartbeat/re-check timers")
+    p.add_argument("--db-conn-max-age", type=int, default=None, help="DATABASE_CONN_MAX_AGE (default: the setting's)")
     p.add_argument("--profile", action="store_true", help="py-spy the server during the window (skews its CPU)")
     args = p.parse_args()
     if args.quick:
-        if args.n == "1000,5000":
+        if args.n == "1000,5000,10000":
             args.n = "200"
         args.duration = min(args.duration, 8)
         args.warmup = min(args.warmup, 2)
         args.no_report = True
+        args.idle = min(args.idle, 5)
     args.ns = [int(x) for x in args.n.split(",") if x]
     args.server_list = [x for x in args.servers.split(",") if x]
     args.layer_list = [x for x in args.layers.split(",") if x]
     for s in args.server_list:
-        if s not in ("daphne", "uvicorn"):
+        if s not in ("bare", "daphne", "uvicorn"):
             p.error(f"unknown server {s}")
     for layer in args.layer_list:
         if layer not in ("core", "pubsub"):

@@ -7,10 +7,10 @@ from django.core.asgi import get_asgi_application
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "stocktracker.settings")
 django_asgi_app = get_asgi_application()  # first: loads settings and apps
 
-from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from apps.feed.embedded import EmbeddedFeed  # noqa: E402
+from apps.streams.credentials import session_auth_when_cookie  # noqa: E402
 from apps.streams.routing import websocket_urlpatterns  # noqa: E402
 from apps.streams.transport import expose_transport  # noqa: E402
 
@@ -19,7 +19,7 @@ application = EmbeddedFeed(
         {
             "http": django_asgi_app,
             # Outermost: sees daphne's own `send` (back-pressure and protocol pings).
-            "websocket": expose_transport(AuthMiddlewareStack(URLRouter(websocket_urlpatterns))),
+            "websocket": expose_transport(session_auth_when_cookie(URLRouter(websocket_urlpatterns))),
         }
     )
 )

@@ -229,6 +229,9 @@ WS_INBOUND_RATE = _positive("WS_INBOUND_RATE", "float", 20.0, minimum=0.1)
 WS_INBOUND_BURST = _positive("WS_INBOUND_BURST", "int", 40, minimum=1)
 WS_MAX_CONNECTIONS_PER_IP = _positive("WS_MAX_CONNECTIONS_PER_IP", "int", 5, minimum=1)
 WS_LEASE_TTL = _positive("WS_LEASE_TTL", "float", 90.0, minimum=1)
+# Past this many open sockets a web process refuses new ones at once (1013) and keeps
+# serving the ones it has; size it from bench/RESULTS.md (and the open-files limit).
+WS_MAX_SOCKETS_PER_PROCESS = _positive("WS_MAX_SOCKETS_PER_PROCESS", "int", 12000, minimum=1)
 WS_TRUSTED_PROXIES = _read("WS_TRUSTED_PROXIES", "list", [])
 # Bytes that may wait for one client before it gets only the newest frame of
 # each kind (conflation); a client stuck above it for WS_HEARTBEAT_TIMEOUT is closed 4103.

@@ -6,7 +6,7 @@ import pytest
 from django.test import AsyncClient
 
 from apps.streams.publish import publish_feed_state
-from apps.streams.state import get_state
+from stocktracker.lib.state import get_state
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -36,7 +36,7 @@ User = get_user_model()
 def live_counts(token_ids):
     """{token_id: open sockets} for a page of tokens in one shared-state round
     trip; None for each when shared state is unreachable."""
-    from apps.streams.state import StateUnavailable
+    from stocktracker.lib.state import StateUnavailable
 
     from .signals import run_on_state
 

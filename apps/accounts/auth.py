@@ -31,6 +31,7 @@ storm nor thousands of open sockets re-checking become a query storm:
   per-process timer, a shared claim, then a conditional UPDATE.
 """
 
+import asyncio
 import hmac
 import logging
 import time
@@ -166,6 +167,7 @@ class TokenCache:
         self._entries = OrderedDict()
         self._prefixes = OrderedDict()  # token_id -> lookup prefix (never changes), for re-checks
         self._touched = {}  # token_id -> monotonic time of this process's last last_used attempt
+        self._loading = {}  # (loop, prefix, generation) -> the load in flight
         self.hits = self.misses = 0
 
     def clear(self):
@@ -210,7 +212,7 @@ class TokenCache:
         return snapshot
 
     async def _snapshot(self, prefix):
-        from apps.streams.state import StateUnavailable, get_state
+        from stocktracker.lib.state import StateUnavailable, get_state
 
         state = get_state()
         key = generation_key(prefix)
@@ -238,8 +240,9 @@ class TokenCache:
                 return snapshot
         self.misses += 1
         # The generation was read before the load: a change committed during
-        # the load has replaced it, so the next check reloads.
-        snapshot = await self._load(prefix=prefix)
+        # the load has replaced it, so the next check reloads. Concurrent
+        # misses under one generation (a connect storm) share one query.
+        snapshot = await self._shared_load(prefix, generation)
         if snapshot is not None and generation is None:
             # First use since the key expired or Redis restarted: create the
             # generation; cache from the next check on, under its value.
@@ -255,8 +258,17 @@ class TokenCache:
             self._entries.popitem(last=False)
         return snapshot
 
+    async def _shared_load(self, prefix, generation):
+        loop = asyncio.get_running_loop()
+        slot = (loop, prefix, generation)
+        task = self._loading.get(slot)
+        if task is None:
+            task = self._loading[slot] = loop.create_task(self._load(prefix=prefix))
+            task.add_done_callback(lambda _t: self._loading.pop(slot, None))
+        return await asyncio.shield(task)
+
     async def _record_use(self, token_id, ip):
-        from apps.streams.state import StateUnavailable, get_state
+        from stocktracker.lib.state import StateUnavailable, get_state
 
         from .models import LAST_USED_INTERVAL
 

@@ -19,11 +19,13 @@ from django.db.models.signals import post_delete, post_save, pre_save
 from django.dispatch import receiver
 from django.utils import timezone
 
+from stocktracker.lib import catalogue
+
 from . import tokens
 from .signals import announce
 
-STREAM_CHOICES = [("market", "Market board"), ("foreign", "Foreign flow"), ("index", "Index board")]
-ALL_STREAMS = [value for value, _ in STREAM_CHOICES]
+STREAM_CHOICES = list(catalogue.STREAM_CHOICES)
+ALL_STREAMS = list(catalogue.STREAMS)
 
 # A token that expires (or ends its rotation grace) within this window shows as "expiring".
 EXPIRING_WINDOW = timedelta(days=7)

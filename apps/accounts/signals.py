@@ -86,7 +86,7 @@ def run_on_state(fn):
     Under daphne a sync view runs in a worker thread and this hops back onto
     the server's event loop, so the process's shared-state client is reused.
     """
-    from apps.streams.state import get_state
+    from stocktracker.lib.state import get_state
 
     async def call():
         return await fn(get_state())

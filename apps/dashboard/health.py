@@ -11,7 +11,7 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
 from apps.streams import netaddr, watchdog
-from apps.streams.state import StateUnavailable, get_state
+from stocktracker.lib.state import StateUnavailable, get_state
 
 
 async def healthz(request):

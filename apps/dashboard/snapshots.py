@@ -13,7 +13,7 @@ import time
 
 from apps.streams.protocol import STREAMS, now_ms, subscriber_key
 from apps.streams.publish import wake_feed
-from apps.streams.state import get_state
+from stocktracker.lib.state import get_state
 
 VIEWER_TTL = 30.0  # seconds a page view or poll keeps a stream "subscribed"
 FIRST_WAIT = 2.0  # seconds to wait for a first frame when none exists

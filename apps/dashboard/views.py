@@ -12,9 +12,10 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
 from apps.accounts.auth import check_token
+from apps.streams.credentials import REJECTION
 from apps.streams.netaddr import request_client_ip
-from apps.streams.protocol import STREAMS, now_ms
-from apps.streams.state import StateUnavailable, get_state
+from apps.streams.protocol import STREAMS, now_ms, refusal_table
+from stocktracker.lib.state import StateUnavailable, get_state
 
 from . import snapshots
 
@@ -70,6 +71,8 @@ async def dashboard(request):
             for stream in STREAMS
         },
         "feed": feed and {k: feed.get(k) for k in ("state", "since_ms", "detail", "simulated")},
+        # Close code -> what the page says when no `error` frame told it more.
+        "refusals": refusal_table(),
         **CLIENT_OPTIONS,
     }
     foreign = (frames.get("foreign") or {}).get("data") or {}
@@ -105,15 +108,6 @@ def _api_error(status, code, message, **headers):
     return response
 
 
-_TOKEN_REJECTIONS = {
-    "bad": (401, "auth_failed", "token not recognised"),
-    "revoked": (401, "token_revoked", "token revoked"),
-    "retired": (401, "token_retired", "token replaced and its rotation grace has ended"),
-    "expired": (401, "token_expired", "token expired"),
-    "stream": (403, "stream_forbidden", "stream not allowed for this token"),
-}
-
-
 @never_cache
 @require_GET
 async def snapshot(request, stream):
@@ -125,8 +119,10 @@ async def snapshot(request, stream):
     if raw is not None:
         check = await check_token(raw, stream, request_client_ip(request))
         if not check.ok:
-            status, code, message = _TOKEN_REJECTIONS.get(check.reason, _TOKEN_REJECTIONS["bad"])
-            return _api_error(status, code, message, WWW_Authenticate='Bearer error="invalid_token"')
+            reason = REJECTION.get(check.reason, REJECTION["bad"])
+            return _api_error(
+                reason.status, reason.error, reason.message, WWW_Authenticate='Bearer error="invalid_token"'
+            )
         member = f"token:{check.token_id}"
     else:
         user = await request.auser()

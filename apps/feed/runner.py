@@ -31,7 +31,7 @@ from django.conf import settings
 
 from apps.streams import metrics, protocol
 from apps.streams.publish import publish_feed_state, publish_snapshot
-from apps.streams.state import get_state
+from stocktracker.lib.state import get_state
 
 from . import market
 from .payloads import BUILDERS, board_flow, fingerprint, index_value

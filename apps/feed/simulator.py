@@ -22,7 +22,7 @@ import random
 
 from django.conf import settings
 
-from apps.streams.state import get_state
+from stocktracker.lib.state import get_state
 
 from . import market
 from .payloads import FeedData, Futures

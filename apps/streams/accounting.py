@@ -22,8 +22,9 @@ from channels.db import database_sync_to_async
 from django.conf import settings
 from django.utils import timezone
 
+from stocktracker.lib.state import StateUnavailable, get_state
+
 from . import metrics
-from .state import StateUnavailable, get_state
 
 log = logging.getLogger("apps.streams")
 

@@ -11,9 +11,10 @@ from django.http import HttpResponseRedirect
 from django.template.response import TemplateResponse
 from django.utils import timezone
 
+from stocktracker.lib.state import StateUnavailable, get_state
+
 from .models import LiveSession
 from .protocol import Close
-from .state import StateUnavailable, get_state
 
 
 async def _sessions():

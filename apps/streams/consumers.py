@@ -1,26 +1,24 @@
 """One base consumer for the three streams; the subclasses only name their stream.
 
-Lifecycle: accept, authenticate (session, Bearer header, first `auth` message
-or `?token=`), take connection leases, join the stream group, send `welcome`
-and the latest snapshot, then forward every published frame unchanged.
-Failures send one `error` frame and close with a code from `protocol.Close`.
+Lifecycle: accept, authenticate (`credentials`), take the connection leases
+(`leases`), join the token's and user's groups (control messages), register
+the live session (`sessions`), send `welcome` and the latest snapshot, then
+hand the socket to the process's fan-out (`delivery`), which writes every
+published frame, heartbeats and protocol pings for all sockets at once.
+Failures send one `error` frame and close with a reason from
+`protocol.Refusal`.
 
-While open, a heartbeat task sends `heartbeat` frames and protocol pings,
-renews the leases and the live-session entry; a re-check task re-validates
-the token (and the caps) every TOKEN_RECHECK_INTERVAL and at its expiry.
+What stays per socket: the control messages that reach it over the channel
+layer (token or user changed, staff disconnect), the client's own messages
+(auth, ping, resync; rate and size limited) and its cleanup.
 """
 
 import asyncio
 import functools
 import json
 import logging
-import os
-import random
-import secrets
-import socket
 import time
 import uuid
-from urllib.parse import parse_qs
 
 from autobahn.exception import Disconnected
 from channels.consumer import get_handler_name
@@ -30,35 +28,23 @@ from channels.utils import await_many_dispatch
 from django.conf import settings
 from redis.exceptions import RedisError
 
-from apps.accounts.auth import check_token, recheck_token, session_user_check
+from stocktracker.lib.state import StateUnavailable, get_state
 
-from . import protocol
+from . import credentials, leases, protocol, sessions
 from .accounting import accounting
-from .metrics import fanout
+from .credentials import REJECTION
+from .delivery import hub
 from .netaddr import scope_client_ip
 from .origin import origin_allowed
-from .protocol import Close
+from .protocol import Close, Refusal
 from .publish import wake_feed
-from .state import StateUnavailable, get_state
-from .transport import link_for
+from .transport import link_for, text_frame
 from .watchdog import draining, install_sigterm_drain, watchdog
 
 log = logging.getLogger("apps.streams")
 
 # How long a connect may wait on Redis (channel subscription) before 1013.
 BACKEND_TIMEOUT = 3.0
-# First retry of a failed token re-check (doubles up to TOKEN_RECHECK_INTERVAL).
-RECHECK_RETRY = 1.0
-PROCESS = f"{socket.gethostname()}:{os.getpid()}"
-
-_REJECTION_CLOSE = {
-    "bad": (Close.BAD_CREDENTIALS, "auth_failed", "token not recognised"),
-    "revoked": (Close.REVOKED, "token_revoked", "token revoked"),
-    "retired": (Close.REVOKED, "token_retired", "token replaced and its rotation grace has ended"),
-    "expired": (Close.EXPIRED, "token_expired", "token expired"),
-    "stream": (Close.FORBIDDEN, "stream_forbidden", "stream not allowed for this token"),
-}
-_SESSION_ENDED = (Close.REVOKED, "session_revoked", "this account was deactivated or removed")
 _BACKEND_ERRORS = (StateUnavailable, RedisError, OSError, asyncio.TimeoutError)
 
 
@@ -69,63 +55,6 @@ class ClientError(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
-
-
-class Grant:
-    """Who is connected and what they may use: a session user or an API token.
-    `deadline`: when the token stops working on its own (expiry or end of
-    rotation grace), as epoch seconds, or None."""
-
-    def __init__(
-        self, *, user_id, username, token_id=None, token_prefix=None, token_max=None, user_max=None, deadline=None
-    ):
-        self.user_id = user_id
-        self.username = username
-        self.token_id = token_id
-        self.token_prefix = token_prefix
-        self.token_max = token_max
-        self.user_max = user_max
-        self.deadline = deadline
-
-
-def _deadline_of(check):
-    moments = [moment.timestamp() for moment in (check.expires_at, check.retires_at) if moment is not None]
-    return min(moments) if moments else None
-
-
-async def _token_grant(raw, stream, ip):
-    """(Grant, None), or (None, (reason, the failed check)) when refused."""
-    check = await check_token(raw, stream, ip)
-    if not check.ok:
-        return None, (check.reason, check)
-    return (
-        Grant(
-            user_id=check.user_id,
-            username=check.username,
-            token_id=check.token_id,
-            token_prefix=check.token_prefix,
-            token_max=check.token_max_connections,
-            user_max=check.user_max_connections,
-            deadline=_deadline_of(check),
-        ),
-        None,
-    )
-
-
-async def _session_grant(user):
-    """A Grant for the session's user (already loaded by the auth middleware;
-    one query for the cap), or None if the user is gone or inactive by now."""
-    active, user_max = await session_user_check(user.id)
-    if not active:
-        return None
-    return Grant(user_id=user.id, username=user.get_username(), user_max=user_max)
-
-
-def _header(scope, wanted):
-    for name, value in scope.get("headers", []):
-        if name == wanted:
-            return value.decode("latin-1")
-    return None
 
 
 def new_connection_id():
@@ -150,23 +79,31 @@ class StreamConsumer(AsyncWebsocketConsumer):
 
     async def __call__(self, scope, receive, send):
         """Channels' own loop, plus: a bounded wait on the channel layer (Redis
-        down means a quick 1013, never a hang), and a 4200 close when daphne
-        cancels us on shutdown."""
+        down means a quick 1013, never a hang), refusal at once when the
+        process is past its capacity, and a 4200 close when daphne cancels us
+        on shutdown."""
         self.scope = scope
         self.base_send = send
         self.closing = False
         self.cleaned = False
+        self.grant = None
         self.lease_keys = []
         self.groups_joined = []
+        self.topics = ()
         self.tasks = []
+        self.link = link_for(scope)
         self.channel_layer = self.get_layer()
+        dog = watchdog()
+        busy = dog.overloaded()
+        if busy:
+            await self._refuse_before_start(receive, Refusal.OVERLOADED, busy)
+            return
         try:
-            if not watchdog().healthy:
+            if not dog.healthy:
                 raise StateUnavailable("redis is down")
             self.channel_name = await asyncio.wait_for(self.channel_layer.new_channel(), BACKEND_TIMEOUT)
         except _BACKEND_ERRORS as exc:
-            log.warning("refused path=%s code=1013 reason=channel layer unavailable (%s)", scope.get("path"), exc)
-            await self._refuse_before_start(receive)
+            await self._refuse_before_start(receive, Refusal.UNAVAILABLE, f"channel layer unavailable ({exc})")
             return
         self.channel_receive = functools.partial(self.channel_layer.receive, self.channel_name)
         try:
@@ -180,7 +117,7 @@ class StreamConsumer(AsyncWebsocketConsumer):
             raise
         except _BACKEND_ERRORS as exc:  # the layer lost Redis under us
             log.warning("channel layer failed stream=%s: %s", self.stream, exc)
-            await self.refuse(Close.TRY_AGAIN_LATER, "unavailable", "service temporarily unavailable")
+            await self.refuse(Refusal.UNAVAILABLE)
         finally:
             await self._cleanup()
 
@@ -189,18 +126,14 @@ class StreamConsumer(AsyncWebsocketConsumer):
 
         return get_channel_layer(self.channel_layer_alias)
 
-    async def _refuse_before_start(self, receive):
+    async def _refuse_before_start(self, receive, reason, why):
         message = await receive()
         if message["type"] != "websocket.connect":
             return
-        from .metrics import REJECTIONS
-
-        REJECTIONS.labels(self.stream, str(int(Close.TRY_AGAIN_LATER))).inc()
+        watchdog().refused(reason, why, self.scope.get("path"))
         await self.base_send({"type": "websocket.accept"})
-        await self.base_send(
-            {"type": "websocket.send", "text": protocol.error_frame("unavailable", "service temporarily unavailable")}
-        )
-        await _asgi_close(self.base_send, link_for(self.scope), int(Close.TRY_AGAIN_LATER))
+        await self.base_send({"type": "websocket.send", "text": protocol.error_frame(reason.error, reason.message)})
+        await _asgi_close(self.base_send, self.link, int(reason.close))
 
     async def send(self, text_data=None, bytes_data=None, close=False):
         try:
@@ -210,30 +143,38 @@ class StreamConsumer(AsyncWebsocketConsumer):
             # marks it disconnected a moment later); its disconnect follows.
             self.closing = True
 
+    async def write(self, text, frame=None, size=None, count=True):
+        """One outgoing frame: straight to the socket under daphne, else ASGI."""
+        if self.link is not None:
+            written = self.link.write(frame or text_frame(text.encode()))
+        else:
+            await self.send(text_data=text)
+            written = not self.closing
+        if written and count:
+            self.sent += 1
+            self.sent_bytes += len(text.encode()) if size is None else size
+        return written
+
     async def close(self, code=None, reason=None):
-        await _asgi_close(self.base_send, getattr(self, "link", None), code)
+        await _asgi_close(self.base_send, self.link, code)
 
     async def dispatch(self, message):
-        # Broadcast frames never touch the ORM: skip Channels' per-message
-        # aclose_old_connections() thread hop (half the CPU at fan-out).
-        if message["type"] == "stream.frame":
-            await self.stream_frame(message)
-            return
-        if getattr(self, get_handler_name(message), None) is None:
+        handler = getattr(self, get_handler_name(message), None)
+        if handler is None:
             log.debug("ignored channel message type=%s", message.get("type"))
             return
-        await super().dispatch(message)
+        # Every ORM call here goes through database_sync_to_async, which cleans
+        # up connections itself: skip Channels' aclose_old_connections() hop
+        # per message (all such hops share one thread: a connect storm queued on it).
+        await handler(message)
 
     # --- lifecycle ---------------------------------------------------------------
 
     async def connect(self):
         self.conn_id = new_connection_id()
-        self.grant = None
         self.authenticating = False  # from credentials to the end of start()
-        self.deadline_moved = asyncio.Event()  # set when a re-check moves the token's deadline
         self.ip = scope_client_ip(self.scope)
-        self.origin = _header(self.scope, b"origin")
-        self.link = link_for(self.scope)
+        self.origin = credentials.header(self.scope, b"origin")
         self.since_ms = protocol.now_ms()
         self.opened = time.monotonic()
         self.sent = 0
@@ -241,19 +182,21 @@ class StreamConsumer(AsyncWebsocketConsumer):
         self.close_code = None
         self.claimed_token_id = None  # a known token that was refused (usage rejections)
         self.claimed_prefix = None
-        self.pending = {}  # kind -> newest frame held back from a client that is not reading
+        self.ready = False  # taking frames from the hub
+        self.pending = {}  # kind -> newest frame held back (not ready, or not reading)
         self.backlogged_since = None
         self.ping_nonce = None
+        self.slow = False
         self.bucket = (float(settings.WS_INBOUND_BURST), time.monotonic())
         await self.accept()
         if draining():
-            await self.refuse(Close.RESTARTING, "restarting", "server restarting; reconnect")
+            await self.refuse(Refusal.RESTARTING)
             return
         watchdog().consumers.add(self)
         if self.link is not None:
             install_sigterm_drain()
 
-        raw = self._header_token() or self._query_token()
+        raw = credentials.bearer_token(self.scope) or credentials.query_token(self.scope)
         user = self.scope.get("user")
         if raw is None and user is not None and user.is_authenticated:
             # A cookie is an ambient credential: only pages we serve may use it.
@@ -265,15 +208,15 @@ class StreamConsumer(AsyncWebsocketConsumer):
                     self.origin,
                     user.get_username(),
                 )
-                await self.refuse(Close.FORBIDDEN, "origin_forbidden", "origin not allowed for session sign-in")
+                await self.refuse(Refusal.ORIGIN_FORBIDDEN)
                 return
             self.authenticating = True  # until start() is done: no deadline, no second `auth`
             try:
-                grant = await _session_grant(user)
+                grant = await credentials.session_grant(user)
                 if self.closing:
                     return
                 if grant is None:
-                    await self.refuse(Close.BAD_CREDENTIALS, "auth_failed", "session user is inactive or removed")
+                    await self.refuse(Refusal.SESSION_INACTIVE)
                     return
                 await self.start(grant)
             finally:
@@ -288,111 +231,89 @@ class StreamConsumer(AsyncWebsocketConsumer):
     async def _auth_deadline(self):
         await asyncio.sleep(settings.WS_AUTH_TIMEOUT)
         if self.grant is None and not self.authenticating and not self.closing:
-            await self.refuse(Close.BAD_CREDENTIALS, "auth_timeout", "no credentials in time")
-
-    def _header_token(self):
-        value = _header(self.scope, b"authorization")
-        if value:
-            scheme, _, credential = value.partition(" ")
-            if scheme.lower() == "bearer":
-                return credential.strip()
-        return None
-
-    def _query_token(self):
-        values = parse_qs(self.scope.get("query_string", b"").decode("latin-1")).get("token")
-        return values[0] if values else None
+            await self.refuse(Refusal.AUTH_TIMEOUT)
 
     async def authenticate(self, raw):
         # `authenticating` holds until start() is done, so the auth deadline
         # cannot close the socket half-way through taking its leases.
         self.authenticating = True
         try:
-            grant, reason = await _token_grant(raw, self.stream, self.ip)
+            grant, reason = await credentials.token_grant(raw, self.stream, self.ip)
             if self.closing:
                 return
             if grant is None:
                 reason, check = reason
                 if reason != "bad":
                     self.claimed_token_id, self.claimed_prefix = check.token_id, check.token_prefix
-                code, error, message = _REJECTION_CLOSE[reason]
-                await self.refuse(code, error, message)
+                await self.refuse(REJECTION[reason])
                 return
             await self.start(grant)
         finally:
             self.authenticating = False
 
-    def _limits(self, grant):
-        limits = [
-            (f"ip:{self.ip}", settings.WS_MAX_CONNECTIONS_PER_IP),
-            (protocol.subscriber_key(self.stream), None),
-        ]
-        if grant.token_id is not None:
-            limits.append((f"token:{grant.token_id}", grant.token_max))
-        limits.append((f"user:{grant.user_id}", grant.user_max))
-        return limits
-
     async def start(self, grant):
-        """Take the leases, join the groups, register the live session, send
-        `welcome` and the latest snapshot, then start the heartbeat and the
-        re-check. A concurrent task (watchdog, SIGTERM drain, auth deadline,
-        a kick) may close the socket at any await in here; whatever was taken
-        after its cleanup ran is given back before returning."""
-        state = get_state()
-        limits = self._limits(grant)
+        """Take the leases, join the control groups, register the live
+        session, subscribe to the stream, send `welcome` and the latest
+        snapshot, then stream. A concurrent task (watchdog, SIGTERM drain,
+        auth deadline, a kick) may close the socket at any await in here;
+        whatever was taken after its cleanup ran is given back before returning."""
+        self.limits = leases.limits_for(self.ip, self.stream, grant)
         try:
-            failed = await state.lease_acquire(self.conn_id, limits, settings.WS_LEASE_TTL)
+            full = await leases.acquire(self.conn_id, self.limits)
         except StateUnavailable:
-            await self.refuse(Close.TRY_AGAIN_LATER, "unavailable", "service temporarily unavailable")
+            await self.refuse(Refusal.UNAVAILABLE)
             return
-        if failed:
-            key = limits[failed - 1][0].split(":", 1)[0]
+        if full:
             self.claimed_token_id, self.claimed_prefix = grant.token_id, grant.token_prefix
-            await self.refuse(Close.OVER_LIMIT, "over_limit", f"too many connections for this {key}")
+            await self.refuse(Refusal.OVER_LIMIT._replace(message=f"too many connections for this {full}"))
             return
-        self.lease_keys = [key for key, _ in limits]
+        self.lease_keys = [key for key, _ in self.limits]
         if self.closing:
             await self._release()
             return
         self.grant = grant
-        groups = [protocol.stream_group(self.stream), protocol.user_group(grant.user_id)]
+        groups = [protocol.user_group(grant.user_id)]
         if grant.token_id is not None:
             groups.append(protocol.token_group(grant.token_id))
+        state = get_state()
+        fanout = hub()
         try:
             for group in groups:
                 self.groups_joined.append(group)  # first: a join that times out may still happen
                 await asyncio.wait_for(self.channel_layer.group_add(group, self.channel_name), BACKEND_TIMEOUT)
-            await self._register_session(state)
+            await sessions.put(self)
             if await state.lease_count(protocol.subscriber_key(self.stream)) == 1:
                 await wake_feed()  # the worker idles while no stream has subscribers
+            self.topics = (protocol.stream_group(self.stream),)
+            for topic in self.topics:  # before reading the latest: nothing published meanwhile is lost
+                await asyncio.wait_for(fanout.join(self, topic), BACKEND_TIMEOUT)
             latest = await state.latest_get(self.stream)
             feed = await state.feed_get()
         except _BACKEND_ERRORS:
             if self.closing:  # closed meanwhile: refuse() would do nothing
                 await self._release()
             else:
-                await self.refuse(Close.TRY_AGAIN_LATER, "unavailable", "service temporarily unavailable")
+                await self.refuse(Refusal.UNAVAILABLE)
             return
         if self.closing:
             await self._release()
             return
-        await self.send(
-            text_data=protocol.welcome_frame(
-                self.stream,
-                heartbeat_s=settings.WS_HEARTBEAT_INTERVAL,
-                limits={"max_connections": grant.token_max or grant.user_max},
-            )
-        )
+        limits = {"max_connections": grant.token_max or grant.user_max}
+        welcome = protocol.welcome_frame(self.stream, heartbeat_s=settings.WS_HEARTBEAT_INTERVAL, limits=limits)
+        await self.send(text_data=welcome)  # through daphne: it completes the handshake's state
         if latest:
-            await self._send_frame(latest)
+            await self.write(latest)
         feed_text = self._feed_frame_if_newer(latest, feed)
         if feed_text:
-            await self._send_frame(feed_text)
+            await self.write(feed_text)
+        await fanout.ready(self, latest)
         if self.closing:
             await self._release()
             return
         await accounting().opened(self)
         if self.closing:
             return  # counted as opened, then closed by the cleanup that ran meanwhile
+        sessions.registry().add(self)
         who = {"stream": self.stream, "user": grant.username, "token_prefix": grant.token_prefix or "session"}
         log.info(
             "connect stream=%s user=%s token_prefix=%s ip=%s",
@@ -400,8 +321,6 @@ class StreamConsumer(AsyncWebsocketConsumer):
             self.ip,
             extra={**who, "ip": self.ip},
         )
-        self.tasks.append(asyncio.ensure_future(self._heartbeat()))
-        self.tasks.append(asyncio.ensure_future(self._recheck_loop()))
 
     @staticmethod
     def _feed_frame_if_newer(latest, feed):
@@ -418,46 +337,47 @@ class StreamConsumer(AsyncWebsocketConsumer):
             simulated=bool(feed.get("simulated")),
         )
 
-    async def _register_session(self, state):
-        info = {
-            "id": self.conn_id,
-            "channel": self.channel_name,
-            "user": self.grant.username,
-            "user_id": self.grant.user_id,
-            "token_prefix": self.grant.token_prefix or "",
-            "stream": self.stream,
-            "ip": self.ip,
-            "since_ms": self.since_ms,
-            "sent": self.sent,
-            "process": PROCESS,
-        }
-        await state.session_put(self.conn_id, info, settings.WS_LEASE_TTL)
-
-    async def refuse(self, code, error, message):
-        """Send one `error` frame, close with `code` and give the slots back."""
+    async def refuse(self, reason):
+        """Send one `error` frame, close with the reason's code and give the slots back."""
         if self.closing:
             return
         self.closing = True
-        self.close_code = int(code)
+        code = int(reason.close)
+        self.close_code = code
         accounting().rejected(self, code)
-        grant = getattr(self, "grant", None)
+        grant = self.grant
         prefix = (grant.token_prefix or "session") if grant else (getattr(self, "claimed_prefix", None) or "-")
         fields = {
             "stream": self.stream,
             "ip": getattr(self, "ip", "?"),
-            "code": int(code),
-            "reason": error,
+            "code": code,
+            "reason": reason.error,
             "user": grant.username if grant else "-",
             "token_prefix": prefix,
         }
         log.warning("refused stream=%s ip=%s code=%s reason=%s user=%s token_prefix=%s", *fields.values(), extra=fields)
-        await self.send(text_data=protocol.error_frame(error, message))
-        await self.close(code=int(code))
+        await self.send(text_data=protocol.error_frame(reason.error, reason.message))
+        await self.close(code=code)
         await self._cleanup()
 
     async def backend_lost(self):
         """Called by the watchdog when Redis stops answering."""
-        await self.refuse(Close.TRY_AGAIN_LATER, "unavailable", "a backing service is unavailable; retry later")
+        await self.refuse(Refusal.BACKEND_LOST)
+
+    def too_slow(self, why):
+        """Called by delivery for a client that stopped reading (once)."""
+        if self.slow or self.closing:
+            return
+        self.slow = True
+        self.tasks.append(asyncio.ensure_future(self._too_slow(why)))
+
+    async def _too_slow(self, why):
+        log.warning("closing slow client stream=%s ip=%s why=%s", self.stream, self.ip, why)
+        await self.refuse(Refusal.TOO_SLOW)
+        if self.link is not None:
+            # The close frame cannot get through a full pipe: drop the TCP
+            # connection after a moment so its buffers are freed.
+            asyncio.get_running_loop().call_later(1.0, self.link.abort)
 
     async def shutdown(self):
         """Server going away: 4200 ("reconnect now"), slots given back."""
@@ -465,7 +385,7 @@ class StreamConsumer(AsyncWebsocketConsumer):
             self.closing = True
             self.close_code = int(Close.RESTARTING)
             try:
-                await self.send(text_data=protocol.error_frame("restarting", "server restarting; reconnect"))
+                await self.send(text_data=protocol.error_frame(Refusal.RESTARTING.error, Refusal.RESTARTING.message))
                 await self.close(code=int(Close.RESTARTING))
             except Exception:  # the transport may already be gone
                 log.debug("close on shutdown failed", exc_info=True)
@@ -476,30 +396,30 @@ class StreamConsumer(AsyncWebsocketConsumer):
         if self.cleaned:
             return
         self.cleaned = True
-        accounting().closed(self, code)
+        if hasattr(self, "conn_id"):
+            accounting().closed(self, code)
         current = asyncio.current_task()
         for task in self.tasks:
             if task is not current:
                 task.cancel()
         watchdog().consumers.discard(self)
+        hub().leave(self)
+        sessions.registry().remove(self)
         await self._release()
 
     async def _release(self):
         """Leave the groups, give the leases back, drop the live-session entry.
         Best effort (what Redis does not take back expires on its own) and
         safe to repeat."""
+        hub().leave(self)
         for group in self.groups_joined:
             try:
                 await asyncio.wait_for(self.channel_layer.group_discard(group, self.channel_name), 1)
             except Exception:  # best effort while Redis may be gone
                 log.debug("group_discard failed", exc_info=True)
         if self.lease_keys:
-            state = get_state()
-            try:
-                await asyncio.wait_for(state.lease_release(self.conn_id, self.lease_keys), 1)
-                await asyncio.wait_for(state.session_drop(self.conn_id), 1)
-            except _BACKEND_ERRORS:
-                pass  # the leases and the session entry expire on their own
+            await leases.release(self.conn_id, self.lease_keys)
+            await sessions.drop(self.conn_id)
 
     async def disconnect(self, code):
         await self._cleanup(code)
@@ -519,180 +439,24 @@ class StreamConsumer(AsyncWebsocketConsumer):
                 extra={**fields, "sent": self.sent, "sent_bytes": self.sent_bytes},
             )
 
-    # --- heartbeat, liveness, slow clients ------------------------------------
-
-    async def _heartbeat(self):
-        """The socket's safety loop: one failing beat is logged and the next
-        one comes; only a close ends it."""
-        # The first beat at a random point of the interval: sockets opened
-        # together (a reconnect storm) must not renew their leases together.
-        delay = random.uniform(0.5, 1.0) * settings.WS_HEARTBEAT_INTERVAL
-        while not self.closing:
-            await asyncio.sleep(delay)
-            delay = settings.WS_HEARTBEAT_INTERVAL
-            if self.closing:
-                return
-            try:
-                await self._beat()
-            except Exception:
-                log.exception("heartbeat failed stream=%s ip=%s", self.stream, self.ip)
-
-    async def _beat(self):
-        if self._backlogged():
-            if time.monotonic() - self.backlogged_since > settings.WS_HEARTBEAT_TIMEOUT:
-                await self._too_slow("not reading")
-                return
-        else:
-            await self.send(text_data=protocol.heartbeat_frame())
-        self._ping()
-        state = get_state()
-        try:
-            # Renewal goes through the acquire script: a lease lost (Redis
-            # restarted, a long stall) is taken again if there is room.
-            failed = await state.lease_acquire(self.conn_id, self._limits(self.grant), settings.WS_LEASE_TTL)
-            await self._register_session(state)
-        except StateUnavailable:
-            await self.backend_lost()
-            return
-        if failed:
-            await self.refuse(Close.OVER_LIMIT, "over_limit", "connection limit lowered")
-
-    def _ping(self):
-        """A protocol ping the client's library answers on its own; no pong
-        within WS_HEARTBEAT_TIMEOUT means it stopped reading or its link died."""
-        if self.link is None or self.ping_nonce is not None:
-            return
-        nonce = secrets.token_bytes(8)
-        self.ping_nonce = nonce
-        self.link.ping(nonce, self._on_pong)
-        asyncio.get_running_loop().call_later(settings.WS_HEARTBEAT_TIMEOUT, self._pong_overdue, nonce)
-
-    def _on_pong(self, payload):
-        if payload == self.ping_nonce:
-            self.ping_nonce = None
-
-    def _pong_overdue(self, nonce):
-        if self.ping_nonce == nonce and not self.closing:
-            self.tasks.append(asyncio.ensure_future(self._too_slow("no pong")))
-
-    async def _too_slow(self, why):
-        log.warning("closing slow client stream=%s ip=%s why=%s", self.stream, self.ip, why)
-        await self.refuse(Close.TOO_SLOW, "too_slow", "the client stopped reading")
-        if self.link is not None:
-            # The close frame cannot get through a full pipe: drop the TCP
-            # connection after a moment so its buffers are freed.
-            asyncio.get_running_loop().call_later(1.0, self.link.abort)
-
-    def _backlogged(self):
-        """True while more than WS_SEND_BUFFER_BYTES wait for this client."""
-        if self.link is None or self.link.backlog() <= settings.WS_SEND_BUFFER_BYTES:
-            self.backlogged_since = None
-            return False
-        if self.backlogged_since is None:
-            self.backlogged_since = time.monotonic()
-        return True
-
-    async def _send_frame(self, text, kind="snapshot", size=None):
-        """Forward a pre-serialized frame; a client that is not reading gets
-        only the newest frame of each kind once it catches up (conflation).
-        Returns True if `text` was written now, False if it was held back."""
-        if self._backlogged():
-            self.pending[kind] = text
-            if time.monotonic() - self.backlogged_since > settings.WS_HEARTBEAT_TIMEOUT:
-                await self._too_slow("send buffer full")
-            return False
-        if self.pending:
-            held, self.pending = self.pending, {}
-            for held_kind, held_text in held.items():
-                if held_kind != kind:
-                    await self.send(text_data=held_text)
-                    self.sent += 1
-                    self.sent_bytes += len(held_text)
-        await self.send(text_data=text)
-        self.sent += 1
-        # `size` (UTF-8 bytes) comes with published frames; len() is exact for ASCII frames.
-        self.sent_bytes += len(text) if size is None else size
-        return True
-
     # --- live token effects --------------------------------------------------------
 
-    async def _recheck_loop(self):
-        """Re-check every TOKEN_RECHECK_INTERVAL, and at the token's deadline;
-        a re-check that moves the deadline wakes the loop to reschedule.
-        A failing re-check (database down) is logged and retried with backoff;
-        it never ends the loop."""
-        retry = None  # seconds until the retry of a failed re-check
-        while not self.closing:
-            wait = settings.TOKEN_RECHECK_INTERVAL
-            if self.grant.deadline is not None:
-                wait = max(0.0, min(wait, self.grant.deadline - time.time() + 0.05))
-            if retry is not None:
-                wait = max(wait, retry)  # a passed deadline must not turn failures into a busy loop
-            self.deadline_moved.clear()
-            try:
-                await asyncio.wait_for(self.deadline_moved.wait(), wait)
-                continue
-            except TimeoutError:
-                pass
-            if self.closing:
-                return
-            try:
-                await self.recheck()
-            except Exception:
-                retry = min(settings.TOKEN_RECHECK_INTERVAL, 2 * retry if retry else RECHECK_RETRY)
-                log.exception("re-check failed stream=%s ip=%s; retrying in %.0f s", self.stream, self.ip, retry)
-            else:
-                retry = None
-
     async def recheck(self):
-        """Re-validate the token and the caps now; close if they no longer hold."""
+        """Re-validate the token (one check per token per process, shared) and
+        the caps now; close if they no longer hold."""
         if self.grant is None or self.closing:
             return
-        grant = self.grant
-        if grant.token_id is not None:
-            check = await recheck_token(grant.token_id, self.stream)
-            if not check.ok:
-                code, error, message = _REJECTION_CLOSE[check.reason if check.reason != "bad" else "revoked"]
-                await self.refuse(code, error, message)
-                return
-            grant.token_max = check.token_max_connections
-            grant.user_max = check.user_max_connections
-            deadline = _deadline_of(check)
-            if deadline != grant.deadline:
-                grant.deadline = deadline
-                self.deadline_moved.set()
-        else:
-            active, user_max = await session_user_check(grant.user_id)
-            if self.closing:
-                return
-            if not active:
-                await self.refuse(*_SESSION_ENDED)
-                return
-            grant.user_max = user_max
-        await self._enforce_caps()
-
-    async def _enforce_caps(self):
-        """Lowered caps close the newest sockets first: every socket of the
-        token (user) ranks itself among the live leases, which sort by
-        connect time, so all processes agree without talking to each other."""
-        caps = [(f"user:{self.grant.user_id}", self.grant.user_max)]
-        if self.grant.token_id is not None:
-            caps.insert(0, (f"token:{self.grant.token_id}", self.grant.token_max))
-        state = get_state()
-        for key, cap in caps:
-            if cap is None:
-                continue
-            try:
-                # Counting is cheap; the members are fetched only when over the cap.
-                if await state.lease_count(key) <= cap:
-                    continue
-                members = await state.lease_members(key)
-            except StateUnavailable:
-                return
-            if self.conn_id in members and members.index(self.conn_id) >= cap:
-                kind = key.split(":")[0]
-                await self.refuse(Close.OVER_LIMIT, "over_limit", f"connection limit for this {kind} lowered")
-                return
+        key = self.grant.key(self.stream)
+        result = await credentials.shared_check(key)
+        if self.closing:
+            return
+        refusal, moved = credentials.apply_check(self.grant, result)
+        if refusal is not None:
+            await self.refuse(refusal)
+            return
+        if moved:
+            sessions.registry().wake.set()
+        await sessions.enforce_caps([self])
 
     async def token_recheck(self, message):
         await self._recheck_now()
@@ -711,7 +475,8 @@ class StreamConsumer(AsyncWebsocketConsumer):
     async def session_close(self, message):
         """Staff disconnected this socket from the admin."""
         log.warning("kicked stream=%s ip=%s by=%s", self.stream, getattr(self, "ip", "?"), message.get("by", "?"))
-        await self.refuse(int(message.get("code", Close.KICKED)), "disconnected", "disconnected by an operator")
+        code = int(message.get("code", Close.KICKED))
+        await self.refuse(Refusal.KICKED._replace(close=code))
 
     # --- client messages ----------------------------------------------------------
 
@@ -721,10 +486,10 @@ class StreamConsumer(AsyncWebsocketConsumer):
         size = len(text_data.encode()) if text_data is not None else len(bytes_data or b"")
         if size > settings.WS_MAX_INBOUND_BYTES:
             limit = settings.WS_MAX_INBOUND_BYTES
-            await self.refuse(Close.ABUSE, "too_large", f"messages are limited to {limit} bytes")
+            await self.refuse(Refusal.TOO_LARGE._replace(message=f"messages are limited to {limit} bytes"))
             return
         if not self._take_token():
-            await self.refuse(Close.ABUSE, "flooding", "too many messages")
+            await self.refuse(Refusal.FLOODING)
             return
         try:
             await self.handle_message(text_data)
@@ -755,7 +520,7 @@ class StreamConsumer(AsyncWebsocketConsumer):
             raw = message.get("token")
             await self.authenticate(raw if isinstance(raw, str) else "")
         elif self.grant is None:
-            await self.refuse(Close.BAD_CREDENTIALS, "auth_required", "authenticate first")
+            await self.refuse(Refusal.AUTH_REQUIRED)
         elif kind == "ping":
             await self.send(text_data=protocol.pong_frame())
         elif kind == "pong":
@@ -766,18 +531,9 @@ class StreamConsumer(AsyncWebsocketConsumer):
             except StateUnavailable:
                 raise ClientError("unavailable", "snapshot store unavailable; retry later") from None
             if latest:
-                await self._send_frame(latest)
+                await self.write(latest)
         else:
             raise ClientError("unknown_type", "unknown message type")
-
-    # --- channel-layer messages ------------------------------------------------
-
-    async def stream_frame(self, message):
-        if self.grant is not None and not self.closing:
-            written = await self._send_frame(message["text"], message.get("kind", "snapshot"), message.get("bytes"))
-            published_ms = message.get("published_ms")
-            if written and published_ms:
-                fanout.sent(self.stream, published_ms)
 
 
 class MarketConsumer(StreamConsumer):

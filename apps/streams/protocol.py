@@ -8,9 +8,12 @@ import json
 import secrets
 import time
 from enum import IntEnum
+from typing import NamedTuple
+
+from stocktracker.lib import catalogue
 
 PROTOCOL_VERSION = 1
-STREAMS = ("market", "foreign", "index")
+STREAMS = catalogue.STREAMS
 
 
 class Close(IntEnum):
@@ -27,6 +30,53 @@ class Close(IntEnum):
     TOO_SLOW = 4103
     RESTARTING = 4200
     TRY_AGAIN_LATER = 1013
+
+
+class Reason(NamedTuple):
+    """Why a client is refused or closed: the WebSocket close code, the HTTP
+    status the REST snapshot answers with, the `error` frame's code and message."""
+
+    close: int
+    status: int
+    error: str
+    message: str
+
+
+class Refusal:
+    """Every refusal reason, in one place: the consumers, the REST snapshot,
+    the dashboard's JS (`refusal_table()`, passed through json_script) and the
+    docs (`docs/protocol.md` is checked against it) read it from here."""
+
+    BAD_TOKEN = Reason(Close.BAD_CREDENTIALS, 401, "auth_failed", "token not recognised")
+    AUTH_REQUIRED = Reason(Close.BAD_CREDENTIALS, 401, "auth_required", "authenticate first")
+    AUTH_TIMEOUT = Reason(Close.BAD_CREDENTIALS, 401, "auth_timeout", "no credentials in time")
+    SESSION_INACTIVE = Reason(Close.BAD_CREDENTIALS, 401, "auth_failed", "session user is inactive or removed")
+    ORIGIN_FORBIDDEN = Reason(Close.FORBIDDEN, 403, "origin_forbidden", "origin not allowed for session sign-in")
+    STREAM_FORBIDDEN = Reason(Close.FORBIDDEN, 403, "stream_forbidden", "stream not allowed for this token")
+    REVOKED = Reason(Close.REVOKED, 401, "token_revoked", "token revoked")
+    RETIRED = Reason(Close.REVOKED, 401, "token_retired", "token replaced and its rotation grace has ended")
+    SESSION_ENDED = Reason(Close.REVOKED, 401, "session_revoked", "this account was deactivated or removed")
+    EXPIRED = Reason(Close.EXPIRED, 401, "token_expired", "token expired")
+    TOO_LARGE = Reason(Close.ABUSE, 413, "too_large", "message too large")
+    FLOODING = Reason(Close.ABUSE, 429, "flooding", "too many messages")
+    KICKED = Reason(Close.KICKED, 403, "disconnected", "disconnected by an operator")
+    OVER_LIMIT = Reason(Close.OVER_LIMIT, 429, "over_limit", "too many connections")
+    LIMIT_LOWERED = Reason(Close.OVER_LIMIT, 429, "over_limit", "connection limit lowered")
+    OVERLOADED = Reason(Close.TRY_AGAIN_LATER, 503, "overloaded", "server at capacity; retry later")
+    TOO_SLOW = Reason(Close.TOO_SLOW, 503, "too_slow", "the client stopped reading")
+    RESTARTING = Reason(Close.RESTARTING, 503, "restarting", "server restarting; reconnect")
+    UNAVAILABLE = Reason(Close.TRY_AGAIN_LATER, 503, "unavailable", "service temporarily unavailable")
+    BACKEND_LOST = Reason(Close.TRY_AGAIN_LATER, 503, "unavailable", "a backing service is unavailable; retry later")
+
+
+def refusal_table() -> list[dict]:
+    """The reasons as plain data (JS, docs, tests), one row per (close, error)."""
+    rows, seen = [], set()
+    for name, reason in vars(Refusal).items():
+        if isinstance(reason, Reason) and (reason.close, reason.error) not in seen:
+            seen.add((reason.close, reason.error))
+            rows.append({"name": name, **reason._asdict(), "close": int(reason.close)})
+    return rows
 
 
 def now_ms() -> int:
@@ -98,6 +148,28 @@ def snapshot_feed(text: str):
     except ValueError:
         return None
     return frame.get("feed") if isinstance(frame, dict) else None
+
+
+def _order(text: str):
+    """(epoch, seq) of a snapshot frame, read from its header (no parse of `data`)."""
+    head = text.partition(',"data":')[0]
+    try:
+        epoch = head.split('"epoch":"', 1)[1].split('"', 1)[0]
+        seq = int(head.split('"seq":', 1)[1].split(",", 1)[0])
+    except (IndexError, ValueError):
+        return None
+    return epoch, seq
+
+
+def is_newer(text: str, than: str) -> bool:
+    """True if snapshot `text` should follow `than` (a later seq, or another
+    epoch: a new trading day); unknown shapes count as newer."""
+    mine, theirs = _order(text), _order(than)
+    if mine is None or theirs is None:
+        return text != than
+    if mine[0] != theirs[0]:
+        return True
+    return mine[1] > theirs[1]
 
 
 def feed_frame(state: str, *, since_ms: int, detail: str = "", simulated: bool = False) -> str:

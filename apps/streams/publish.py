@@ -9,8 +9,9 @@ import logging
 from channels.exceptions import ChannelFull
 from channels.layers import get_channel_layer
 
+from stocktracker.lib.state import get_state
+
 from . import metrics, protocol
-from .state import get_state
 
 log = logging.getLogger("apps.streams")
 

@@ -14,6 +14,15 @@ CHECK_INTERVAL + FAILURES_TO_TRIP * PING_TIMEOUT + (FAILURES_TO_TRIP - 1) * RETR
 the loop closing, and `watchdog()` restarts it if it ever stopped.
 Embedded mode has nothing to watch.
 
+A busy process is not an outage: a ping that fails or times out is confirmed
+by a second ping from a thread of its own, whose socket read does not wait
+for the event loop. If that one answers, the loop is lagging (counted and
+logged once per interval), not Redis. The loop's lag is also measured all
+along: past OVERLOAD_LAG, or with WS_MAX_SOCKETS_PER_PROCESS sockets open,
+new sockets are refused at once with 1013 while the open ones keep
+streaming; refusals are logged once per REFUSAL_LOG_INTERVAL with a count,
+never one line per socket.
+
 SIGTERM under daphne: daphne's own shutdown cancels applications, but a
 connection it has not reaped yet makes that trigger fail with a KeyError
 (daphne 4.2.3, `kill_all_applications`), and the reactor then drops every
@@ -26,15 +35,17 @@ to daphne's handler.
 """
 
 import asyncio
+import concurrent.futures
 import logging
 import random
 import signal
 import threading
+import time
 import weakref
 
 from django.conf import settings
 
-from .state import StateUnavailable, get_state
+from stocktracker.lib.state import StateUnavailable, get_state
 
 log = logging.getLogger("apps.streams")
 
@@ -44,6 +55,10 @@ PING_TIMEOUT = 2.0
 FAILURES_TO_TRIP = 3  # failed pings in a row that mean "Redis is down"
 DRAIN_TIMEOUT = 2.0  # seconds SIGTERM waits, after the spread, for sockets to close before daphne stops
 FLUSH_TIMEOUT = 5.0  # seconds for the last usage flush
+LAG_PROBE = 0.5  # seconds between event-loop lag probes
+OVERLOAD_LAG = 2.0  # an event loop this many seconds late refuses new sockets
+REFUSAL_LOG_INTERVAL = 10.0
+STALL_LOG = 0.5  # a lag probe this late is logged (once per interval)
 
 _watchdogs = {}  # event loop -> Watchdog
 
@@ -55,8 +70,58 @@ class Watchdog:
         self.task = None
         self.closing = set()
         self.failures = 0  # failed pings in a row
+        self.lag = 0.0  # how late the last lag probe woke, seconds
+        self.lag_task = None
+        self.refusals = {}  # why -> count since the last log line
+        self.refusals_logged = 0.0
+        self.lag_logged = 0.0
+        self._pinger = None
+        self._thread = None
+
+    # --- overload -----------------------------------------------------------------
+
+    def overloaded(self):
+        """Why this process takes no new socket now, or None."""
+        open_now = len(self.consumers)
+        if open_now >= settings.WS_MAX_SOCKETS_PER_PROCESS:
+            return f"process at capacity ({open_now} sockets, WS_MAX_SOCKETS_PER_PROCESS)"
+        if self.lag > OVERLOAD_LAG:
+            return f"event loop {self.lag:.1f} s behind"
+        return None
+
+    def refused(self, reason, why, path):
+        """Count a refusal before start; one log line per interval with the counts."""
+        from .metrics import REJECTIONS
+
+        stream = (path or "").strip("/").split("/")[-1] or "?"
+        REJECTIONS.labels(stream, str(int(reason.close))).inc()
+        kind = reason.error
+        self.refusals[kind] = self.refusals.get(kind, 0) + 1
+        now = time.monotonic()
+        if now - self.refusals_logged >= REFUSAL_LOG_INTERVAL:
+            counts = ", ".join(f"{k}: {v}" for k, v in self.refusals.items())
+            log.warning("refusing new sockets with %d (%s); last: %s", int(reason.close), counts, why)
+            self.refusals = {}
+            self.refusals_logged = now
+
+    async def _probe_lag(self):
+        loop = asyncio.get_running_loop()
+        while True:
+            before = loop.time()
+            await asyncio.sleep(LAG_PROBE)
+            self.lag = max(0.0, loop.time() - before - LAG_PROBE)
+            if _gc["freeze"]:
+                _apply_gc_plan()
+            if self.lag > STALL_LOG and loop.time() - self.lag_logged >= REFUSAL_LOG_INTERVAL:
+                self.lag_logged = loop.time()
+                log.warning("event loop stalled %.2f s (%d sockets)", self.lag, len(self.consumers))
+
+    # --- Redis ------------------------------------------------------------------------
 
     def start(self):
+        _watch_gc()
+        if self.lag_task is None or self.lag_task.done():
+            self.lag_task = asyncio.ensure_future(self._probe_lag())
         if settings.REDIS_URL and (self.task is None or self.task.done()):
             if self.task is not None and not self.task.cancelled() and self.task.exception() is not None:
                 log.error("redis watchdog had stopped; restarting it", exc_info=self.task.exception())
@@ -74,16 +139,46 @@ class Watchdog:
         """One ping; FAILURES_TO_TRIP failures in a row close every socket."""
         try:
             await asyncio.wait_for(get_state().ping(), PING_TIMEOUT)
-        except (TimeoutError, StateUnavailable, OSError) as exc:
-            self._failed(exc)
         except Exception as exc:
-            log.warning("redis ping failed unexpectedly", exc_info=True)
+            if not isinstance(exc, (TimeoutError, StateUnavailable, OSError)):
+                log.warning("redis ping failed unexpectedly", exc_info=True)
+            if await self._confirmed_up():
+                now = time.monotonic()
+                if now - self.lag_logged >= REFUSAL_LOG_INTERVAL:
+                    self.lag_logged = now
+                    log.warning("redis ping on the event loop failed (%s, loop %.1f s behind) but Redis answers: "
+                                "the process is busy, not Redis down", exc or "timeout", self.lag)  # fmt: skip
+                return
             self._failed(exc)
         else:
             if not self.healthy:
                 log.warning("redis is back: accepting connections again")
             self.healthy = True
             self.failures = 0
+
+    async def _confirmed_up(self):
+        """A ping from a thread with its own connection: True if Redis answers."""
+        if self._thread is None:
+            self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="redis-watchdog")
+        loop = asyncio.get_running_loop()
+        try:
+            return bool(await loop.run_in_executor(self._thread, self._sync_ping))
+        except Exception:  # noqa: BLE001 - any failure means "not confirmed"
+            return False
+
+    def _sync_ping(self):
+        import redis
+
+        if self._pinger is None:
+            self._pinger = redis.Redis.from_url(
+                settings.REDIS_URL, socket_timeout=PING_TIMEOUT, socket_connect_timeout=PING_TIMEOUT
+            )
+        try:
+            return self._pinger.ping()
+        except (redis.RedisError, OSError):
+            self._pinger.close()
+            self._pinger = None
+            return False
 
     def _failed(self, exc):
         self.failures += 1
@@ -94,6 +189,51 @@ class Watchdog:
             log.error("redis unavailable (%s): closing %d sockets with 1013", exc or "timeout", len(self.consumers))
         self.healthy = False
         self.closing = {asyncio.ensure_future(consumer.backend_lost()) for consumer in list(self.consumers)}
+
+
+_gc = {"started": None, "freeze": False, "thawed": 0.0}
+GC_THAW = 600.0  # seconds between thaws (see _on_gc)
+
+
+def _watch_gc():
+    import gc
+
+    if _on_gc not in gc.callbacks:
+        gc.callbacks.append(_on_gc)
+        _gc["thawed"] = time.monotonic()
+
+
+def _on_gc(phase, info):
+    """A full collection walks every object of every open socket (about 2 s
+    at 10,000 sockets) and, while sockets keep arriving, runs every few
+    seconds. Survivors of one are long-lived: they are frozen (left out of
+    later collections) at the next lag probe. Every GC_THAW seconds they are
+    thawed instead, so that reference cycles left by closed sockets are still
+    collected: one full-length collection per GC_THAW. Long ones are logged."""
+    if info.get("generation") != 2:
+        return
+    now = time.monotonic()
+    if phase == "start":
+        _gc["started"] = now
+        return
+    took = now - (_gc["started"] or now)
+    if took > STALL_LOG / 2:
+        log.warning("full garbage collection took %.2f s (%d objects collected)", took, info.get("collected", 0))
+    if now - _gc["thawed"] >= GC_THAW:
+        _gc["thawed"] = now
+        _gc["freeze"] = "thaw"
+    else:
+        _gc["freeze"] = "freeze"
+
+
+def _apply_gc_plan():
+    import gc
+
+    plan, _gc["freeze"] = _gc["freeze"], False
+    if plan == "freeze":
+        gc.freeze()
+    elif plan == "thaw":
+        gc.unfreeze()
 
 
 def watchdog() -> Watchdog:

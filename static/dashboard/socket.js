@@ -9,13 +9,11 @@
   "use strict";
   const cfg = window.STK.config;
   const metrics = (window.stkMetrics = { firstFrame: null, firstUpdate: null });
-  const REASONS = {
-    4001: "not logged in, or credentials refused",
-    4003: "this stream is not allowed",
-    4004: "access revoked",
-    4005: "credentials expired",
-    4008: "protocol error",
-  };
+  // Close code -> text, from the server's table of refusal reasons (first row per code).
+  const REASONS = {};
+  (cfg.refusals || []).forEach((row) => {
+    if (!(row.close in REASONS)) REASONS[row.close] = row.message;
+  });
 
   function emit(name, detail) {
     document.dispatchEvent(new CustomEvent(name, { detail }));

@@ -10,7 +10,7 @@ from django.urls import reverse
 from django.utils import timezone
 
 from apps.accounts.models import NEVER, ApiToken
-from apps.streams.state import get_state
+from stocktracker.lib.state import get_state
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -11,7 +11,7 @@ import pytest
 from apps.accounts import signals
 from apps.accounts.auth import TokenCache
 from apps.accounts.signals import bump_generations, pending_bumps
-from apps.streams.state import RedisState, StateUnavailable
+from stocktracker.lib.state import RedisState, StateUnavailable
 
 from .conftest import run_check, run_recheck
 

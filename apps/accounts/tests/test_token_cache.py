@@ -132,7 +132,7 @@ def test_a_token_issued_after_its_prefix_was_cached_as_unknown_is_accepted(owner
 
 def test_without_redis_checks_fall_back_to_the_database(owner_token, settings):
     settings.REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens there
-    from apps.streams.state import reset_state
+    from stocktracker.lib.state import reset_state
 
     reset_state()
     token, raw = owner_token
@@ -222,7 +222,7 @@ def test_a_change_behind_accounts_back_reaches_rechecks_after_the_cache_ttl(owne
 
 
 def test_without_redis_rechecks_read_the_database(owner_token, settings):
-    from apps.streams.state import reset_state
+    from stocktracker.lib.state import reset_state
 
     token, raw = owner_token
     assert run_check(raw).ok

@@ -2,7 +2,7 @@ import re
 
 from asgiref.sync import async_to_sync
 
-from apps.streams.state import get_state
+from stocktracker.lib.state import get_state
 
 from . import samples
 

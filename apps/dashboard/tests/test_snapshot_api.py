@@ -39,7 +39,7 @@ def test_a_logged_in_user_gets_the_latest_snapshot_frame(client, owner, publishe
 def test_the_body_is_the_socket_frame_byte_for_byte(client, owner, published):
     from asgiref.sync import async_to_sync
 
-    from apps.streams.state import get_state
+    from stocktracker.lib.state import get_state
 
     async def latest():
         return await get_state().latest_get("index")

@@ -1,6 +1,6 @@
 from asgiref.sync import async_to_sync
 
-from apps.streams.state import get_state
+from stocktracker.lib.state import get_state
 
 
 def test_it_lists_the_users_tokens_by_prefix_only(client, owner, other_user, owner_token):

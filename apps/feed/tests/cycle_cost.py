@@ -31,7 +31,7 @@ def count_round_trips():
 
 async def redis_commands():
     """(server-side commands, round trips), less this reading."""
-    from apps.streams.state import get_state
+    from stocktracker.lib.state import get_state
 
     trips = ROUND_TRIPS[0]
     return (await get_state().redis.info("stats"))["total_commands_processed"], trips
@@ -39,7 +39,7 @@ async def redis_commands():
 
 async def measure(label, feed, clock, cycles, requests=lambda: 0, step_s=10):
     from apps.streams.protocol import subscriber_key
-    from apps.streams.state import get_state
+    from stocktracker.lib.state import get_state
 
     for stream in ("market", "foreign", "index"):
         await get_state().lease_acquire(f"bench-{stream}", [(subscriber_key(stream), None)], 600)

@@ -12,7 +12,7 @@ from apps.feed.payloads import FeedData
 from apps.feed.runner import LOCK_KEY, Feed
 from apps.feed.simulator import SimulatorSource
 from apps.streams.protocol import WAKE_CHANNEL
-from apps.streams.state import get_state
+from stocktracker.lib.state import get_state
 
 from .conftest import ssi_client, subscribe, unsubscribe
 

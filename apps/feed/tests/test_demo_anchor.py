@@ -8,7 +8,7 @@ import pytest
 
 from apps.feed import market
 from apps.feed.simulator import SimulatorSource
-from apps.streams.state import get_state, reset_state
+from stocktracker.lib.state import get_state, reset_state
 
 
 @pytest.mark.parametrize("mode", ["redis", "embedded"])

@@ -11,7 +11,7 @@ import redis
 from django.conf import settings
 
 from apps.feed.runner import LOCK_KEY
-from apps.streams.state import get_state
+from stocktracker.lib.state import get_state
 
 pytestmark = pytest.mark.e2e
 

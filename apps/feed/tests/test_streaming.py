@@ -13,7 +13,7 @@ import pytest
 from apps.feed.runner import Feed, make_source
 from apps.feed.ssi import SSISource
 from apps.feed.streaming import StreamingSource
-from apps.streams.state import get_state
+from stocktracker.lib.state import get_state
 
 from .conftest import ssi_client, subscribe, unsubscribe
 from .fake_hub import FakeHub, trade

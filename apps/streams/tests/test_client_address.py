@@ -6,7 +6,7 @@ import pytest
 
 from apps.accounts.models import ApiToken
 from apps.streams.netaddr import client_ip_from, scope_client_ip
-from apps.streams.state import get_state
+from stocktracker.lib.state import get_state
 
 from .conftest import communicator, frame
 

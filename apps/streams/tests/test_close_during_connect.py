@@ -9,8 +9,8 @@ import pytest
 from channels.layers import get_channel_layer
 
 from apps.streams import protocol
-from apps.streams.state import get_state
 from apps.streams.watchdog import watchdog
+from stocktracker.lib.state import get_state
 
 from .conftest import closed_with, communicator, frame
 

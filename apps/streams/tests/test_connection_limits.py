@@ -11,7 +11,7 @@ import pytest
 from asgiref.sync import sync_to_async
 
 from apps.accounts.models import UserLimits
-from apps.streams.state import get_state
+from stocktracker.lib.state import get_state
 
 from .clients import outcome
 from .conftest import closed_with, communicator, frame

@@ -10,7 +10,7 @@ import time
 import pytest
 from channels.layers import channel_layers
 
-from apps.streams.state import get_state, reset_state
+from stocktracker.lib.state import get_state, reset_state
 
 from .clients import close_code, connect, outcome, recv_json
 from .conftest import publishing as shared_publishing

@@ -14,7 +14,7 @@ from asgiref.sync import sync_to_async
 from websockets.exceptions import ConnectionClosed
 
 from apps.accounts.models import ApiToken, TokenUsage, UserLimits
-from apps.streams.state import get_state
+from stocktracker.lib.state import get_state
 
 from .clients import close_code, connect, recv_json
 

@@ -5,7 +5,7 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.test import Client
 
-from apps.streams.state import get_state
+from stocktracker.lib.state import get_state
 
 from .clients import close_code, outcome, recv_json
 

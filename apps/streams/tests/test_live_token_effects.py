@@ -17,7 +17,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from apps.accounts.models import ApiToken, UserLimits
-from apps.streams import consumers
+from apps.streams import credentials
 
 from .clients import close_code, outcome, recv_json
 from .conftest import ORIGIN, closed_with, communicator, frame, session_cookie
@@ -211,7 +211,7 @@ async def test_a_session_of_a_user_deleted_before_the_connect_finishes_is_refuse
         await sync_to_async(get_user_model().objects.filter(pk=user_id).delete)()
         return await original(user_id)
 
-    monkeypatch.setattr(consumers, "session_user_check", deleted_meanwhile)
+    monkeypatch.setattr(credentials, "session_user_check", deleted_meanwhile)
     comm = communicator(headers=[await session_cookie(owner), (b"origin", ORIGIN.encode())])
     await comm.connect()
     code, _ = await closed_with(comm)
@@ -224,7 +224,7 @@ async def test_a_session_of_a_user_deleted_before_the_connect_finishes_is_refuse
 async def test_a_failing_recheck_is_logged_and_the_socket_and_its_loop_go_on(owner_token, settings, monkeypatch):
     settings.TOKEN_RECHECK_INTERVAL = 1
     token, raw = owner_token
-    original, calls = consumers.recheck_token, []
+    original, calls = credentials.recheck_token, []
 
     async def flaky(token_id, stream):
         calls.append(token_id)
@@ -232,7 +232,7 @@ async def test_a_failing_recheck_is_logged_and_the_socket_and_its_loop_go_on(own
             raise RuntimeError("database went away")
         return await original(token_id, stream)
 
-    monkeypatch.setattr(consumers, "recheck_token", flaky)
+    monkeypatch.setattr(credentials, "recheck_token", flaky)
     comm = await _open(raw)
     # The message handler fails first...
     await _committed(lambda: _set(_token(token.id), max_connections=4))
@@ -247,19 +247,21 @@ async def test_a_failing_recheck_is_logged_and_the_socket_and_its_loop_go_on(own
 
 
 async def test_a_failing_heartbeat_is_logged_and_the_next_one_comes(owner_token, settings, monkeypatch):
+    from apps.streams import sessions
+
     settings.WS_HEARTBEAT_INTERVAL = 0.3
-    original, calls = consumers.StreamConsumer._register_session, []
+    original, calls = sessions.Registry.renew, []
 
-    async def flaky(self, state):
+    async def flaky(self):
         calls.append(1)
-        if len(calls) == 2:  # the first heartbeat's renewal (the first call is the connect's)
+        if len(calls) == 1:  # the first renewal of this process's leases
             raise RuntimeError("unexpected")
-        return await original(self, state)
+        return await original(self)
 
-    monkeypatch.setattr(consumers.StreamConsumer, "_register_session", flaky)
+    monkeypatch.setattr(sessions.Registry, "renew", flaky)
     comm = await _open(owner_token[1])
     kinds = [(await frame(comm, 2))["type"] for _ in range(3)]
-    assert kinds.count("heartbeat") == 3 and len(calls) >= 3
+    assert kinds.count("heartbeat") == 3 and len(calls) >= 2
     await comm.disconnect()
 
 

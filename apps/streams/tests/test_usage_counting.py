@@ -1,5 +1,7 @@
 """Sockets count their own deliveries; the process flushes per-token usage in batches."""
 
+import asyncio
+import json
 import time
 
 import pytest
@@ -61,7 +63,7 @@ async def test_refusals_of_a_known_token_count_as_its_rejections(owner, issue):
 
 
 async def test_frames_held_back_from_a_slow_client_are_not_counted_as_sent(owner_token, monkeypatch):
-    from apps.streams import consumers
+    from apps.streams import delivery
     from apps.streams.watchdog import watchdog
 
     written = []
@@ -70,19 +72,40 @@ async def test_frames_held_back_from_a_slow_client_are_not_counted_as_sent(owner
         def sent(self, stream, published_ms):
             written.append(published_ms)
 
-    monkeypatch.setattr(consumers, "fanout", Clock())
+    class SlowLink:
+        """A daphne link whose client stopped reading until `backlog` drops."""
+
+        def __init__(self):
+            self.backlog_bytes = 10**9
+            self.frames = []
+
+        def backlog(self):
+            return self.backlog_bytes
+
+        def write(self, frame):
+            self.frames.append(json.loads(frame[4:] if frame[1] == 126 else frame[2:]))
+            return True
+
+        def offer(self, frame, limit):
+            if limit is not None and self.backlog_bytes > limit:
+                return -1
+            return 1 if self.write(frame) else 0
+
+    monkeypatch.setattr(delivery, "fanout", Clock())
     comm = communicator(token=owner_token[1])
     await comm.connect()
     await frame(comm)
     (consumer,) = list(watchdog().consumers)
-    monkeypatch.setattr(consumer, "_backlogged", lambda: True)  # the client stopped reading
+    consumer.link = link = SlowLink()  # the client stopped reading
     consumer.backlogged_since = time.monotonic()
     await publish(data={"n": 1})
-    assert await comm.receive_nothing(0.3)
-    assert written == [] and consumer.sent == 0
-    monkeypatch.setattr(consumer, "_backlogged", lambda: False)  # it caught up
+    await asyncio.sleep(0.3)
+    assert link.frames == [] and written == [] and consumer.sent == 0
+    link.backlog_bytes = 0  # it caught up
     await publish(data={"n": 2})
-    latest = await frame(comm)
+    await asyncio.sleep(0.3)
+    (latest,) = link.frames
     assert latest["data"] == {"n": 2}  # conflated: only the newest snapshot
     assert written == [latest["published_ms"]] and consumer.sent == 1
+    consumer.link = None
     await comm.disconnect()

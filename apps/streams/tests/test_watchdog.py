@@ -8,8 +8,8 @@ import pytest
 import redis.exceptions
 
 from apps.streams import watchdog as watchdog_module
-from apps.streams.state import RedisState, StateUnavailable
 from apps.streams.watchdog import FAILURES_TO_TRIP, Watchdog
+from stocktracker.lib.state import RedisState, StateUnavailable
 
 
 class FakeState:

@@ -75,7 +75,7 @@ class Command(BaseCommand):
 
     async def _run(self, token, raw, n):
         from apps.accounts.signals import GENERATION_TTL, generation_key
-        from apps.streams.state import get_state
+        from stocktracker.lib.state import get_state
 
         state = get_state()
         results = {"embedded": state.embedded}

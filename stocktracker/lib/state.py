@@ -44,6 +44,53 @@ end
 return 0
 """
 
+# Renewal of many connections' leases in one call. KEYS: every connection's
+# lease sets, in order; ARGV: ttl_ms, then per connection: member, number of
+# keys n, then n limits (-1 = count only). A lease still held is extended; one
+# that was lost (Redis restarted, a long stall) is taken again only where its
+# limit has room. Returns the members that could not be renewed.
+_RENEW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local ttl = tonumber(ARGV[1])
+local failed = {}
+local trimmed = {}
+local k = 1
+local a = 2
+while a <= #ARGV do
+  local member = ARGV[a]
+  local n = tonumber(ARGV[a + 1])
+  a = a + 2
+  local ok = true
+  for i = 0, n - 1 do
+    local key = KEYS[k + i]
+    if not trimmed[key] then
+      redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+      trimmed[key] = true
+    end
+    local limit = tonumber(ARGV[a + i])
+    if limit >= 0 and not redis.call('ZSCORE', key, member) and redis.call('ZCARD', key) >= limit then
+      ok = false
+    end
+  end
+  if ok then
+    for i = 0, n - 1 do
+      redis.call('ZADD', KEYS[k + i], now + ttl, member)
+    end
+  else
+    failed[#failed + 1] = member
+  end
+  k = k + n
+  a = a + n
+end
+for key, _ in pairs(trimmed) do
+  redis.call('PEXPIRE', key, ttl * 2)
+end
+return failed
+"""
+
+RENEW_CHUNK = 500  # connections per script call: keeps each call short for Redis
+
 # KEYS: [seq hash]; ARGV: epoch. Sequence restarts at 1 when the epoch changes.
 _NEXT_SEQ = """
 local epoch = redis.call('HGET', KEYS[1], 'epoch')
@@ -152,6 +199,15 @@ class MemoryState:
         for key in keys:
             self._leases.get(key, {}).pop(conn_id, None)
 
+    async def renew(self, leases, sessions, ttl):
+        """Renew many connections at once: `leases` [(conn_id, limits)],
+        `sessions` [(conn_id, info)]. Returns the conn_ids whose leases could
+        not be renewed (lost, and their limit is full now)."""
+        failed = [conn_id for conn_id, limits in leases if await self.lease_acquire(conn_id, limits, ttl)]
+        for conn_id, info in sessions:
+            await self.session_put(conn_id, info, ttl)
+        return failed
+
     async def lease_count(self, key):
         return len(self._live(key))
 
@@ -235,6 +291,7 @@ class RedisState:
         self._next_seq = self.redis.register_script(_NEXT_SEQ)
         self._count = self.redis.register_script(_COUNT)
         self._members = self.redis.register_script(_MEMBERS)
+        self._renew = self.redis.register_script(_RENEW)
 
     async def _call(self, coro):
         from redis.exceptions import RedisError
@@ -283,6 +340,36 @@ class RedisState:
         keys = [f"{PREFIX}lease:{key}" for key, _ in limits]
         args = [int(ttl * 1000), conn_id] + [-1 if limit is None else int(limit) for _, limit in limits]
         return int(await self._call(self._acquire(keys=keys, args=args)))
+
+    async def renew(self, leases, sessions, ttl):
+        """Renew many connections at once, in one round trip: `leases`
+        [(conn_id, limits)], `sessions` [(conn_id, info)]. Returns the
+        conn_ids whose leases could not be renewed (lost, limit full now)."""
+        if not leases and not sessions:
+            return []
+        ms = int(ttl * 1000)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for start in range(0, len(leases), RENEW_CHUNK):
+                keys, args = [], [ms]
+                for conn_id, limits in leases[start : start + RENEW_CHUNK]:
+                    keys.extend(f"{PREFIX}lease:{key}" for key, _ in limits)
+                    args.extend([conn_id, len(limits)])
+                    args.extend(-1 if limit is None else int(limit) for _, limit in limits)
+                pipe.evalsha(self._renew.sha, len(keys), *keys, *args)
+            if sessions:
+                expiry = time.time() * 1000 + ms
+                for conn_id, info in sessions:
+                    pipe.set(f"{PREFIX}session:{conn_id}", json.dumps(info), px=ms)
+                pipe.zadd(f"{PREFIX}sessions", {conn_id: expiry for conn_id, _ in sessions})
+            try:
+                results = await self._call(pipe.execute())
+            except StateUnavailable as exc:
+                if "NoScript" not in str(exc) and "NOSCRIPT" not in str(exc):
+                    raise
+                await self._call(self.redis.script_load(_RENEW))  # Redis restarted: load it again
+                return await self.renew(leases, sessions, ttl)
+        chunks = -(-len(leases) // RENEW_CHUNK)
+        return [member for result in results[:chunks] for member in result]
 
     async def lease_release(self, conn_id, keys):
         async with self.redis.pipeline(transaction=False) as pipe:

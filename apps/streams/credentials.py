@@ -1,0 +1,169 @@
+"""Who is on a socket: credentials from the handshake, the grant they earn,
+and the re-checks that keep it valid.
+
+Credentials, in order: a Bearer header, `?token=` (old clients), a Django
+session (browser pages we serve; origin-checked), or a first `auth` message.
+A grant is re-checked per token per process, never per socket: sockets of
+one token on one stream share one `recheck_token` call (`shared`), and the
+periodic re-check (`apps.streams.upkeep`) runs one check per (token, stream).
+"""
+
+import asyncio
+from urllib.parse import parse_qs
+
+from apps.accounts.auth import check_token, recheck_token, session_user_check
+
+from .protocol import Refusal
+
+
+class Grant:
+    """Who is connected and what they may use: a session user or an API token.
+    `deadline`: when the token stops working on its own (expiry or end of
+    rotation grace), as epoch seconds, or None."""
+
+    __slots__ = ("deadline", "token_id", "token_max", "token_prefix", "user_id", "user_max", "username")
+
+    def __init__(
+        self, *, user_id, username, token_id=None, token_prefix=None, token_max=None, user_max=None, deadline=None
+    ):
+        self.user_id = user_id
+        self.username = username
+        self.token_id = token_id
+        self.token_prefix = token_prefix
+        self.token_max = token_max
+        self.user_max = user_max
+        self.deadline = deadline
+
+    def key(self, stream):
+        """What one re-check answers for: the token (or session user) on one stream."""
+        return ("token", self.token_id, stream) if self.token_id is not None else ("user", self.user_id, stream)
+
+
+# A refused token's reason -> what the client is told.
+REJECTION = {
+    "bad": Refusal.BAD_TOKEN,
+    "revoked": Refusal.REVOKED,
+    "retired": Refusal.RETIRED,
+    "expired": Refusal.EXPIRED,
+    "stream": Refusal.STREAM_FORBIDDEN,
+}
+
+
+def deadline_of(check):
+    moments = [moment.timestamp() for moment in (check.expires_at, check.retires_at) if moment is not None]
+    return min(moments) if moments else None
+
+
+async def token_grant(raw, stream, ip):
+    """(Grant, None), or (None, (reason, the failed check)) when refused."""
+    check = await check_token(raw, stream, ip)
+    if not check.ok:
+        return None, (check.reason, check)
+    return (
+        Grant(
+            user_id=check.user_id,
+            username=check.username,
+            token_id=check.token_id,
+            token_prefix=check.token_prefix,
+            token_max=check.token_max_connections,
+            user_max=check.user_max_connections,
+            deadline=deadline_of(check),
+        ),
+        None,
+    )
+
+
+async def session_grant(user):
+    """A Grant for the session's user (already loaded by the auth middleware;
+    one query for the cap), or None if the user is gone or inactive by now."""
+    active, user_max = await session_user_check(user.id)
+    if not active:
+        return None
+    return Grant(user_id=user.id, username=user.get_username(), user_max=user_max)
+
+
+def header(scope, wanted):
+    for name, value in scope.get("headers", []):
+        if name == wanted:
+            return value.decode("latin-1")
+    return None
+
+
+def bearer_token(scope):
+    value = header(scope, b"authorization")
+    if value:
+        scheme, _, credential = value.partition(" ")
+        if scheme.lower() == "bearer":
+            return credential.strip()
+    return None
+
+
+def query_token(scope):
+    values = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("token")
+    return values[0] if values else None
+
+
+async def _check(key):
+    """One re-check of a grant key: (Refusal or None, TokenCheck or user cap)."""
+    kind, ident, stream = key
+    if kind == "token":
+        check = await recheck_token(ident, stream)
+        if not check.ok:
+            return REJECTION[check.reason if check.reason != "bad" else "revoked"], check
+        return None, check
+    active, user_max = await session_user_check(ident)
+    return (None if active else Refusal.SESSION_ENDED), user_max
+
+
+_inflight = {}  # (loop, name, key) -> task
+
+
+async def shared(name, key, factory):
+    """`await factory()`, shared by every caller of this process that asks for
+    (name, key) while one is running: a token change reaching 1,000 sockets
+    costs one check, not 1,000."""
+    loop = asyncio.get_running_loop()
+    slot = (loop, name, key)
+    task = _inflight.get(slot)
+    if task is None:
+        task = _inflight[slot] = loop.create_task(factory())
+        task.add_done_callback(lambda _t: _inflight.pop(slot, None))
+    return await asyncio.shield(task)
+
+
+async def shared_check(key):
+    return await shared("check", key, lambda: _check(key))
+
+
+def apply_check(grant, result):
+    """Update `grant` from a re-check; returns (Refusal or None, deadline moved)."""
+    refusal, detail = result
+    if refusal is not None:
+        return refusal, False
+    if grant.token_id is None:
+        grant.user_max = detail
+        return None, False
+    grant.token_max = detail.token_max_connections
+    grant.user_max = detail.user_max_connections
+    deadline = deadline_of(detail)
+    moved = deadline != grant.deadline
+    grant.deadline = deadline
+    return None, moved
+
+
+def session_auth_when_cookie(inner):
+    """Channels' session auth, for handshakes that carry a cookie only: API
+    clients (Bearer, `?token=`, `auth` message) skip its user lookup, a hop
+    onto the one shared sync thread per connect that queued connect storms."""
+    from channels.auth import AuthMiddlewareStack
+    from django.contrib.auth.models import AnonymousUser
+
+    with_session = AuthMiddlewareStack(inner)
+    anonymous = AnonymousUser()
+
+    async def middleware(scope, receive, send):
+        if header(scope, b"cookie") is None:
+            return await inner({**scope, "user": anonymous}, receive, send)
+        return await with_session(scope, receive, send)
+
+    return middleware
