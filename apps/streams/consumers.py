@@ -389,7 +389,7 @@ class StreamConsumer(AsyncWebsocketConsumer):
                 limits={"max_connections": grant.token_max or grant.user_max},
             )
         )
-        if latest:
+        if latest and self._is_newer(protocol.snapshot_position(latest)):
             await self._send_frame(latest)
         feed_text = self._feed_frame_if_newer(latest, feed)
         if feed_text:
@@ -779,8 +779,22 @@ class StreamConsumer(AsyncWebsocketConsumer):
 
     # --- channel-layer messages ------------------------------------------------
 
+    def _is_newer(self, position):
+        """True for a snapshot newer than the last one forwarded (or any other
+        frame): a paused leader's late frame, or one already sent as `latest`
+        on connect, never reaches the client after a newer one."""
+        if position is None or position[1] is None:
+            return True
+        last = getattr(self, "last_position", None)
+        if last is not None and last[0] == position[0] and position[1] <= last[1]:
+            return False
+        self.last_position = position
+        return True
+
     async def stream_frame(self, message):
         if self.grant is not None and not self.closing:
+            if message.get("seq") is not None and not self._is_newer((message.get("epoch"), message["seq"])):
+                return
             written = await self._send_frame(message["text"], message.get("kind", "snapshot"), message.get("bytes"))
             published_ms = message.get("published_ms")
             if written and published_ms:

@@ -80,6 +80,28 @@ def snapshot_frame(
     )
 
 
+def snapshot_frame_parts(stream: str, **fields) -> tuple[str, str]:
+    """`snapshot_frame` split around its `seq`: head + str(seq) + tail is the
+    frame, so the state layer can number it in the same step that stores it.
+    The first match is the header's: inside JSON strings quotes are escaped."""
+    head, found, tail = snapshot_frame(stream, seq=0, **fields).partition(',"seq":0,')
+    assert found, "snapshot_frame writes seq before data"
+    return head + ',"seq":', "," + tail
+
+
+def snapshot_position(text: str):
+    """(epoch, seq) of a snapshot frame, read from its header without parsing
+    `data`; None for any other frame."""
+    head, found, _ = text.partition(',"data":')
+    if not found or not head.startswith('{"type":"snapshot"'):
+        return None
+    try:
+        frame = json.loads(head + "}")
+    except ValueError:
+        return None
+    return frame.get("epoch"), frame.get("seq")
+
+
 def snapshot_feed(text: str):
     """The `feed` state of a snapshot frame, read from the header that
     `snapshot_frame` writes before `data`, so a large frame is not parsed;
