@@ -23,6 +23,12 @@ storm nor thousands of open sockets re-checking become a query storm:
 - Time-based rules (expiry, end of a rotation grace) are evaluated on every
   use from the cached timestamps, so they hold to the second.
 - If shared state cannot be reached the check falls back to the database.
+- If the database cannot answer (down, hung, past DATABASE_CONNECT_TIMEOUT /
+  DATABASE_STATEMENT_TIMEOUT) a check raises `AccountsUnavailable` ("retry
+  later"), except where the cache still knows enough: a copy whose
+  generation is unchanged is used past TOKEN_CACHE_TTL (no change went
+  through accounts, and none can commit while the database is down), and a
+  known expiry or end of rotation grace refuses the token on time.
 - A cached copy is dropped after TOKEN_CACHE_TTL whatever its generation: a
   change made behind accounts' back (SQL console, queryset `.update()` of a
   watched field) reaches new connects within TOKEN_CACHE_TTL and open
@@ -31,6 +37,7 @@ storm nor thousands of open sockets re-checking become a query storm:
   per-process timer, a shared claim, then a conditional UPDATE.
 """
 
+import asyncio
 import hmac
 import logging
 import time
@@ -40,6 +47,7 @@ from datetime import datetime
 
 from channels.db import database_sync_to_async
 from django.conf import settings
+from django.db import DatabaseError
 from django.utils import timezone
 
 from . import tokens
@@ -69,6 +77,36 @@ class TokenCheck:
 
 
 BAD = TokenCheck(reason="bad")
+
+
+class AccountsUnavailable(Exception):
+    """The database cannot answer a token or session check now (down, hung,
+    timed out): the caller should say "retry later", not "refused"."""
+
+
+def _database_wait():
+    # A hung server may swallow the whole connect attempt and then a statement.
+    return settings.DATABASE_CONNECT_TIMEOUT + (settings.DATABASE_STATEMENT_TIMEOUT or 30) + 1
+
+
+# Monotonic time before which the database is not asked again after a failure:
+# database calls share one thread per process, so a hung database would
+# otherwise make every later check queue behind the stalled one.
+_database_down_until = 0.0
+
+
+async def _from_database(call, *args, **kwargs):
+    """`await call(...)` (a database_sync_to_async function), with database
+    failures and stalls turned into AccountsUnavailable."""
+    global _database_down_until
+    if time.monotonic() < _database_down_until:
+        raise AccountsUnavailable("database failed moments ago")
+    try:
+        return await asyncio.wait_for(call(*args, **kwargs), _database_wait())
+    except (DatabaseError, TimeoutError) as exc:
+        _database_down_until = time.monotonic() + settings.DATABASE_CONNECT_TIMEOUT
+        log.warning("accounts database unavailable: %s", f"{type(exc).__name__}: {exc}".strip()[:200])
+        raise AccountsUnavailable(type(exc).__name__) from exc
 
 
 @dataclass(frozen=True)
@@ -167,6 +205,7 @@ class TokenCache:
         self._prefixes = OrderedDict()  # token_id -> lookup prefix (never changes), for re-checks
         self._touched = {}  # token_id -> monotonic time of this process's last last_used attempt
         self.hits = self.misses = 0
+        self._touching = set()  # background last_used writes (kept referenced until done)
 
     def clear(self):
         self._entries.clear()
@@ -201,8 +240,37 @@ class TokenCache:
             return TokenCheck(reason="revoked", token_id=token_id)
         return snapshot.check(stream, at)
 
+    async def recheck_or_known(self, token_id, stream, at=None) -> TokenCheck:
+        """`recheck`, except that a known expiry or end of rotation grace
+        refuses the token on time without waiting on the database: at once
+        while the copy's generation is current, or when the database fails."""
+        known = self._known_end(token_id, stream, at)
+        if known is not None:
+            from apps.streams.state import StateUnavailable, get_state
+
+            entry = self._entries.get(known.token_prefix)
+            try:
+                if await get_state().generation_get(generation_key(known.token_prefix)) == entry[1]:
+                    return known  # no change since the copy was loaded
+            except StateUnavailable:
+                pass
+        try:
+            return await self.recheck(token_id, stream, at)
+        except AccountsUnavailable:
+            if known is not None:
+                return known
+            raise
+
+    def _known_end(self, token_id, stream, at):
+        """The cached copy's verdict if it ended by time (expired, retired), else None."""
+        entry = self._entries.get(self._prefixes.get(token_id))
+        if entry is None or entry[0] is None or entry[0].token_id != token_id:
+            return None
+        verdict = entry[0].check(stream, at)
+        return verdict if verdict.reason in ("expired", "retired") else None
+
     async def _load(self, **lookup):
-        snapshot = await _load_snapshot_async(**lookup)
+        snapshot = await _from_database(_load_snapshot_async, **lookup)
         if snapshot is not None and snapshot.token_id not in self._prefixes:
             self._prefixes[snapshot.token_id] = snapshot.prefix
             while len(self._prefixes) > self.max_entries:
@@ -239,7 +307,12 @@ class TokenCache:
         self.misses += 1
         # The generation was read before the load: a change committed during
         # the load has replaced it, so the next check reloads.
-        snapshot = await self._load(prefix=prefix)
+        try:
+            snapshot = await self._load(prefix=prefix)
+        except AccountsUnavailable:
+            if entry is not None and entry[1] == generation and generation is not None:
+                return entry[0]  # unchanged since loaded, only older than TOKEN_CACHE_TTL
+            raise
         if snapshot is not None and generation is None:
             # First use since the key expired or Redis restarted: create the
             # generation; cache from the next check on, under its value.
@@ -271,8 +344,20 @@ class TokenCache:
                 return  # another process recorded a use within the minute
         except StateUnavailable:
             pass  # the conditional UPDATE alone still keeps it to once a minute
+        # In the background: a slow or hung database must not hold up a connect.
+        task = asyncio.ensure_future(self._touch(token_id, ip, timezone.now()))
+        self._touching.add(task)
+        task.add_done_callback(self._touching.discard)
+
+    async def settle(self):
+        """Wait for this event loop's background last_used writes (tests, shutdown)."""
+        loop = asyncio.get_running_loop()
+        pending = [task for task in self._touching if task.get_loop() is loop]
+        await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _touch(self, token_id, ip, at):
         try:
-            await _touch(token_id, ip, timezone.now())
+            await _from_database(_touch, token_id, ip, at)
         except Exception:
             log.warning("could not record last use of token %s", token_id, exc_info=True)
 
@@ -296,7 +381,7 @@ async def recheck_token(token_id, stream) -> TokenCheck:
     this process has not loaded yet. So a change that has been committed and
     had its generation bumped is always seen; expiry and rotation grace are
     evaluated now. A deleted token answers 'revoked'."""
-    return await token_cache.recheck(token_id, stream)
+    return await token_cache.recheck_or_known(token_id, stream)
 
 
 @database_sync_to_async
@@ -308,11 +393,16 @@ def user_max_connections(user_id) -> int:
     return UserLimits.for_user(get_user_model().objects.get(pk=user_id)).max_connections
 
 
-@database_sync_to_async
-def session_user_check(user_id):
+async def session_user_check(user_id):
     """(active, max_connections) for the user of a session socket, in one
     query; (False, None) when the user no longer exists. Used at connect and
-    on every re-check, so a deactivated or deleted user's sockets close."""
+    on every re-check, so a deactivated or deleted user's sockets close.
+    Raises AccountsUnavailable when the database cannot answer."""
+    return await _from_database(_session_user_check, user_id)
+
+
+@database_sync_to_async
+def _session_user_check(user_id):
     from django.contrib.auth import get_user_model
 
     from .models import UserLimits

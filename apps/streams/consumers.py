@@ -30,7 +30,7 @@ from channels.utils import await_many_dispatch
 from django.conf import settings
 from redis.exceptions import RedisError
 
-from apps.accounts.auth import check_token, recheck_token, session_user_check
+from apps.accounts.auth import AccountsUnavailable, check_token, recheck_token, session_user_check
 
 from . import protocol
 from .accounting import accounting
@@ -59,6 +59,8 @@ _REJECTION_CLOSE = {
 }
 _SESSION_ENDED = (Close.REVOKED, "session_revoked", "this account was deactivated or removed")
 _BACKEND_ERRORS = (StateUnavailable, RedisError, OSError, asyncio.TimeoutError)
+# The accounts database cannot answer: "retry later", with a reason, never 1011.
+_ACCOUNTS_DOWN = (Close.TRY_AGAIN_LATER, "unavailable", "sign-in is temporarily unavailable; retry later")
 
 
 class ClientError(Exception):
@@ -276,7 +278,11 @@ class StreamConsumer(AsyncWebsocketConsumer):
                 return
             self.authenticating = True  # until start() is done: no deadline, no second `auth`
             try:
-                grant = await _session_grant(user)
+                try:
+                    grant = await _session_grant(user)
+                except AccountsUnavailable:
+                    await self.refuse(*_ACCOUNTS_DOWN)
+                    return
                 if self.closing:
                     return
                 if grant is None:
@@ -314,7 +320,11 @@ class StreamConsumer(AsyncWebsocketConsumer):
         # cannot close the socket half-way through taking its leases.
         self.authenticating = True
         try:
-            grant, reason = await _token_grant(raw, self.stream, self.ip)
+            try:
+                grant, reason = await _token_grant(raw, self.stream, self.ip)
+            except AccountsUnavailable:
+                await self.refuse(*_ACCOUNTS_DOWN)
+                return
             if self.closing:
                 return
             if grant is None:
@@ -645,6 +655,9 @@ class StreamConsumer(AsyncWebsocketConsumer):
                 return
             try:
                 await self.recheck()
+            except AccountsUnavailable:
+                retry = min(settings.TOKEN_RECHECK_INTERVAL, 2 * retry if retry else RECHECK_RETRY)
+                log.warning("re-check unavailable stream=%s ip=%s; retrying in %.0f s", self.stream, self.ip, retry)
             except Exception:
                 retry = min(settings.TOKEN_RECHECK_INTERVAL, 2 * retry if retry else RECHECK_RETRY)
                 log.exception("re-check failed stream=%s ip=%s; retrying in %.0f s", self.stream, self.ip, retry)
