@@ -205,6 +205,9 @@ FEED_STALE_AFTER = _positive("FEED_STALE_AFTER", "float", 0.0)
 
 WS_ALLOWED_ORIGINS = _read("WS_ALLOWED_ORIGINS", "list", ["http://127.0.0.1:8000", "http://localhost:8000"])
 WS_AUTH_TIMEOUT = _positive("WS_AUTH_TIMEOUT", "float", 5.0, minimum=0.1)
+# Past this many failed sign-ins in a minute, an address's tokens are answered
+# from the token cache only (unknown ones: 4008, with no database query).
+WS_AUTH_FAILURES_PER_MINUTE = _positive("WS_AUTH_FAILURES_PER_MINUTE", "int", 30, minimum=1)
 WS_HEARTBEAT_INTERVAL = _positive("WS_HEARTBEAT_INTERVAL", "float", 30.0, minimum=0.1)
 WS_HEARTBEAT_TIMEOUT = _positive("WS_HEARTBEAT_TIMEOUT", "float", 20.0, minimum=0.1)
 WS_MAX_INBOUND_BYTES = _positive("WS_MAX_INBOUND_BYTES", "int", 4096, minimum=64)

@@ -193,15 +193,23 @@ def _touch(token_id, ip, at):
     return ApiToken.touch(token_id, ip, at)
 
 
+class _NeedsDatabase(Exception):
+    """A cache-only check (`load=False`) cannot be answered without the database."""
+
+
 class TokenCache:
     """One process's token cache (module-level `token_cache`; tests make more
-    to stand for other processes). Entries: prefix -> (snapshot or None for
-    "no such token", generation, monotonic time loaded)."""
+    to stand for other processes). Entries: prefix -> (snapshot, generation,
+    monotonic time loaded). "No such token" answers (snapshot None) live in
+    their own, smaller LRU: a flood of forged tokens evicts only other
+    forgeries, never a real token's copy."""
 
-    def __init__(self, ttl=None, max_entries=10_000):
+    def __init__(self, ttl=None, max_entries=10_000, max_unknown=1_000):
         self.ttl = settings.TOKEN_CACHE_TTL if ttl is None else ttl
         self.max_entries = max_entries
+        self.max_unknown = max_unknown
         self._entries = OrderedDict()
+        self._unknown = OrderedDict()
         self._prefixes = OrderedDict()  # token_id -> lookup prefix (never changes), for re-checks
         self._touched = {}  # token_id -> monotonic time of this process's last last_used attempt
         self.hits = self.misses = 0
@@ -209,14 +217,19 @@ class TokenCache:
 
     def clear(self):
         self._entries.clear()
+        self._unknown.clear()
         self._prefixes.clear()
         self._touched.clear()
 
-    async def check(self, raw, stream, ip=None, at=None) -> TokenCheck:
-        """`at`: evaluate expiry and rotation grace at this time (tests); default now."""
+    async def check(self, raw, stream, ip=None, at=None, load=True) -> TokenCheck | None:
+        """`at`: evaluate expiry and rotation grace at this time (tests); default now.
+        `load=False`: answer from this cache only; None when that needs the database."""
         if not tokens.is_well_formed(raw):
             return BAD
-        snapshot = await self._snapshot(tokens.lookup_prefix(raw))
+        try:
+            snapshot = await self._snapshot(tokens.lookup_prefix(raw), load)
+        except _NeedsDatabase:
+            return None
         if snapshot is None or not hmac.compare_digest(snapshot.digest, tokens.digest(raw)):
             return BAD
         result = snapshot.check(stream, at)
@@ -269,7 +282,9 @@ class TokenCache:
         verdict = entry[0].check(stream, at)
         return verdict if verdict.reason in ("expired", "retired") else None
 
-    async def _load(self, **lookup):
+    async def _load(self, allowed=True, **lookup):
+        if not allowed:
+            raise _NeedsDatabase
         snapshot = await _from_database(_load_snapshot_async, **lookup)
         if snapshot is not None and snapshot.token_id not in self._prefixes:
             self._prefixes[snapshot.token_id] = snapshot.prefix
@@ -277,7 +292,7 @@ class TokenCache:
                 self._prefixes.popitem(last=False)
         return snapshot
 
-    async def _snapshot(self, prefix):
+    async def _snapshot(self, prefix, load=True):
         from apps.streams.state import StateUnavailable, get_state
 
         state = get_state()
@@ -287,28 +302,30 @@ class TokenCache:
         except StateUnavailable:
             # Cannot tell whether a cached copy is current: ask the database.
             self.misses += 1
-            return await self._load(prefix=prefix)
+            return await self._load(prefix=prefix, allowed=load)
         if prefix in pending_bumps:
             # This process changed the token but could not give it a new
             # generation yet: other copies may be stale, ours too. Ask the database.
             self.misses += 1
-            self._entries.pop(prefix, None)
-            return await self._load(prefix=prefix)
-        entry = self._entries.get(prefix)
+            self._forget(prefix)
+            return await self._load(prefix=prefix, allowed=load)
+        entry = self._entries.get(prefix) or self._unknown.get(prefix)
         if entry is not None:
             snapshot, cached_generation, loaded = entry
             fresh = time.monotonic() - loaded < self.ttl
             # A token copy is trusted only under a real generation; "no such
             # token" also while no generation exists (none was ever issued).
-            if fresh and cached_generation == generation and (generation is not None or snapshot is None):
-                self._entries.move_to_end(prefix)
+            # A cache-only check (an address over its failure budget) also
+            # takes a copy past TOKEN_CACHE_TTL: its generation is unchanged.
+            if (fresh or not load) and cached_generation == generation and (generation is not None or snapshot is None):
+                (self._entries if snapshot is not None else self._unknown).move_to_end(prefix)
                 self.hits += 1
                 return snapshot
         self.misses += 1
         # The generation was read before the load: a change committed during
         # the load has replaced it, so the next check reloads.
         try:
-            snapshot = await self._load(prefix=prefix)
+            snapshot = await self._load(prefix=prefix, allowed=load)
         except AccountsUnavailable:
             if entry is not None and entry[1] == generation and generation is not None:
                 return entry[0]  # unchanged since loaded, only older than TOKEN_CACHE_TTL
@@ -320,13 +337,19 @@ class TokenCache:
                 await state.generation_init(key, GENERATION_TTL)
             except StateUnavailable:
                 pass
-            self._entries.pop(prefix, None)
+            self._forget(prefix)
             return snapshot
-        self._entries[prefix] = (snapshot, generation, time.monotonic())
-        self._entries.move_to_end(prefix)
-        while len(self._entries) > self.max_entries:
-            self._entries.popitem(last=False)
+        self._forget(prefix)
+        known = snapshot is not None
+        entries, bound = (self._entries, self.max_entries) if known else (self._unknown, self.max_unknown)
+        entries[prefix] = (snapshot, generation, time.monotonic())
+        while len(entries) > bound:
+            entries.popitem(last=False)
         return snapshot
+
+    def _forget(self, prefix):
+        self._entries.pop(prefix, None)
+        self._unknown.pop(prefix, None)
 
     async def _record_use(self, token_id, ip):
         from apps.streams.state import StateUnavailable, get_state
@@ -365,9 +388,11 @@ class TokenCache:
 token_cache = TokenCache()
 
 
-async def check_token(raw, stream, ip=None) -> TokenCheck:
-    """Is `raw` a usable token for `stream`? Called on every connect."""
-    return await token_cache.check(raw, stream, ip)
+async def check_token(raw, stream, ip=None, load=True) -> TokenCheck | None:
+    """Is `raw` a usable token for `stream`? Called on every connect.
+    `load=False` (a client over its failure budget): None unless this
+    process can answer without the database."""
+    return await token_cache.check(raw, stream, ip, load=load)
 
 
 async def recheck_token(token_id, stream) -> TokenCheck:

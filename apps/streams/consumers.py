@@ -32,7 +32,7 @@ from redis.exceptions import RedisError
 
 from apps.accounts.auth import AccountsUnavailable, check_token, recheck_token, session_user_check
 
-from . import protocol
+from . import authlimit, protocol
 from .accounting import accounting
 from .metrics import fanout
 from .netaddr import scope_client_ip
@@ -56,6 +56,7 @@ _REJECTION_CLOSE = {
     "retired": (Close.REVOKED, "token_retired", "token replaced and its rotation grace has ended"),
     "expired": (Close.EXPIRED, "token_expired", "token expired"),
     "stream": (Close.FORBIDDEN, "stream_forbidden", "stream not allowed for this token"),
+    "limited": (Close.ABUSE, "too_many_failures", "too many failed sign-ins from this address; retry later"),
 }
 _SESSION_ENDED = (Close.REVOKED, "session_revoked", "this account was deactivated or removed")
 _BACKEND_ERRORS = (StateUnavailable, RedisError, OSError, asyncio.TimeoutError)
@@ -95,8 +96,15 @@ def _deadline_of(check):
 
 
 async def _token_grant(raw, stream, ip):
-    """(Grant, None), or (None, (reason, the failed check)) when refused."""
-    check = await check_token(raw, stream, ip)
+    """(Grant, None), or (None, (reason, the failed check)) when refused.
+    An address over its failed sign-in budget gets only what the token cache
+    can answer; anything needing the database is refused ('limited')."""
+    limited = await authlimit.over_budget(ip)
+    check = await check_token(raw, stream, ip, load=not limited)
+    if check is None:
+        return None, ("limited", None)
+    if check.reason == "bad":
+        await authlimit.failed(ip)
     if not check.ok:
         return None, (check.reason, check)
     return (
@@ -329,7 +337,7 @@ class StreamConsumer(AsyncWebsocketConsumer):
                 return
             if grant is None:
                 reason, check = reason
-                if reason != "bad":
+                if check is not None and reason != "bad":
                     self.claimed_token_id, self.claimed_prefix = check.token_id, check.token_prefix
                 code, error, message = _REJECTION_CLOSE[reason]
                 await self.refuse(code, error, message)

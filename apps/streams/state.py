@@ -234,6 +234,22 @@ class MemoryState:
         claims[key] = now + ttl
         return True
 
+    async def counter_get(self, key):
+        """The value of a windowed counter (0 when absent or expired)."""
+        counters = self.__dict__.setdefault("_counters", {})
+        value, expiry = counters.get(key, (0, 0))
+        return value if expiry > time.monotonic() else 0
+
+    async def counter_incr(self, key, ttl):
+        """Add one to a counter that disappears `ttl` seconds after its first use."""
+        counters = self.__dict__.setdefault("_counters", {})
+        now = time.monotonic()
+        if len(counters) > 10_000:
+            for old in [k for k, (_, exp) in counters.items() if exp <= now]:
+                del counters[old]
+        value, expiry = counters.get(key, (0, 0))
+        counters[key] = (value + 1, expiry) if expiry > now else (1, now + ttl)
+
     async def ping(self):
         return True
 
@@ -390,6 +406,17 @@ class RedisState:
     async def claim(self, key, ttl):
         """True for the first caller in each `ttl` seconds, on any process."""
         return bool(await self._call(self.redis.set(f"{PREFIX}claim:{key}", 1, nx=True, px=max(1, int(ttl * 1000)))))
+
+    async def counter_get(self, key):
+        """The value of a windowed counter (0 when absent or expired)."""
+        return int(await self._call(self.redis.get(f"{PREFIX}count:{key}")) or 0)
+
+    async def counter_incr(self, key, ttl):
+        """Add one to a counter that disappears `ttl` seconds after its first use (one round trip)."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.incr(f"{PREFIX}count:{key}")
+            pipe.expire(f"{PREFIX}count:{key}", max(1, int(ttl)), nx=True)
+            await self._call(pipe.execute())
 
     async def ping(self):
         return await self._call(self.redis.ping())
