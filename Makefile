@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test lint bench venv dev-venv lock packages clean
+.PHONY: run test lint bench soak venv dev-venv lock packages clean
 
 PIP := $(PY) -m pip install --quiet --disable-pip-version-check
 
@@ -58,6 +58,10 @@ lint: dev-venv
 # WebSocket fan-out benchmark (~10 min; writes bench/RESULTS.md and bench/raw/). BENCH_ARGS=--quick for a smoke run.
 bench: dev-venv
 	SKIP_BROWSER_INSTALL=1 $(PY) scripts/with_services.py -- $(PY) bench/run.py $(BENCH_ARGS)
+
+# Soak: 2,000 clients with churn, a Redis and a daphne restart (10 min; SOAK_SECONDS to shorten); writes bench/SOAK.md.
+soak: dev-venv
+	SKIP_BROWSER_INSTALL=1 $(PY) scripts/with_services.py -- $(PY) bench/soak.py
 
 clean:
 	rm -rf $(VENV) var staticfiles

@@ -119,6 +119,8 @@ TEMPLATES = [
 
 # --- Database ---------------------------------------------------------------
 
+DATABASE_CONNECT_TIMEOUT = _positive("DATABASE_CONNECT_TIMEOUT", "int", 3, minimum=1)
+DATABASE_STATEMENT_TIMEOUT = _positive("DATABASE_STATEMENT_TIMEOUT", "float", 5.0)
 DATABASES = {"default": _read("DATABASE_URL", "db_url", f"sqlite:///{BASE_DIR / 'var' / 'db.sqlite3'}")}
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     Path(DATABASES["default"]["NAME"]).parent.mkdir(parents=True, exist_ok=True)
@@ -126,6 +128,13 @@ else:
     # Web processes are async; persistent connections only help sync workers.
     DATABASES["default"]["CONN_MAX_AGE"] = _positive("DATABASE_CONN_MAX_AGE", "int", 0)
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+    # A database that is down or hung must turn into a quick "retry later",
+    # never a stalled connect: bound the connection attempt and each statement.
+    _db_options = DATABASES["default"].setdefault("OPTIONS", {})
+    _db_options["connect_timeout"] = DATABASE_CONNECT_TIMEOUT
+    if DATABASE_STATEMENT_TIMEOUT:
+        _server_options = f"-c statement_timeout={int(DATABASE_STATEMENT_TIMEOUT * 1000)}"
+        _db_options["options"] = f"{_db_options.get('options', '')} {_server_options}".strip()
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [
@@ -222,6 +231,9 @@ FEED_PUBLISH_INTERVAL = _positive("FEED_PUBLISH_INTERVAL", "float", 1.0, minimum
 
 WS_ALLOWED_ORIGINS = _read("WS_ALLOWED_ORIGINS", "list", ["http://127.0.0.1:8000", "http://localhost:8000"])
 WS_AUTH_TIMEOUT = _positive("WS_AUTH_TIMEOUT", "float", 5.0, minimum=0.1)
+# Past this many failed sign-ins in a minute, an address's tokens are answered
+# from the token cache only (unknown ones: 4008, with no database query).
+WS_AUTH_FAILURES_PER_MINUTE = _positive("WS_AUTH_FAILURES_PER_MINUTE", "int", 30, minimum=1)
 WS_HEARTBEAT_INTERVAL = _positive("WS_HEARTBEAT_INTERVAL", "float", 30.0, minimum=0.1)
 WS_HEARTBEAT_TIMEOUT = _positive("WS_HEARTBEAT_TIMEOUT", "float", 20.0, minimum=0.1)
 WS_MAX_INBOUND_BYTES = _positive("WS_MAX_INBOUND_BYTES", "int", 4096, minimum=64)

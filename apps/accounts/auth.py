@@ -23,6 +23,12 @@ storm nor thousands of open sockets re-checking become a query storm:
 - Time-based rules (expiry, end of a rotation grace) are evaluated on every
   use from the cached timestamps, so they hold to the second.
 - If shared state cannot be reached the check falls back to the database.
+- If the database cannot answer (down, hung, past DATABASE_CONNECT_TIMEOUT /
+  DATABASE_STATEMENT_TIMEOUT) a check raises `AccountsUnavailable` ("retry
+  later"), except where the cache still knows enough: a copy whose
+  generation is unchanged is used past TOKEN_CACHE_TTL (no change went
+  through accounts, and none can commit while the database is down), and a
+  known expiry or end of rotation grace refuses the token on time.
 - A cached copy is dropped after TOKEN_CACHE_TTL whatever its generation: a
   change made behind accounts' back (SQL console, queryset `.update()` of a
   watched field) reaches new connects within TOKEN_CACHE_TTL and open
@@ -41,6 +47,7 @@ from datetime import datetime
 
 from channels.db import database_sync_to_async
 from django.conf import settings
+from django.db import DatabaseError
 from django.utils import timezone
 
 from . import tokens
@@ -70,6 +77,36 @@ class TokenCheck:
 
 
 BAD = TokenCheck(reason="bad")
+
+
+class AccountsUnavailable(Exception):
+    """The database cannot answer a token or session check now (down, hung,
+    timed out): the caller should say "retry later", not "refused"."""
+
+
+def _database_wait():
+    # A hung server may swallow the whole connect attempt and then a statement.
+    return settings.DATABASE_CONNECT_TIMEOUT + (settings.DATABASE_STATEMENT_TIMEOUT or 30) + 1
+
+
+# Monotonic time before which the database is not asked again after a failure:
+# database calls share one thread per process, so a hung database would
+# otherwise make every later check queue behind the stalled one.
+_database_down_until = 0.0
+
+
+async def _from_database(call, *args, **kwargs):
+    """`await call(...)` (a database_sync_to_async function), with database
+    failures and stalls turned into AccountsUnavailable."""
+    global _database_down_until
+    if time.monotonic() < _database_down_until:
+        raise AccountsUnavailable("database failed moments ago")
+    try:
+        return await asyncio.wait_for(call(*args, **kwargs), _database_wait())
+    except (DatabaseError, TimeoutError) as exc:
+        _database_down_until = time.monotonic() + settings.DATABASE_CONNECT_TIMEOUT
+        log.warning("accounts database unavailable: %s", f"{type(exc).__name__}: {exc}".strip()[:200])
+        raise AccountsUnavailable(type(exc).__name__) from exc
 
 
 @dataclass(frozen=True)
@@ -156,30 +193,44 @@ def _touch(token_id, ip, at):
     return ApiToken.touch(token_id, ip, at)
 
 
+class _NeedsDatabase(Exception):
+    """A cache-only check (`load=False`) cannot be answered without the database."""
+
+
 class TokenCache:
     """One process's token cache (module-level `token_cache`; tests make more
-    to stand for other processes). Entries: prefix -> (snapshot or None for
-    "no such token", generation, monotonic time loaded)."""
+    to stand for other processes). Entries: prefix -> (snapshot, generation,
+    monotonic time loaded). "No such token" answers (snapshot None) live in
+    their own, smaller LRU: a flood of forged tokens evicts only other
+    forgeries, never a real token's copy."""
 
-    def __init__(self, ttl=None, max_entries=10_000):
+    def __init__(self, ttl=None, max_entries=10_000, max_unknown=1_000):
         self.ttl = settings.TOKEN_CACHE_TTL if ttl is None else ttl
         self.max_entries = max_entries
+        self.max_unknown = max_unknown
         self._entries = OrderedDict()
+        self._unknown = OrderedDict()
         self._prefixes = OrderedDict()  # token_id -> lookup prefix (never changes), for re-checks
         self._touched = {}  # token_id -> monotonic time of this process's last last_used attempt
         self._loading = {}  # (loop, prefix, generation) -> the load in flight
         self.hits = self.misses = 0
+        self._touching = set()  # background last_used writes (kept referenced until done)
 
     def clear(self):
         self._entries.clear()
+        self._unknown.clear()
         self._prefixes.clear()
         self._touched.clear()
 
-    async def check(self, raw, stream, ip=None, at=None) -> TokenCheck:
-        """`at`: evaluate expiry and rotation grace at this time (tests); default now."""
+    async def check(self, raw, stream, ip=None, at=None, load=True) -> TokenCheck | None:
+        """`at`: evaluate expiry and rotation grace at this time (tests); default now.
+        `load=False`: answer from this cache only; None when that needs the database."""
         if not tokens.is_well_formed(raw):
             return BAD
-        snapshot = await self._snapshot(tokens.lookup_prefix(raw))
+        try:
+            snapshot = await self._snapshot(tokens.lookup_prefix(raw), load)
+        except _NeedsDatabase:
+            return None
         if snapshot is None or not hmac.compare_digest(snapshot.digest, tokens.digest(raw)):
             return BAD
         result = snapshot.check(stream, at)
@@ -203,15 +254,46 @@ class TokenCache:
             return TokenCheck(reason="revoked", token_id=token_id)
         return snapshot.check(stream, at)
 
-    async def _load(self, **lookup):
-        snapshot = await _load_snapshot_async(**lookup)
+    async def recheck_or_known(self, token_id, stream, at=None) -> TokenCheck:
+        """`recheck`, except that a known expiry or end of rotation grace
+        refuses the token on time without waiting on the database: at once
+        while the copy's generation is current, or when the database fails."""
+        known = self._known_end(token_id, stream, at)
+        if known is not None:
+            from stocktracker.lib.state import StateUnavailable, get_state
+
+            entry = self._entries.get(known.token_prefix)
+            try:
+                if await get_state().generation_get(generation_key(known.token_prefix)) == entry[1]:
+                    return known  # no change since the copy was loaded
+            except StateUnavailable:
+                pass
+        try:
+            return await self.recheck(token_id, stream, at)
+        except AccountsUnavailable:
+            if known is not None:
+                return known
+            raise
+
+    def _known_end(self, token_id, stream, at):
+        """The cached copy's verdict if it ended by time (expired, retired), else None."""
+        entry = self._entries.get(self._prefixes.get(token_id))
+        if entry is None or entry[0] is None or entry[0].token_id != token_id:
+            return None
+        verdict = entry[0].check(stream, at)
+        return verdict if verdict.reason in ("expired", "retired") else None
+
+    async def _load(self, allowed=True, **lookup):
+        if not allowed:
+            raise _NeedsDatabase
+        snapshot = await _from_database(_load_snapshot_async, **lookup)
         if snapshot is not None and snapshot.token_id not in self._prefixes:
             self._prefixes[snapshot.token_id] = snapshot.prefix
             while len(self._prefixes) > self.max_entries:
                 self._prefixes.popitem(last=False)
         return snapshot
 
-    async def _snapshot(self, prefix):
+    async def _snapshot(self, prefix, load=True):
         from stocktracker.lib.state import StateUnavailable, get_state
 
         state = get_state()
@@ -221,28 +303,35 @@ class TokenCache:
         except StateUnavailable:
             # Cannot tell whether a cached copy is current: ask the database.
             self.misses += 1
-            return await self._load(prefix=prefix)
+            return await self._load(prefix=prefix, allowed=load)
         if prefix in pending_bumps:
             # This process changed the token but could not give it a new
             # generation yet: other copies may be stale, ours too. Ask the database.
             self.misses += 1
-            self._entries.pop(prefix, None)
-            return await self._load(prefix=prefix)
-        entry = self._entries.get(prefix)
+            self._forget(prefix)
+            return await self._load(prefix=prefix, allowed=load)
+        entry = self._entries.get(prefix) or self._unknown.get(prefix)
         if entry is not None:
             snapshot, cached_generation, loaded = entry
             fresh = time.monotonic() - loaded < self.ttl
             # A token copy is trusted only under a real generation; "no such
             # token" also while no generation exists (none was ever issued).
-            if fresh and cached_generation == generation and (generation is not None or snapshot is None):
-                self._entries.move_to_end(prefix)
+            # A cache-only check (an address over its failure budget) also
+            # takes a copy past TOKEN_CACHE_TTL: its generation is unchanged.
+            if (fresh or not load) and cached_generation == generation and (generation is not None or snapshot is None):
+                (self._entries if snapshot is not None else self._unknown).move_to_end(prefix)
                 self.hits += 1
                 return snapshot
         self.misses += 1
         # The generation was read before the load: a change committed during
         # the load has replaced it, so the next check reloads. Concurrent
         # misses under one generation (a connect storm) share one query.
-        snapshot = await self._shared_load(prefix, generation)
+        try:
+            snapshot = await self._shared_load(prefix, generation, allowed=load)
+        except AccountsUnavailable:
+            if entry is not None and entry[1] == generation and generation is not None:
+                return entry[0]  # unchanged since loaded, only older than TOKEN_CACHE_TTL
+            raise
         if snapshot is not None and generation is None:
             # First use since the key expired or Redis restarted: create the
             # generation; cache from the next check on, under its value.
@@ -250,22 +339,28 @@ class TokenCache:
                 await state.generation_init(key, GENERATION_TTL)
             except StateUnavailable:
                 pass
-            self._entries.pop(prefix, None)
+            self._forget(prefix)
             return snapshot
-        self._entries[prefix] = (snapshot, generation, time.monotonic())
-        self._entries.move_to_end(prefix)
-        while len(self._entries) > self.max_entries:
-            self._entries.popitem(last=False)
+        self._forget(prefix)
+        known = snapshot is not None
+        entries, bound = (self._entries, self.max_entries) if known else (self._unknown, self.max_unknown)
+        entries[prefix] = (snapshot, generation, time.monotonic())
+        while len(entries) > bound:
+            entries.popitem(last=False)
         return snapshot
 
-    async def _shared_load(self, prefix, generation):
+    async def _shared_load(self, prefix, generation, allowed=True):
         loop = asyncio.get_running_loop()
-        slot = (loop, prefix, generation)
+        slot = (loop, prefix, generation, allowed)
         task = self._loading.get(slot)
         if task is None:
-            task = self._loading[slot] = loop.create_task(self._load(prefix=prefix))
+            task = self._loading[slot] = loop.create_task(self._load(prefix=prefix, allowed=allowed))
             task.add_done_callback(lambda _t: self._loading.pop(slot, None))
         return await asyncio.shield(task)
+
+    def _forget(self, prefix):
+        self._entries.pop(prefix, None)
+        self._unknown.pop(prefix, None)
 
     async def _record_use(self, token_id, ip):
         from stocktracker.lib.state import StateUnavailable, get_state
@@ -283,8 +378,20 @@ class TokenCache:
                 return  # another process recorded a use within the minute
         except StateUnavailable:
             pass  # the conditional UPDATE alone still keeps it to once a minute
+        # In the background: a slow or hung database must not hold up a connect.
+        task = asyncio.ensure_future(self._touch(token_id, ip, timezone.now()))
+        self._touching.add(task)
+        task.add_done_callback(self._touching.discard)
+
+    async def settle(self):
+        """Wait for this event loop's background last_used writes (tests, shutdown)."""
+        loop = asyncio.get_running_loop()
+        pending = [task for task in self._touching if task.get_loop() is loop]
+        await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _touch(self, token_id, ip, at):
         try:
-            await _touch(token_id, ip, timezone.now())
+            await _from_database(_touch, token_id, ip, at)
         except Exception:
             log.warning("could not record last use of token %s", token_id, exc_info=True)
 
@@ -292,9 +399,11 @@ class TokenCache:
 token_cache = TokenCache()
 
 
-async def check_token(raw, stream, ip=None) -> TokenCheck:
-    """Is `raw` a usable token for `stream`? Called on every connect."""
-    return await token_cache.check(raw, stream, ip)
+async def check_token(raw, stream, ip=None, load=True) -> TokenCheck | None:
+    """Is `raw` a usable token for `stream`? Called on every connect.
+    `load=False` (a client over its failure budget): None unless this
+    process can answer without the database."""
+    return await token_cache.check(raw, stream, ip, load=load)
 
 
 async def recheck_token(token_id, stream) -> TokenCheck:
@@ -308,7 +417,7 @@ async def recheck_token(token_id, stream) -> TokenCheck:
     this process has not loaded yet. So a change that has been committed and
     had its generation bumped is always seen; expiry and rotation grace are
     evaluated now. A deleted token answers 'revoked'."""
-    return await token_cache.recheck(token_id, stream)
+    return await token_cache.recheck_or_known(token_id, stream)
 
 
 @database_sync_to_async
@@ -320,11 +429,16 @@ def user_max_connections(user_id) -> int:
     return UserLimits.for_user(get_user_model().objects.get(pk=user_id)).max_connections
 
 
-@database_sync_to_async
-def session_user_check(user_id):
+async def session_user_check(user_id):
     """(active, max_connections) for the user of a session socket, in one
     query; (False, None) when the user no longer exists. Used at connect and
-    on every re-check, so a deactivated or deleted user's sockets close."""
+    on every re-check, so a deactivated or deleted user's sockets close.
+    Raises AccountsUnavailable when the database cannot answer."""
+    return await _from_database(_session_user_check, user_id)
+
+
+@database_sync_to_async
+def _session_user_check(user_id):
     from django.contrib.auth import get_user_model
 
     from .models import UserLimits

@@ -11,7 +11,7 @@ from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
-from apps.accounts.auth import check_token
+from apps.accounts.auth import AccountsUnavailable, check_token
 from apps.streams.credentials import REJECTION
 from apps.streams.netaddr import request_client_ip
 from apps.streams.protocol import STREAMS, now_ms, refusal_table
@@ -117,7 +117,10 @@ async def snapshot(request, stream):
         raise Http404("unknown stream")
     raw = _bearer(request)
     if raw is not None:
-        check = await check_token(raw, stream, request_client_ip(request))
+        try:
+            check = await check_token(raw, stream, request_client_ip(request))
+        except AccountsUnavailable:
+            return _api_error(503, "unavailable", "sign-in is temporarily unavailable; retry later", Retry_After="5")
         if not check.ok:
             reason = REJECTION.get(check.reason, REJECTION["bad"])
             return _api_error(

@@ -30,7 +30,7 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 
 from apps.streams import metrics, protocol
-from apps.streams.publish import publish_feed_state, publish_snapshot
+from apps.streams.publish import Fenced, publish_feed_state, publish_snapshot
 from stocktracker.lib.state import get_state
 
 from . import market
@@ -120,6 +120,13 @@ class Leadership:
             return True
         self.held = await self._lock(state).owned()
         return self.held
+
+    def fence(self):
+        """This term's proof of leadership for the publish step: (lock key,
+        token), checked by Redis in the same script that numbers the frame."""
+        if self.lock is None or not self.elect:
+            return None
+        return (LOCK_KEY, self.lock.local.token)
 
     async def release(self):
         if self.lock is None or not self.held:
@@ -218,9 +225,22 @@ class Feed:
             if not await self.leader.still_held():
                 log.warning("not publishing %s: no longer the leader", stream)
                 return None
-            published[stream] = await publish_snapshot(
-                stream, payload, epoch=epoch, source_ms=data.source_ms, feed=feed, simulated=data.simulated
-            )
+            try:
+                published[stream] = await publish_snapshot(
+                    stream,
+                    payload,
+                    epoch=epoch,
+                    source_ms=data.source_ms,
+                    feed=feed,
+                    simulated=data.simulated,
+                    fence=self.leader.fence(),
+                )
+            except Fenced:
+                # Paused past the lock's TTL: another process leads now.
+                self.leader.held = False
+                metrics.FEED_LEADER.set(0)
+                log.warning("not publishing %s: another process took the feed leader lock", stream)
+                return None
             self.fingerprints[stream] = mark
             self.stats["published"] += 1
         self.failures, self.failing_since = 0, None

@@ -28,6 +28,7 @@ from channels.utils import await_many_dispatch
 from django.conf import settings
 from redis.exceptions import RedisError
 
+from apps.accounts.auth import AccountsUnavailable
 from stocktracker.lib.state import StateUnavailable, get_state
 
 from . import credentials, leases, protocol, sessions
@@ -212,7 +213,11 @@ class StreamConsumer(AsyncWebsocketConsumer):
                 return
             self.authenticating = True  # until start() is done: no deadline, no second `auth`
             try:
-                grant = await credentials.session_grant(user)
+                try:
+                    grant = await credentials.session_grant(user)
+                except AccountsUnavailable:
+                    await self.refuse(Refusal.ACCOUNTS_DOWN)
+                    return
                 if self.closing:
                     return
                 if grant is None:
@@ -238,12 +243,16 @@ class StreamConsumer(AsyncWebsocketConsumer):
         # cannot close the socket half-way through taking its leases.
         self.authenticating = True
         try:
-            grant, reason = await credentials.token_grant(raw, self.stream, self.ip)
+            try:
+                grant, reason = await credentials.token_grant(raw, self.stream, self.ip)
+            except AccountsUnavailable:
+                await self.refuse(Refusal.ACCOUNTS_DOWN)
+                return
             if self.closing:
                 return
             if grant is None:
                 reason, check = reason
-                if reason != "bad":
+                if check is not None and reason != "bad":
                     self.claimed_token_id, self.claimed_prefix = check.token_id, check.token_prefix
                 await self.refuse(REJECTION[reason])
                 return

@@ -13,6 +13,7 @@ from urllib.parse import parse_qs
 
 from apps.accounts.auth import check_token, recheck_token, session_user_check
 
+from . import authlimit
 from .protocol import Refusal
 
 
@@ -46,6 +47,7 @@ REJECTION = {
     "retired": Refusal.RETIRED,
     "expired": Refusal.EXPIRED,
     "stream": Refusal.STREAM_FORBIDDEN,
+    "limited": Refusal.LIMITED,
 }
 
 
@@ -55,8 +57,15 @@ def deadline_of(check):
 
 
 async def token_grant(raw, stream, ip):
-    """(Grant, None), or (None, (reason, the failed check)) when refused."""
-    check = await check_token(raw, stream, ip)
+    """(Grant, None), or (None, (reason, the failed check)) when refused.
+    An address over its failed sign-in budget gets only what the token cache
+    can answer; anything needing the database is refused ('limited')."""
+    limited = await authlimit.over_budget(ip)
+    check = await check_token(raw, stream, ip, load=not limited)
+    if check is None:
+        return None, ("limited", None)
+    if check.reason == "bad":
+        await authlimit.failed(ip)
     if not check.ok:
         return None, (check.reason, check)
     return (

@@ -56,6 +56,7 @@ class Hub:
         self.topics = {}  # topic -> set of consumers
         self.channels = {}  # topic -> this process's channel in that group
         self.receivers = {}  # topic -> receive task
+        self.positions = {}  # topic -> (epoch, seq) of the newest snapshot written
         self.lock = asyncio.Lock()
         self.tick_task = None
 
@@ -92,7 +93,21 @@ class Hub:
                 if kind == "snapshot" and latest is not None and not protocol.is_newer(item.text, latest):
                     continue
                 await consumer.write(item.text, item.frame, item.size)
+        if latest is not None:
+            for topic in getattr(consumer, "topics", ()):
+                self._advance(topic, protocol.snapshot_position(latest))
         consumer.ready = True
+
+    def _advance(self, topic, position):
+        """False for a snapshot not newer than the topic's newest within its epoch
+        (a paused leader's late frame): it reaches no socket of this process."""
+        if position is None or position[1] is None:
+            return True
+        last = self.positions.get(topic)
+        if last is not None and last[0] == position[0] and position[1] <= last[1]:
+            return False
+        self.positions[topic] = position
+        return True
 
     # --- frames ------------------------------------------------------------------------
 
@@ -115,6 +130,9 @@ class Hub:
                 log.exception("fan-out failed topic=%s", topic)
 
     async def fan_out(self, topic, message):
+        if message.get("seq") is not None and not self._advance(topic, (message.get("epoch"), message["seq"])):
+            log.warning("dropped a late snapshot topic=%s seq=%s", topic, message["seq"])
+            return
         members = self.topics.get(topic)
         if not members:
             return

@@ -59,6 +59,7 @@ class Refusal:
     EXPIRED = Reason(Close.EXPIRED, 401, "token_expired", "token expired")
     TOO_LARGE = Reason(Close.ABUSE, 413, "too_large", "message too large")
     FLOODING = Reason(Close.ABUSE, 429, "flooding", "too many messages")
+    LIMITED = Reason(Close.ABUSE, 429, "too_many_failures", "too many failed sign-ins from this address; retry later")
     KICKED = Reason(Close.KICKED, 403, "disconnected", "disconnected by an operator")
     OVER_LIMIT = Reason(Close.OVER_LIMIT, 429, "over_limit", "too many connections")
     LIMIT_LOWERED = Reason(Close.OVER_LIMIT, 429, "over_limit", "connection limit lowered")
@@ -66,6 +67,8 @@ class Refusal:
     TOO_SLOW = Reason(Close.TOO_SLOW, 503, "too_slow", "the client stopped reading")
     RESTARTING = Reason(Close.RESTARTING, 503, "restarting", "server restarting; reconnect")
     UNAVAILABLE = Reason(Close.TRY_AGAIN_LATER, 503, "unavailable", "service temporarily unavailable")
+    # The accounts database cannot answer: "retry later", with a reason, never 1011.
+    ACCOUNTS_DOWN = Reason(Close.TRY_AGAIN_LATER, 503, "unavailable", "sign-in is temporarily unavailable; retry later")
     BACKEND_LOST = Reason(Close.TRY_AGAIN_LATER, 503, "unavailable", "a backing service is unavailable; retry later")
 
 
@@ -130,6 +133,28 @@ def snapshot_frame(
     )
 
 
+def snapshot_frame_parts(stream: str, **fields) -> tuple[str, str]:
+    """`snapshot_frame` split around its `seq`: head + str(seq) + tail is the
+    frame, so the state layer can number it in the same step that stores it.
+    The first match is the header's: inside JSON strings quotes are escaped."""
+    head, found, tail = snapshot_frame(stream, seq=0, **fields).partition(',"seq":0,')
+    assert found, "snapshot_frame writes seq before data"
+    return head + ',"seq":', "," + tail
+
+
+def snapshot_position(text: str):
+    """(epoch, seq) of a snapshot frame, read from its header without parsing
+    `data`; None for any other frame."""
+    head, found, _ = text.partition(',"data":')
+    if not found or not head.startswith('{"type":"snapshot"'):
+        return None
+    try:
+        frame = json.loads(head + "}")
+    except ValueError:
+        return None
+    return frame.get("epoch"), frame.get("seq")
+
+
 def snapshot_feed(text: str):
     """The `feed` state of a snapshot frame, read from the header that
     `snapshot_frame` writes before `data`, so a large frame is not parsed;
@@ -150,22 +175,11 @@ def snapshot_feed(text: str):
     return frame.get("feed") if isinstance(frame, dict) else None
 
 
-def _order(text: str):
-    """(epoch, seq) of a snapshot frame, read from its header (no parse of `data`)."""
-    head = text.partition(',"data":')[0]
-    try:
-        epoch = head.split('"epoch":"', 1)[1].split('"', 1)[0]
-        seq = int(head.split('"seq":', 1)[1].split(",", 1)[0])
-    except (IndexError, ValueError):
-        return None
-    return epoch, seq
-
-
 def is_newer(text: str, than: str) -> bool:
     """True if snapshot `text` should follow `than` (a later seq, or another
     epoch: a new trading day); unknown shapes count as newer."""
-    mine, theirs = _order(text), _order(than)
-    if mine is None or theirs is None:
+    mine, theirs = snapshot_position(text), snapshot_position(than)
+    if mine is None or theirs is None or mine[1] is None or theirs[1] is None:
         return text != than
     if mine[0] != theirs[0]:
         return True

@@ -9,9 +9,11 @@ import logging
 from channels.exceptions import ChannelFull
 from channels.layers import get_channel_layer
 
-from stocktracker.lib.state import get_state
+from stocktracker.lib.state import Fenced, get_state
 
 from . import metrics, protocol
+
+__all__ = ["Fenced", "publish_feed_state", "publish_snapshot", "wake_feed"]
 
 log = logging.getLogger("apps.streams")
 
@@ -22,26 +24,37 @@ FRAME = "stream.frame"  # consumer handler: stream_frame
 # that the sockets count delivery and delay without parsing or encoding.
 
 
-async def publish_snapshot(stream, data, *, epoch, source_ms, feed="live", simulated=False):
-    """Publish one complete snapshot of `stream`; returns its sequence number."""
+async def publish_snapshot(stream, data, *, epoch, source_ms, feed="live", simulated=False, fence=None):
+    """Publish one complete snapshot of `stream`; returns its sequence number.
+
+    `fence` is the publisher's leader term, (lock key, token): numbering and
+    storing happen only while Redis still holds that token, else `Fenced` is
+    raised and nothing is sent. The frame carries its (epoch, seq) so sockets
+    drop a frame that is not newer than the last one they forwarded (one sent
+    by a leader that was paused between storing it and sending it)."""
     if stream not in protocol.STREAMS:
         raise ValueError(f"unknown stream {stream!r}")
-    state = get_state()
-    seq = await state.seq_next(stream, epoch)
     published_ms = protocol.now_ms()
-    text = protocol.snapshot_frame(
+    head, tail = protocol.snapshot_frame_parts(
         stream,
         epoch=epoch,
-        seq=seq,
         published_ms=published_ms,
         source_ms=source_ms,
         feed=feed,
         data=data,
         simulated=simulated,
     )
-    await state.latest_set(stream, text)
+    seq, text = await get_state().latest_publish(stream, epoch, head, tail, fence)
     size = len(text.encode())
-    message = {"type": FRAME, "kind": "snapshot", "text": text, "published_ms": published_ms, "bytes": size}
+    message = {
+        "type": FRAME,
+        "kind": "snapshot",
+        "text": text,
+        "published_ms": published_ms,
+        "bytes": size,
+        "epoch": epoch,
+        "seq": seq,
+    }
     await get_channel_layer().group_send(protocol.stream_group(stream), message)
     metrics.PUBLISHED.labels(stream).inc()
     metrics.PUBLISHED_BYTES.labels(stream).inc(size)

@@ -21,6 +21,7 @@ import time
 
 from django.conf import settings
 
+from apps.accounts.auth import AccountsUnavailable
 from stocktracker.lib.state import StateUnavailable, get_state
 
 from . import leases
@@ -157,6 +158,9 @@ class Registry:
                 due = time.monotonic() + interval
             try:
                 await self.recheck(everything)
+            except AccountsUnavailable:
+                retry = min(interval, 2 * retry if retry else RECHECK_RETRY)
+                log.warning("re-check unavailable (accounts database); retrying in %.0f s", retry)
             except Exception:
                 retry = min(interval, 2 * retry if retry else RECHECK_RETRY)
                 log.exception("re-check failed; retrying in %.0f s", retry)

@@ -100,6 +100,23 @@ end
 return redis.call('HINCRBY', KEYS[1], 'seq', 1)
 """
 
+# KEYS: [seq hash, latest key, fence key]; ARGV: epoch, frame head, frame
+# tail, fence token ('' = unfenced). Numbers and stores a snapshot in one
+# step, only while the fence key still holds the caller's token: a leader
+# that was paused past its lock's TTL gets -1 and publishes nothing, and the
+# latest frame is always the highest seq of its epoch.
+_PUBLISH = """
+if ARGV[4] ~= '' and redis.call('GET', KEYS[3]) ~= ARGV[4] then
+  return -1
+end
+if redis.call('HGET', KEYS[1], 'epoch') ~= ARGV[1] then
+  redis.call('HSET', KEYS[1], 'epoch', ARGV[1], 'seq', 0)
+end
+local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+redis.call('SET', KEYS[2], ARGV[2] .. seq .. ARGV[3])
+return seq
+"""
+
 _MEMBERS = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -136,6 +153,10 @@ class StateUnavailable(Exception):
     """The shared store (Redis) cannot be reached; callers answer with 1013 / 503."""
 
 
+class Fenced(Exception):
+    """The caller's leader term is over (another process holds the lock): nothing was published."""
+
+
 class MemoryState:
     """In-process state for embedded mode (one process, no Redis)."""
 
@@ -160,6 +181,14 @@ class MemoryState:
         seq = seq + 1 if last_epoch == epoch else 1
         self._seq[stream] = (epoch, seq)
         return seq
+
+    async def latest_publish(self, stream, epoch, head, tail, fence=None):
+        """Number and store a snapshot (head + seq + tail); returns (seq, text).
+        One process: no other leader to fence out."""
+        seq = await self.seq_next(stream, epoch)
+        text = f"{head}{seq}{tail}"
+        self._latest[stream] = text
+        return seq, text
 
     async def feed_get(self):
         return self._feed
@@ -261,6 +290,22 @@ class MemoryState:
         claims[key] = now + ttl
         return True
 
+    async def counter_get(self, key):
+        """The value of a windowed counter (0 when absent or expired)."""
+        counters = self.__dict__.setdefault("_counters", {})
+        value, expiry = counters.get(key, (0, 0))
+        return value if expiry > time.monotonic() else 0
+
+    async def counter_incr(self, key, ttl):
+        """Add one to a counter that disappears `ttl` seconds after its first use."""
+        counters = self.__dict__.setdefault("_counters", {})
+        now = time.monotonic()
+        if len(counters) > 10_000:
+            for old in [k for k, (_, exp) in counters.items() if exp <= now]:
+                del counters[old]
+        value, expiry = counters.get(key, (0, 0))
+        counters[key] = (value + 1, expiry) if expiry > now else (1, now + ttl)
+
     async def ping(self):
         return True
 
@@ -289,6 +334,7 @@ class RedisState:
         self.redis = aioredis.Redis(connection_pool=pool)
         self._acquire = self.redis.register_script(_ACQUIRE)
         self._next_seq = self.redis.register_script(_NEXT_SEQ)
+        self._publish = self.redis.register_script(_PUBLISH)
         self._count = self.redis.register_script(_COUNT)
         self._members = self.redis.register_script(_MEMBERS)
         self._renew = self.redis.register_script(_RENEW)
@@ -311,6 +357,17 @@ class RedisState:
 
     async def seq_next(self, stream, epoch):
         return int(await self._call(self._next_seq(keys=[f"{PREFIX}seq:{stream}"], args=[epoch])))
+
+    async def latest_publish(self, stream, epoch, head, tail, fence=None):
+        """Number and store a snapshot (head + seq + tail) in one script;
+        returns (seq, text). `fence` is (lock key, token): raises Fenced when
+        the lock is no longer the caller's."""
+        key, token = fence if fence else ("", "")
+        keys = [f"{PREFIX}seq:{stream}", f"{PREFIX}latest:{stream}", key or f"{PREFIX}unfenced"]
+        seq = int(await self._call(self._publish(keys=keys, args=[epoch, head, tail, token or ""])))
+        if seq < 0:
+            raise Fenced(f"{key} is no longer held by this process")
+        return seq, f"{head}{seq}{tail}"
 
     async def feed_get(self):
         raw, heartbeat = await self._call(self.redis.mget(f"{PREFIX}feed", f"{PREFIX}feed:heartbeat"))
@@ -436,6 +493,17 @@ class RedisState:
     async def claim(self, key, ttl):
         """True for the first caller in each `ttl` seconds, on any process."""
         return bool(await self._call(self.redis.set(f"{PREFIX}claim:{key}", 1, nx=True, px=max(1, int(ttl * 1000)))))
+
+    async def counter_get(self, key):
+        """The value of a windowed counter (0 when absent or expired)."""
+        return int(await self._call(self.redis.get(f"{PREFIX}count:{key}")) or 0)
+
+    async def counter_incr(self, key, ttl):
+        """Add one to a counter that disappears `ttl` seconds after its first use (one round trip)."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.incr(f"{PREFIX}count:{key}")
+            pipe.expire(f"{PREFIX}count:{key}", max(1, int(ttl)), nx=True)
+            await self._call(pipe.execute())
 
     async def ping(self):
         return await self._call(self.redis.ping())

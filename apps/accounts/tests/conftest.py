@@ -26,7 +26,13 @@ def run_recheck(token_id, stream="market", *, cache=None, at=None):
 def run_check(raw, stream="market", *, cache=None, ip="127.0.0.1", at=None):
     """check_token as a connect would call it, from sync test code."""
     cache = cache or auth.token_cache
-    return async_to_sync(cache.check)(raw, stream, ip, at)
+
+    async def check_and_settle():
+        result = await cache.check(raw, stream, ip, at)
+        await cache.settle()  # its last_used write runs in the background
+        return result
+
+    return async_to_sync(check_and_settle)()
 
 
 @pytest.fixture

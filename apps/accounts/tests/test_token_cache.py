@@ -5,6 +5,7 @@ from datetime import timedelta
 
 import pytest
 import redis
+from asgiref.sync import async_to_sync
 from django.conf import settings
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
@@ -230,3 +231,31 @@ def test_without_redis_rechecks_read_the_database(owner_token, settings):
     reset_state()
     type(token).objects.filter(pk=token.pk).update(revoked_at=token.created_at)
     assert run_recheck(token.pk).reason == "revoked"
+
+
+def test_a_flood_of_forged_tokens_never_pushes_a_real_token_out_of_the_cache(owner_token):
+    from apps.accounts import tokens
+
+    _, raw = owner_token
+    cache = TokenCache(max_entries=10, max_unknown=5)
+    assert run_check(raw, cache=cache).ok
+    assert run_check(raw, cache=cache).ok  # cached from the second check on (first use creates the generation)
+    forged = [tokens.generate() for _ in range(200)]  # well-formed, checksummed, unknown
+    assert all(run_check(fake, cache=cache).reason == "bad" for fake in forged)
+    with CaptureQueriesContext(connection) as queries:
+        assert run_check(raw, cache=cache).ok
+    assert len(queries) == 0, [q["sql"] for q in queries]
+
+
+def test_a_cache_only_check_answers_known_tokens_and_declines_the_rest(owner_token):
+    from apps.accounts import tokens
+
+    _, raw = owner_token
+    cache = TokenCache()
+    run_check(raw, cache=cache), run_check(raw, cache=cache)
+    check = async_to_sync(cache.check)
+    with CaptureQueriesContext(connection) as queries:
+        assert check(raw, "market", load=False).ok
+        assert check(tokens.generate(), "market", load=False) is None
+        assert check("stk_not-even-well-formed", "market", load=False).reason == "bad"
+    assert len(queries) == 0

@@ -1,0 +1,323 @@
+"""Soak: 2,000 clients for SOAK_SECONDS (default 600) with churn, a Redis
+restart and a daphne restart in the middle; writes bench/SOAK.md.
+
+    make soak                      # 10 minutes
+    SOAK_SECONDS=180 make soak     # a shortened run
+
+Loopback only, bounded in time. Runs under scripts/with_services.py for
+PostgreSQL; starts its own redis-server (so that it can restart it on the
+same port), one feed worker and one daphne with the Procfile's flags and the
+production timers. The clients (bench/soak_client.py, two processes) follow
+one stream each; a tenth of them reconnect every 10 s.
+
+Schedule: Redis restarted at 20 % of the run, daphne (SIGTERM, then a new
+one on the same port) at 30 %, so the clients are back well before the last half. Reported:
+- daphne RSS growth over the last half of the run (the restarted process,
+  from 50 % to the end): pass at <= 5 %;
+- leases in Redis (the bench token's lease set) vs sockets open, 10 s after
+  churn stops: pass when equal;
+- frames lost (seq gaps on an open socket) outside the restart windows
+  (from 1 s before each restart to 20 s after): pass at 0.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+PY = sys.executable
+CLIENTS = int(os.environ.get("SOAK_CLIENTS", "2000"))
+SECONDS = float(os.environ.get("SOAK_SECONDS", "600"))
+PROCS = 2
+WINDOW_BEFORE, WINDOW_AFTER = 1.0, 20.0
+OUT = ROOT / "bench" / "SOAK.md"
+DAPHNE_FLAGS = (
+    "--ping-interval 20 --ping-timeout 20 --websocket_connect_timeout 10 --websocket-max-message-size 65536 "
+    "--websocket-max-frame-size 65536 --websocket_timeout -1 --application-close-timeout 5 --access-log /dev/null"
+).split()
+
+
+def log(message):
+    print(f"[soak {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def free_port():
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_port(port, timeout=60):
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError(f"nothing listened on {port}")
+
+
+class Soak:
+    def __init__(self):
+        self.tmp = Path(tempfile.mkdtemp(prefix="stocktracker-soak-"))
+        self.procs = []
+        self.redis_port = free_port()
+        self.web_port = free_port()
+        self.env = dict(os.environ)
+        self.env.update(
+            DJANGO_SETTINGS_MODULE="stocktracker.settings",
+            DEBUG="false",
+            SECRET_KEY=os.environ.get("SECRET_KEY") or "soak-only-secret-key-0123456789-abcdefghijklmnopqrstuvwxyz",
+            REDIS_URL=f"redis://127.0.0.1:{self.redis_port}/0",
+            WS_MAX_CONNECTIONS_PER_IP=str(CLIENTS * 2),
+            FEED_SOURCE="simulator",
+            SIMULATOR_CLOCK="demo",
+            FEED_INTERVAL="1",
+            SIMULATOR_SPEED="30",
+            FEED_IN_PROCESS="false",
+            PYTHONUNBUFFERED="1",
+        )
+        self.reports = []  # (client process, report)
+        self.events = {}  # name -> wall time
+        self.rss = []  # (wall time, MB) of the current daphne
+
+    def start(self, args, name, env=None):
+        log_file = open(self.tmp / f"{name}.log", "a")
+        proc = subprocess.Popen(args, cwd=ROOT, env=env or self.env, stdout=log_file, stderr=subprocess.STDOUT)
+        proc.name = name
+        self.procs.append(proc)
+        return proc
+
+    def stop(self, proc, sig=signal.SIGTERM, timeout=20):
+        if proc.poll() is None:
+            proc.send_signal(sig)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def redis(self):
+        proc = self.start(
+            ["redis-server", "--bind", "127.0.0.1", "--port", str(self.redis_port), "--save", "", "--appendonly", "no"],
+            "redis",
+        )
+        wait_port(self.redis_port)
+        return proc
+
+    def daphne(self):
+        args = [PY, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.web_port), *DAPHNE_FLAGS]
+        proc = self.start([*args, "stocktracker.asgi:application"], "daphne")
+        wait_port(self.web_port)
+        return proc
+
+    def read_clients(self, proc, index):
+        for line in proc.stdout:
+            if line.startswith("REPORT "):
+                self.reports.append((index, json.loads(line[7:])))
+
+    def run(self):
+        subprocess.run([PY, "manage.py", "migrate", "--no-input", "-v", "0"], cwd=ROOT, env=self.env, check=True)
+        seeded = subprocess.run(
+            [PY, "bench/seed.py", "--max-connections", str(CLIENTS * 2)],
+            cwd=ROOT,
+            env=self.env,
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+        seed = json.loads(next(line for line in seeded.splitlines() if line.startswith("TOKEN "))[6:])
+        redis_proc = self.redis()
+        self.start([PY, "manage.py", "runworker"], "worker")
+        web = self.daphne()
+        client_env = {**self.env, "BENCH_TOKEN": seed["token"]}
+        share = CLIENTS // PROCS
+        clients = []
+        client_args = [PY, "bench/soak_client.py", "--port", str(self.web_port), "--n", str(share)]
+        client_args += ["--life", str(SECONDS + 120)]
+        for index in range(PROCS):
+            proc = subprocess.Popen(
+                [*client_args, "--offset", str(index * share)],
+                cwd=ROOT,
+                env=client_env,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+            self.procs.append(proc)
+            clients.append(proc)
+            threading.Thread(target=self.read_clients, args=(proc, index), daemon=True).start()
+        started = time.time()
+        self.events["start"] = started
+        log(f"{CLIENTS} clients, {SECONDS:.0f} s; logs in {self.tmp}")
+        plan = [(0.20, "redis restart"), (0.30, "daphne restart")]
+        while time.time() - started < SECONDS:
+            elapsed = (time.time() - started) / SECONDS
+            if plan and elapsed >= plan[0][0]:
+                _, what = plan.pop(0)
+                self.events[what] = time.time()
+                log(what)
+                if what == "redis restart":
+                    self.stop(redis_proc, signal.SIGKILL)
+                    time.sleep(1)
+                    redis_proc = self.redis()
+                else:
+                    self.stop(web)
+                    self.rss = []
+                    web = self.daphne()
+            try:
+                self.rss.append((time.time(), psutil.Process(web.pid).memory_info().rss / 2**20))
+            except psutil.Error:
+                pass
+            time.sleep(5)
+        self.events["churn stop"] = time.time()
+        for proc in clients:  # no more churn; server-side closes still reconnect
+            proc.send_signal(signal.SIGUSR1)
+        time.sleep(10)
+        import redis
+
+        r = redis.Redis.from_url(self.env["REDIS_URL"])
+        leases = r.zcount("stk:lease:ip:127.0.0.1", int(time.time() * 1000), "+inf")
+        sockets = sum(
+            1
+            for conn in psutil.Process(web.pid).net_connections(kind="tcp")
+            if conn.laddr and conn.laddr.port == self.web_port and conn.status == psutil.CONN_ESTABLISHED
+        )
+        time.sleep(6)  # one more client report, taken after the count
+        r.close()
+        for proc in clients:
+            self.stop(proc)
+        time.sleep(1)
+        return self.summarise(leases, sockets)
+
+    def summarise(self, leases, sockets):
+        windows = [
+            (self.events[name] - WINDOW_BEFORE, self.events[name] + WINDOW_AFTER)
+            for name in ("redis restart", "daphne restart")
+        ]
+        lost_outside = lost_inside = 0
+        for _, report in self.reports:
+            for at, count in report["losses"]:
+                if any(lo <= at <= hi for lo, hi in windows):
+                    lost_inside += count
+                else:
+                    lost_outside += count
+        start = self.events["start"]
+        half = start + SECONDS / 2
+        last_half = [mb for at, mb in self.rss if at >= half]
+        growth = (last_half[-1] - last_half[0]) / last_half[0] * 100 if len(last_half) >= 2 else None
+        last = {}
+        for index, report in self.reports:
+            last[index] = report
+        open_now = sum(report["open"] for report in last.values())
+        closes, errors = {}, {}
+        for report in last.values():
+            for key, value in report["closes"].items():
+                closes[key] = closes.get(key, 0) + value
+            for key, value in report["errors"].items():
+                errors[key] = errors.get(key, 0) + value
+        result = {
+            "clients": CLIENTS,
+            "seconds": SECONDS,
+            "rss_last_half_mb": [round(last_half[0], 1), round(last_half[-1], 1)] if last_half else None,
+            "rss_growth_pct": round(growth, 2) if growth is not None else None,
+            "leases": leases,
+            "sockets_open_server": sockets,
+            "sockets_open_clients": open_now,
+            "frames_received": sum(report["frames"] for report in last.values()),
+            "connects": sum(report["connects"] for report in last.values()),
+            "lost_outside_restarts": lost_outside,
+            "lost_inside_restarts": lost_inside,
+            "close_codes_seen_by_clients": closes,
+            "client_errors": errors,
+        }
+        return result
+
+    def cleanup(self):
+        for proc in reversed(self.procs):
+            self.stop(proc)
+        log(f"process logs kept in {self.tmp}")
+
+
+def write(result, command):
+    def verdict(ok):
+        return "pass" if ok else "FAIL"
+
+    growth = result["rss_growth_pct"]
+    rows = [
+        (
+            "daphne RSS growth over the last half",
+            f"{growth} % {result['rss_last_half_mb']} MB",
+            "≤ 5 %",
+            verdict(growth is not None and growth <= 5),
+        ),
+        (
+            "leases in Redis vs sockets open (server / clients)",
+            f"{result['leases']} vs {result['sockets_open_server']} / {result['sockets_open_clients']}",
+            "equal",
+            verdict(result["leases"] == result["sockets_open_server"] == result["sockets_open_clients"]),
+        ),
+        (
+            "frames lost outside the restart windows",
+            str(result["lost_outside_restarts"]),
+            "0",
+            verdict(result["lost_outside_restarts"] == 0),
+        ),
+    ]
+    lines = [
+        "# Soak results",
+        "",
+        f"Command: `{command}` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
+        f"{result['clients']} clients for {result['seconds']:.0f} s, a tenth reconnecting every 10 s, "
+        "Redis killed and restarted at 20 %, daphne restarted (SIGTERM) at 30 %.",
+        "",
+        "| check | measured | target | |",
+        "|---|---|---|---|",
+        *[f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows],
+        "",
+        f"Frames lost inside the restart windows (1 s before to 20 s after): {result['lost_inside_restarts']}. "
+        f"Snapshots received: {result['frames_received']}; connects: {result['connects']}.",
+        f"Close codes the clients saw: {result['close_codes_seen_by_clients']}; "
+        f"client-side errors: {result['client_errors']}.",
+        "",
+        "Raw:",
+        "",
+        "```json",
+        json.dumps(result, indent=1),
+        "```",
+        "",
+    ]
+    OUT.write_text("\n".join(lines))
+
+
+def main():
+    soak = Soak()
+
+    def interrupted(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupted)
+    try:
+        result = soak.run()
+    finally:
+        soak.cleanup()
+    command = f"SOAK_SECONDS={SECONDS:.0f} make soak" if SECONDS != 600 else "make soak"
+    write(result, command)
+    print(json.dumps(result, indent=1))
+    log(f"wrote {OUT.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
