@@ -16,7 +16,7 @@ import time
 
 from django.conf import settings
 
-from .state import StateUnavailable, get_state
+from stocktracker.lib.state import StateUnavailable, get_state
 
 WINDOW_S = 60
 
