@@ -21,7 +21,8 @@ import sys
 import tempfile
 import time
 
-import system_packages  # scripts/, beside this file
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # also when loaded as a module by tests
+import system_packages
 
 
 def log(message):
