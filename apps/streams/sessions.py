@@ -130,13 +130,17 @@ class Registry:
     # --- re-checks ---------------------------------------------------------------
 
     def _next_wait(self, due):
-        """Seconds to the next re-check: the interval, or sooner at a deadline."""
+        """Seconds to the next re-check: the interval, or sooner at a deadline
+        (a deadline already past waits RECHECK_RETRY, never a busy loop)."""
         wait = due - time.monotonic()
-        deadlines = [
-            next(iter(group)).grant.deadline for group in self.by_key.values() if next(iter(group)).grant.deadline
-        ]
+        deadlines = []
+        for group in self.by_key.values():
+            live = next((c for c in group if not c.closing), None)
+            if live is not None and live.grant.deadline:
+                deadlines.append(live.grant.deadline)
         if deadlines:
-            wait = min(wait, min(deadlines) - time.time() + 0.05)
+            left = min(deadlines) - time.time() + 0.05
+            wait = min(wait, left if left > 0 else RECHECK_RETRY)
         return max(0.0, wait)
 
     async def _recheck_loop(self):
@@ -148,11 +152,15 @@ class Registry:
             if retry is not None:
                 wait = max(wait, retry)  # a passed deadline must not turn failures into a busy loop
             self.wake.clear()
+            # asyncio.wait, not wait_for: on 3.11 wait_for can turn the task's
+            # own cancellation into a TimeoutError, and the loop would never end.
+            waiter = asyncio.ensure_future(self.wake.wait())
             try:
-                await asyncio.wait_for(self.wake.wait(), wait)
+                done, _ = await asyncio.wait({waiter}, timeout=wait)
+            finally:
+                waiter.cancel()
+            if done:
                 continue
-            except TimeoutError:
-                pass
             everything = time.monotonic() >= due
             if everything:
                 due = time.monotonic() + interval
