@@ -1,6 +1,6 @@
 """Hub send -> client receive latency through runworker + daphne, with SSI faked on loopback.
 
-    flock -x /work/wt/heavy.lock python scripts/with_services.py -- python bench/hub_latency.py
+    python scripts/with_services.py -- python bench/hub_latency.py
     ... bench/hub_latency.py --rate 200 --duration 90 --idle 20
 
 Needs REDIS_URL and DATABASE_URL (with_services.py provides throwaway ones).

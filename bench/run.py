@@ -386,7 +386,7 @@ def run_one(args, token, r, *, server, layer, n, logdir):
         "db_conn_max_age": args.db_conn_max_age,
         "asgi_app": ASGI_APP,
         "loop": uvicorn_loop() if server == "uvicorn" else "asyncio" if server == "bare" else "asyncio (twisted)",
-        "command": " ".join(server_cmd(server, 0)).replace(PY, "python"),
+        "command": " ".join(server_cmd(server, 0)).replace(PY, "python").replace(HERE + os.sep, "bench/"),
         "started": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "loadavg_before": [round(x, 2) for x in os.getloadavg()],
     }
