@@ -31,6 +31,7 @@ import websockets
 from websockets.exceptions import InvalidStatus, WebSocketException
 
 from apps.streams import metrics
+from stocktracker.lib.aio import running
 
 log = logging.getLogger("apps.feed.hub")
 
@@ -154,7 +155,7 @@ class HubChannel:
     async def run(self):
         attempt = 0
         async with httpx.AsyncClient(timeout=self.timeout, headers={"Accept": "application/json"}) as http:
-            while True:
+            while running():
                 started = time.monotonic()
                 reason = "closed"
                 try:

@@ -31,6 +31,7 @@ from django.conf import settings
 
 from apps.streams import metrics, protocol
 from apps.streams.publish import Fenced, publish_feed_state, publish_snapshot
+from stocktracker.lib.aio import running
 from stocktracker.lib.state import get_state
 
 from . import market
@@ -426,7 +427,7 @@ class Feed:
     async def _listen(self):
         """Wake the loop when a stream gets its first subscriber."""
         layer = get_channel_layer()
-        while True:
+        while running():
             try:
                 message = await layer.receive(protocol.WAKE_CHANNEL)
             except asyncio.CancelledError:

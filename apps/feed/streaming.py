@@ -26,6 +26,8 @@ import time
 
 from django.conf import settings
 
+from stocktracker.lib.aio import running
+
 from . import market
 from .hub import CHANNEL_TYPES, HubStream
 from .live import Board
@@ -236,7 +238,7 @@ class StreamingSource(SSISource):
 
     async def _rest_loop(self):
         failures = 0
-        while True:
+        while running():
             try:
                 await self._rest_step()
                 failures, self.rest_error = 0, None

@@ -22,6 +22,7 @@ from channels.db import database_sync_to_async
 from django.conf import settings
 from django.utils import timezone
 
+from stocktracker.lib.aio import running
 from stocktracker.lib.state import StateUnavailable, get_state
 
 from . import metrics
@@ -153,7 +154,7 @@ class Accounting:
 
     async def _run(self):
         since_flush = 0.0
-        while True:
+        while running():
             await asyncio.sleep(METRICS_FOLD_INTERVAL)
             since_flush += METRICS_FOLD_INTERVAL
             if since_flush >= settings.USAGE_FLUSH_INTERVAL:

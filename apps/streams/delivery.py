@@ -30,6 +30,8 @@ import time
 from channels.layers import get_channel_layer
 from django.conf import settings
 
+from stocktracker.lib.aio import running
+
 from . import protocol
 from .metrics import fanout
 from .publish import FRAME
@@ -113,7 +115,7 @@ class Hub:
 
     async def _receive(self, topic):
         channel = self.channels[topic]
-        while True:
+        while running():
             try:
                 message = await self.layer.receive(channel)
             except asyncio.CancelledError:
@@ -200,7 +202,7 @@ class Hub:
             self.tick_task = asyncio.ensure_future(self._tick_loop())
 
     async def _tick_loop(self):
-        while True:
+        while running():
             await asyncio.sleep(settings.WS_HEARTBEAT_INTERVAL)
             try:
                 await self.tick()

@@ -22,6 +22,7 @@ import time
 from django.conf import settings
 
 from apps.accounts.auth import AccountsUnavailable
+from stocktracker.lib.aio import running
 from stocktracker.lib.state import StateUnavailable, get_state
 
 from . import leases
@@ -97,7 +98,7 @@ class Registry:
     # --- renewal -----------------------------------------------------------------
 
     async def _renew_loop(self):
-        while True:
+        while running():
             await asyncio.sleep(settings.WS_HEARTBEAT_INTERVAL)
             try:
                 await self.renew()
@@ -147,7 +148,7 @@ class Registry:
         interval = settings.TOKEN_RECHECK_INTERVAL
         due = time.monotonic() + interval
         retry = None
-        while True:
+        while running():
             wait = self._next_wait(due)
             if retry is not None:
                 wait = max(wait, retry)  # a passed deadline must not turn failures into a busy loop

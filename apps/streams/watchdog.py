@@ -45,6 +45,7 @@ import weakref
 
 from django.conf import settings
 
+from stocktracker.lib.aio import running
 from stocktracker.lib.state import StateUnavailable, get_state
 
 log = logging.getLogger("apps.streams")
@@ -106,7 +107,7 @@ class Watchdog:
 
     async def _probe_lag(self):
         loop = asyncio.get_running_loop()
-        while True:
+        while running():
             before = loop.time()
             await asyncio.sleep(LAG_PROBE)
             self.lag = max(0.0, loop.time() - before - LAG_PROBE)
@@ -128,7 +129,7 @@ class Watchdog:
             self.task = asyncio.ensure_future(self._run())
 
     async def _run(self):
-        while True:
+        while running():
             await asyncio.sleep(RETRY_INTERVAL if 0 < self.failures < FAILURES_TO_TRIP else CHECK_INTERVAL)
             try:
                 await self.check()
