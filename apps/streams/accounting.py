@@ -22,7 +22,7 @@ from channels.db import database_sync_to_async
 from django.conf import settings
 from django.utils import timezone
 
-from stocktracker.lib.aio import running
+from stocktracker.lib.aio import PerLoop, running
 from stocktracker.lib.state import StateUnavailable, get_state
 
 from . import metrics
@@ -171,15 +171,9 @@ def _record(rows):
     return TokenUsage.objects.record(rows)
 
 
-_by_loop = {}
+_accountings = PerLoop(Accounting)
 
 
 def accounting() -> Accounting:
     """The accounting of this event loop (one per daphne process)."""
-    loop = asyncio.get_running_loop()
-    found = _by_loop.get(loop)
-    if found is None:
-        for old in [lp for lp in _by_loop if lp.is_closed()]:
-            del _by_loop[old]
-        found = _by_loop[loop] = Accounting()
-    return found
+    return _accountings.get()

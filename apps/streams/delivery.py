@@ -30,7 +30,7 @@ import time
 from channels.layers import get_channel_layer
 from django.conf import settings
 
-from stocktracker.lib.aio import running
+from stocktracker.lib.aio import PerLoop, running
 
 from . import protocol
 from .metrics import fanout
@@ -257,15 +257,9 @@ def topic_stream(topic):
     return topic.split(".", 1)[1] if topic.startswith("stream.") else topic
 
 
-_by_loop = {}
+_hubs = PerLoop(Hub)
 
 
 def hub() -> Hub:
     """The hub of this event loop (one per daphne process)."""
-    loop = asyncio.get_running_loop()
-    found = _by_loop.get(loop)
-    if found is None:
-        for old in [lp for lp in _by_loop if lp.is_closed()]:
-            del _by_loop[old]
-        found = _by_loop[loop] = Hub()
-    return found
+    return _hubs.get()

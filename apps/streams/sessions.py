@@ -22,7 +22,7 @@ import time
 from django.conf import settings
 
 from apps.accounts.auth import AccountsUnavailable
-from stocktracker.lib.aio import running
+from stocktracker.lib.aio import PerLoop, running
 from stocktracker.lib.state import StateUnavailable, get_state
 
 from . import leases
@@ -214,14 +214,9 @@ async def enforce_caps(group):
             await consumer.refuse(Refusal.LIMIT_LOWERED._replace(message=f"connection limit for this {kind} lowered"))
 
 
-_by_loop = {}
+_registries = PerLoop(Registry)
 
 
 def registry() -> Registry:
-    loop = asyncio.get_running_loop()
-    found = _by_loop.get(loop)
-    if found is None:
-        for old in [lp for lp in _by_loop if lp.is_closed()]:
-            del _by_loop[old]
-        found = _by_loop[loop] = Registry()
-    return found
+    """The live-session registry of this event loop (one per daphne process)."""
+    return _registries.get()

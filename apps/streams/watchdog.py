@@ -45,7 +45,7 @@ import weakref
 
 from django.conf import settings
 
-from stocktracker.lib.aio import running
+from stocktracker.lib.aio import PerLoop, running
 from stocktracker.lib.state import StateUnavailable, get_state
 
 log = logging.getLogger("apps.streams")
@@ -61,7 +61,7 @@ OVERLOAD_LAG = 2.0  # an event loop this many seconds late refuses new sockets
 REFUSAL_LOG_INTERVAL = 10.0
 STALL_LOG = 0.5  # a lag probe this late is logged (once per interval)
 
-_watchdogs = {}  # event loop -> Watchdog
+_watchdogs = PerLoop(lambda: Watchdog())
 
 
 class Watchdog:
@@ -238,12 +238,7 @@ def _apply_gc_plan():
 
 
 def watchdog() -> Watchdog:
-    loop = asyncio.get_running_loop()
-    found = _watchdogs.get(loop)
-    if found is None:
-        for old in [lp for lp in _watchdogs if lp.is_closed()]:
-            del _watchdogs[old]
-        found = _watchdogs[loop] = Watchdog()
+    found = _watchdogs.get()
     found.start()
     return found
 

@@ -11,13 +11,14 @@ set in one Lua script, so limits hold under any number of parallel connects
 and a crashed process's connections stop counting once their leases expire.
 """
 
-import asyncio
 import datetime as dt
 import json
 import secrets
 import time
 
 from django.conf import settings
+
+from .aio import PerLoop
 
 PREFIX = "stk:"
 
@@ -510,7 +511,7 @@ class RedisState:
 
 
 _memory = None
-_by_loop = {}
+_redis_states = PerLoop(lambda: RedisState(settings.REDIS_URL))
 
 
 def get_state():
@@ -521,17 +522,11 @@ def get_state():
         if _memory is None:
             _memory = MemoryState()
         return _memory
-    loop = asyncio.get_running_loop()
-    state = _by_loop.get(loop)
-    if state is None:
-        for old in [lp for lp in _by_loop if lp.is_closed()]:
-            del _by_loop[old]
-        state = _by_loop[loop] = RedisState(settings.REDIS_URL)
-    return state
+    return _redis_states.get()
 
 
 def reset_state():
     """Forget process-local state (tests)."""
     global _memory
     _memory = None
-    _by_loop.clear()
+    _redis_states.clear()
