@@ -7,9 +7,11 @@ only: a token this process knows still works (an office behind one address is
 not locked out by one bad client), and anything that would need the database
 is refused with 4008 before any database work.
 
-One fixed window per address in shared state: reading it is one GET per
-sign-in, counting a failure one round trip. If Redis cannot answer, the
-budget is not enforced: the watchdog refuses connects while Redis is down.
+One fixed window per address in shared state. A sign-in that needs the
+database first takes one unit of the budget (one atomic INCR, so concurrent
+attempts cannot overshoot it) and gives it back when the token was real. If
+Redis cannot answer, the budget is not enforced: the watchdog refuses connects
+while Redis is down.
 """
 
 import time
@@ -25,17 +27,18 @@ def _key(ip):
     return f"authfail:{ip}:{int(time.time() // WINDOW_S)}"
 
 
-async def over_budget(ip) -> bool:
-    """True once `ip` has failed WS_AUTH_FAILURES_PER_MINUTE sign-ins this minute."""
+async def reserve(ip) -> bool:
+    """Take one database lookup from `ip`'s budget this minute; False when none is left."""
     try:
-        return await get_state().counter_get(_key(ip)) >= settings.WS_AUTH_FAILURES_PER_MINUTE
+        used = await get_state().counter_incr(_key(ip), WINDOW_S * 2)
     except StateUnavailable:
-        return False
+        return True
+    return used <= settings.WS_AUTH_FAILURES_PER_MINUTE
 
 
-async def failed(ip) -> None:
-    """Count one failed sign-in from `ip`."""
+async def refund(ip) -> None:
+    """Give back a lookup that found a real token: only failures use up the budget."""
     try:
-        await get_state().counter_incr(_key(ip), WINDOW_S * 2)
+        await get_state().counter_decr(_key(ip))
     except StateUnavailable:
         pass

@@ -60,12 +60,17 @@ async def token_grant(raw, stream, ip):
     """(Grant, None), or (None, (reason, the failed check)) when refused.
     An address over its failed sign-in budget gets only what the token cache
     can answer; anything needing the database is refused ('limited')."""
-    limited = await authlimit.over_budget(ip)
-    check = await check_token(raw, stream, ip, load=not limited)
-    if check is None:
-        return None, ("limited", None)
-    if check.reason == "bad":
-        await authlimit.failed(ip)
+    check = await check_token(raw, stream, ip, load=False)
+    if check is None:  # the database must answer: that costs the address one unit of its budget
+        if not await authlimit.reserve(ip):
+            return None, ("limited", None)
+        try:
+            check = await check_token(raw, stream, ip)
+        except BaseException:
+            await authlimit.refund(ip)
+            raise
+        if check.reason != "bad":
+            await authlimit.refund(ip)
     if not check.ok:
         return None, (check.reason, check)
     return (

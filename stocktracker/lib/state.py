@@ -306,6 +306,13 @@ class MemoryState:
                 del counters[old]
         value, expiry = counters.get(key, (0, 0))
         counters[key] = (value + 1, expiry) if expiry > now else (1, now + ttl)
+        return counters[key][0]
+
+    async def counter_decr(self, key):
+        counters = self.__dict__.setdefault("_counters", {})
+        value, expiry = counters.get(key, (0, 0))
+        if value > 0:
+            counters[key] = (value - 1, expiry)
 
     async def ping(self):
         return True
@@ -500,11 +507,16 @@ class RedisState:
         return int(await self._call(self.redis.get(f"{PREFIX}count:{key}")) or 0)
 
     async def counter_incr(self, key, ttl):
-        """Add one to a counter that disappears `ttl` seconds after its first use (one round trip)."""
+        """Add one to a counter that disappears `ttl` seconds after its first use
+        (one round trip); returns the new value."""
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.incr(f"{PREFIX}count:{key}")
             pipe.expire(f"{PREFIX}count:{key}", max(1, int(ttl)), nx=True)
-            await self._call(pipe.execute())
+            value, _ = await self._call(pipe.execute())
+        return int(value)
+
+    async def counter_decr(self, key):
+        await self._call(self.redis.decr(f"{PREFIX}count:{key}"))
 
     async def ping(self):
         return await self._call(self.redis.ping())
