@@ -89,31 +89,30 @@ def signed_points(value, digits=2):
     return f"{value:+,.{digits}f}"
 
 
-def compact(value):
-    """Large counts for narrow cells: 1234567 -> '1.23M'."""
+_SUFFIXES = ((1e9, "B"), (1e6, "M"), (1e3, "K"))
+
+
+def _scaled(value, digits):
+    """`value` in K/M/B with `digits(|scaled|)` decimals; "" when not a number."""
     value = _num(value)
     if value is None:
         return ""
-    size = abs(value)
-    for limit, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
-        if size >= limit:
-            return f"{value / limit:.2f}{suffix}"
+    for limit, suffix in _SUFFIXES:
+        if abs(value) >= limit:
+            scaled = value / limit
+            return f"{scaled:.{digits(abs(scaled))}f}{suffix}"
     return f"{round(value)}"
+
+
+def compact(value):
+    """Large counts for narrow cells: 1234567 -> '1.23M'."""
+    return _scaled(value, lambda _: 2)
 
 
 def short(value):
     """Three significant digits for the board's narrowest cells: 246400 -> '246K',
     46200 -> '46.2K', 1330000 -> '1.33M'."""
-    value = _num(value)
-    if value is None:
-        return ""
-    size = abs(value)
-    for limit, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "K")):
-        if size >= limit:
-            scaled = value / limit
-            digits = 2 if abs(scaled) < 9.995 else 1 if abs(scaled) < 99.95 else 0
-            return f"{scaled:.{digits}f}{suffix}"
-    return f"{round(value)}"
+    return _scaled(value, lambda a: 2 if a < 9.995 else 1 if a < 99.95 else 0)
 
 
 def billions(value, signed=False):

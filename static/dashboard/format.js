@@ -23,26 +23,20 @@
     return v > 0 ? "c-up" : v < 0 ? "c-down" : "c-ref";
   }
 
-  function compact(v) {
+  // `v` in K/M/B with digits(|scaled|) decimals (formatting.py's _scaled).
+  function scaled(v, digits) {
     if (none(v)) return "";
-    const size = Math.abs(v);
     for (const [limit, suffix] of [[1e9, "B"], [1e6, "M"], [1e3, "K"]]) {
-      if (size >= limit) return (v / limit).toFixed(2) + suffix;
-    }
-    return String(Math.round(v));
-  }
-
-  function short(v) {
-    if (none(v)) return "";
-    const size = Math.abs(v);
-    for (const [limit, suffix] of [[1e9, "B"], [1e6, "M"], [1e3, "K"]]) {
-      if (size >= limit) {
-        const scaled = v / limit, a = Math.abs(scaled);
-        return scaled.toFixed(a < 9.995 ? 2 : a < 99.95 ? 1 : 0) + suffix;
+      if (Math.abs(v) >= limit) {
+        const s = v / limit;
+        return s.toFixed(digits(Math.abs(s))) + suffix;
       }
     }
     return String(Math.round(v));
   }
+
+  const compact = (v) => scaled(v, () => 2);
+  const short = (v) => scaled(v, (a) => (a < 9.995 ? 2 : a < 99.95 ? 1 : 0));
 
   function sparklinePath(points, prior, width = 120, height = 32, pad = 2) {
     const pts = (points || []).filter((p) => p && !none(p[0]) && !none(p[1]));
