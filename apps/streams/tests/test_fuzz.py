@@ -57,13 +57,13 @@ async def test_ten_thousand_malformed_frames_leave_the_server_up_and_others_stre
                         if sent % 100 == 0:
                             await publish(data={"sent": sent})
                     await fuzzer.send('{"type":"ping"}')
-                    while (await recv_json(fuzzer, 10))["type"] != "pong":
+                    while (await recv_json(fuzzer, 30))["type"] != "pong":  # after 2,000 error frames, on a busy CI box
                         errors += 1
                 except ConnectionClosed as exc:
                     assert exc.rcvd is not None and exc.rcvd.code in (4001, 4008), exc
         seen = []
         while len(seen) < FRAMES // 100:
-            message = await recv_json(watcher, 10)
+            message = await recv_json(watcher, 30)
             if message["type"] == "snapshot":
                 seen.append(message["data"]["sent"])
         assert seen == list(range(100, FRAMES + 1, 100))
