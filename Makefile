@@ -45,11 +45,14 @@ run: venv
 	DEBUG=$${DEBUG:-true} $(PY) manage.py runserver $(HOST):$(PORT)
 
 # Uses REDIS_URL / DATABASE_URL when set; otherwise starts throwaway servers.
+# Test processes in parallel (pytest-xdist), each with its own Redis and test database.
+TEST_WORKERS ?= 2
+test: export TEST_WORKERS := $(TEST_WORKERS)
 test: export DEBUG = false
 test: export SECRET_KEY ?= test-only-secret-key-0123456789-abcdefghijklmnopqrstuvwxyz
 test: dev-venv packages
 	$(PY) manage.py collectstatic --no-input -v 0
-	$(PY) scripts/with_services.py -- $(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) scripts/with_services.py -- $(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 lint: dev-venv
 	$(VENV)/bin/ruff check .

@@ -7,6 +7,8 @@ Uses REDIS_URL / DATABASE_URL when they are set. Otherwise starts a throwaway
 `redis-server` and PostgreSQL cluster (initdb/postgres from Debian's packages)
 on free loopback ports in a temporary folder, exports their URLs to the
 command, and stops them and removes the folder afterwards, whatever happens.
+TEST_WORKERS=N starts N Redis servers, listed in REDIS_URLS: one per pytest
+worker (tests/workers.py).
 Missing Debian packages (redis-server, postgresql, chromium) are installed
 by scripts/system_packages.py.
 """
@@ -65,8 +67,17 @@ def port_open(port):
         return False
 
 
-def start_redis(tmp, procs):
+def _redis_count(env):
+    raw = env.get("TEST_WORKERS", "1")
+    if not raw.isdigit() or int(raw) < 1:
+        sys.exit(f"TEST_WORKERS must be a whole number of at least 1, not {raw!r}")
+    return int(raw)
+
+
+def start_redis(tmp, procs, n=0):
     port = free_port()
+    workdir = os.path.join(tmp, f"redis-{n}")
+    os.makedirs(workdir)
     proc = subprocess.Popen(
         [
             "redis-server",
@@ -79,9 +90,9 @@ def start_redis(tmp, procs):
             "--appendonly",
             "no",
             "--dir",
-            tmp,
+            workdir,
             "--logfile",
-            os.path.join(tmp, "redis.log"),
+            os.path.join(workdir, "redis.log"),
         ],
     )
     procs.append((proc, "redis-server"))  # stopped even if it never comes up
@@ -189,7 +200,9 @@ def main(argv):
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         if need_redis:
-            env["REDIS_URL"] = start_redis(tmp, procs)
+            # One Redis per pytest worker (tests/workers.py): pub/sub is server-wide.
+            urls = [start_redis(tmp, procs, n) for n in range(_redis_count(env))]
+            env["REDIS_URL"], env["REDIS_URLS"] = urls[0], " ".join(urls)
         if need_pg:
             env["DATABASE_URL"] = start_postgres(tmp, procs)
         child = subprocess.Popen(argv, env=env)
