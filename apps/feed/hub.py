@@ -234,6 +234,8 @@ class HubChannel:
             await ws.send(json.dumps(call))
             subscribed = False  # up once the server answers anything after the subscription
             while True:
+                if not running():  # a stop that wait_for swallowed (stocktracker.lib.aio.running)
+                    raise asyncio.CancelledError
                 wait = watchdog
                 left = rotate_at - self.tokens.clock()
                 if left <= 0:
