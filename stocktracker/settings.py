@@ -154,8 +154,22 @@ LOGOUT_REDIRECT_URL = "login"
 REDIS_URL = env.str("REDIS_URL", default="")
 EMBEDDED = not REDIS_URL
 CHANNEL_LAYER = _choice("CHANNEL_LAYER", "pubsub", ("pubsub", "core"))
-# Bounded connects: a Redis outage must become a quick 1013, never a hang.
-_LAYER_HOST = {"address": REDIS_URL, "socket_connect_timeout": 2, "socket_keepalive": True, "health_check_interval": 10}
+# Every Redis connection the app opens (shared state, channel layer, the
+# watchdog's own, the worker's) gives up on a reply after REDIS_SOCKET_TIMEOUT
+# and on a connect after REDIS_CONNECT_TIMEOUT: a paused or stalled Redis must
+# become a quick 1013, never a hang.
+REDIS_SOCKET_TIMEOUT = _positive("REDIS_SOCKET_TIMEOUT", "float", 2.0, minimum=0.1)
+REDIS_CONNECT_TIMEOUT = _positive("REDIS_CONNECT_TIMEOUT", "float", 2.0, minimum=0.1)
+# The core layer's receive blocks in Redis for up to 5 s (BZPOPMIN), so its
+# replies may take that long on top of the timeout.
+_CORE_BLOCK = 5
+_LAYER_HOST = {
+    "address": REDIS_URL,
+    "socket_timeout": REDIS_SOCKET_TIMEOUT + (_CORE_BLOCK if CHANNEL_LAYER == "core" else 0),
+    "socket_connect_timeout": REDIS_CONNECT_TIMEOUT,
+    "socket_keepalive": True,
+    "health_check_interval": 10,
+}
 
 if EMBEDDED:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
