@@ -176,9 +176,7 @@ class Watchdog:
         """None when Redis answers this process: its event loop's pool, or
         (the loop being busy) the watchdog thread's own connection. Both are
         asked at once, so a check takes at most PING_TIMEOUT."""
-        if self._thread is None:
-            self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="redis-watchdog")
-        confirm = asyncio.get_running_loop().run_in_executor(self._thread, self._sync_ping)
+        confirm = asyncio.get_running_loop().run_in_executor(self._executor(), self._sync_ping)
         try:
             await asyncio.wait_for(get_state().ping(), PING_TIMEOUT)
             return None
@@ -190,7 +188,7 @@ class Watchdog:
             except Exception:  # noqa: BLE001 - any failure means "not confirmed"
                 up = False
             if not up:
-                return exc
+                return exc if str(exc) else TimeoutError("ping not answered")
             now = time.monotonic()
             if now - self.lag_logged >= REFUSAL_LOG_INTERVAL:
                 self.lag_logged = now
@@ -234,15 +232,47 @@ class Watchdog:
         nonce = secrets.token_hex(6)
         try:
             await asyncio.wait_for(self.probe_ready.wait(), PING_TIMEOUT)
-            await asyncio.wait_for(
-                self._layer().group_send(self.probe_group, {"type": PROBE, "nonce": nonce}), PING_TIMEOUT
-            )
-        except Exception as exc:  # noqa: BLE001 - the layer cannot publish: a failed check
-            return exc
+        except TimeoutError:
+            return TimeoutError("the channel layer cannot subscribe")
+        try:
+            await self._send_probe({"type": PROBE, "nonce": nonce})
+        except Exception as exc:  # noqa: BLE001 - the probe cannot be published: a failed check
+            return exc if str(exc) else TimeoutError("the probe could not be published")
         if await self._came_back(nonce):
             return None
         await self._reset_layer()
         return TimeoutError(f"channel layer probe not back within {PROBE_TIMEOUT:.0f} s")
+
+    async def _send_probe(self, message):
+        """Publish the probe. With the pub/sub layer it goes out from the
+        watchdog thread's own connection, straight to the group's Redis
+        channel: what is tested is this process's receiving side, and a
+        publish queued behind the layer's own sends (a connect storm on a slow
+        Redis) is not taken for a stuck layer. Redis says how many
+        connections it reached; none means our subscription is gone."""
+        layer = self._layer()
+        try:
+            inner = layer._get_layer()
+            channel = inner._get_group_channel_name(self.probe_group)
+            payload = layer.serialize(message)
+        except AttributeError:  # the core layer: its own group_send, bounded
+            await asyncio.wait_for(layer.group_send(self.probe_group, message), PING_TIMEOUT)
+            return
+        sent = asyncio.get_running_loop().run_in_executor(self._executor(), self._sync_publish, channel, payload)
+        if not await asyncio.wait_for(sent, 2 * PING_TIMEOUT):
+            raise ConnectionError("the channel layer's subscription is gone")
+
+    def _sync_publish(self, channel, payload):
+        import redis
+
+        if self._pinger is None and not self._sync_ping():
+            raise ConnectionError("redis does not answer the watchdog thread")
+        try:
+            return self._pinger.publish(channel, payload)
+        except (redis.RedisError, OSError):
+            self._pinger.close()
+            self._pinger = None
+            raise
 
     async def _came_back(self, nonce):
         """Waits for the probe, charging Redis only with the time the loop was
@@ -283,6 +313,11 @@ class Watchdog:
             except Exception:
                 log.debug("dropping the channel layer's connections failed", exc_info=True)
         log.warning("channel layer probe did not come back: dropped the layer's Redis connections")
+
+    def _executor(self):
+        if self._thread is None:
+            self._thread = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="redis-watchdog")
+        return self._thread
 
     def _sync_ping(self):
         import redis
