@@ -147,6 +147,7 @@ class Watchdog:
             if self.task is not None and not self.task.cancelled() and self.task.exception() is not None:
                 log.error("redis watchdog had stopped; restarting it", exc_info=self.task.exception())
             self.task = asyncio.ensure_future(self._run())
+            self._start_probe_receiver()  # subscribed before the first check
 
     async def _run(self):
         while running():
@@ -224,24 +225,26 @@ class Watchdog:
                 log.debug("watchdog probe channel failed: %s", exc)
                 await asyncio.sleep(RETRY_INTERVAL)
 
+    def _start_probe_receiver(self):
+        if self.probe_task is None or self.probe_task.done():
+            self.probe_task = asyncio.ensure_future(self._probe_receiver())
+
     async def _probe(self):
         """None when a probe published to this process's probe group came
         back through the channel layer within PROBE_TIMEOUT of loop time."""
-        if self.probe_task is None or self.probe_task.done():
-            self.probe_task = asyncio.ensure_future(self._probe_receiver())
+        self._start_probe_receiver()
         nonce = secrets.token_hex(6)
         try:
             await asyncio.wait_for(self.probe_ready.wait(), PING_TIMEOUT)
-        except TimeoutError:
-            return TimeoutError("the channel layer cannot subscribe")
-        try:
             await self._send_probe({"type": PROBE, "nonce": nonce})
-        except Exception as exc:  # noqa: BLE001 - the probe cannot be published: a failed check
-            return exc if str(exc) else TimeoutError("the probe could not be published")
-        if await self._came_back(nonce):
-            return None
+        except Exception as exc:  # noqa: BLE001 - cannot subscribe or publish: a failed check
+            failure = exc if str(exc) else TimeoutError("the probe could not be sent")
+        else:
+            if await self._came_back(nonce):
+                return None
+            failure = TimeoutError(f"channel layer probe not back within {PROBE_TIMEOUT:.0f} s")
         await self._reset_layer()
-        return TimeoutError(f"channel layer probe not back within {PROBE_TIMEOUT:.0f} s")
+        return failure
 
     async def _send_probe(self, message):
         """Publish the probe. With the pub/sub layer it goes out from the
@@ -312,7 +315,7 @@ class Watchdog:
                     await asyncio.wait_for(client.connection_pool.disconnect(), PING_TIMEOUT)
             except Exception:
                 log.debug("dropping the channel layer's connections failed", exc_info=True)
-        log.warning("channel layer probe did not come back: dropped the layer's Redis connections")
+        log.warning("channel layer check failed: dropped the layer's Redis connections")
 
     def _executor(self):
         if self._thread is None:

@@ -196,13 +196,18 @@ def proxy(own_redis):  # noqa: F811
 
 @pytest.mark.parametrize("stall", ["layer", "everything"])
 async def test_one_stalled_connection(processes, own_redis, proxy, stall):  # noqa: F811
-    """`layer`: only the channel layer's pub/sub connection stops (Redis and
-    every other connection answer: only a round trip through the layer can
-    tell). `everything`: the proxy is stopped with SIGSTOP."""
+    """`layer`: the channel layer's pub/sub connection stops for good (a
+    connection a firewall dropped without a word), while Redis and every
+    other connection answer: only a round trip through the layer can tell.
+    Watched for longer than SILENT_MAX. `everything`: the proxy is stopped
+    with SIGSTOP for 20 s: every connection and every new connect hangs."""
     raw = await _token()
     processes.worker(REDIS_URL=own_redis.url, **WORKER_ENV)
     server = processes.daphne(REDIS_URL=proxy.url, WS_MAX_CONNECTIONS_PER_IP=100)
-    start, end = {"layer": (signal.SIGUSR1, signal.SIGUSR2), "everything": (signal.SIGSTOP, signal.SIGCONT)}[stall]
-    seen = await _through_fault(server, raw, 20, lambda: proxy.signal(start), lambda: proxy.signal(end))
+    if stall == "layer":
+        seen = await _through_fault(server, raw, SILENT_MAX + 5, lambda: proxy.signal(signal.SIGUSR1), lambda: None)
+    else:
+        stop, cont = (lambda: proxy.signal(signal.SIGSTOP)), (lambda: proxy.signal(signal.SIGCONT))
+        seen = await _through_fault(server, raw, 20, stop, cont)
     _report(f"stalled: {stall}", seen)
     _assert_client_view(seen)
