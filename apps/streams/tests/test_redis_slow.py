@@ -39,7 +39,8 @@ BACK_WITHIN = 30.0
 
 
 class Watched:
-    """One open socket: when each frame came, and how it ended."""
+    """One open socket: when each data frame came (heartbeats come from the
+    process itself, not through Redis: they do not count), and how it ended."""
 
     def __init__(self, ws):
         self.ws = ws
@@ -50,8 +51,8 @@ class Watched:
     async def _read(self):
         try:
             while True:
-                await self.ws.recv()
-                self.frames.append(time.monotonic())
+                if '"heartbeat"' not in await self.ws.recv():
+                    self.frames.append(time.monotonic())
         except ConnectionClosed as exc:
             self.closed = (time.monotonic(), exc.rcvd.code if exc.rcvd else None)
 
