@@ -112,3 +112,97 @@ async def test_leases_equal_open_sockets_5_s_after_churn_through_a_slow_redis(
     assert counts["ip:127.0.0.1"] == len(open_now), counts
     assert counts["stream:market"] == len(open_now), counts
     assert sessions == len(open_now)
+
+
+# --- the pieces, one by one ----------------------------------------------------------
+
+LIMITS = [("ip:10.9.9.9", 5), ("stream:market", None)]
+
+
+async def test_a_released_lease_is_never_renewed_or_acquired_back():
+    from stocktracker.lib.state import get_state
+
+    state = get_state()
+    assert await state.lease_acquire("conn-a", LIMITS, 30) == 0
+    renewal = [("conn-a", LIMITS, {"id": "conn-a"})]
+    await state.lease_release_many([("conn-a", [key for key, _ in LIMITS])], 30)
+    # A renewal batch built before the release, and an acquire that ran late.
+    assert await state.renew(renewal, 30) == ["conn-a"]
+    assert await state.lease_acquire("conn-a", LIMITS, 30) == -1
+    assert await state.lease_count("ip:10.9.9.9") == 0
+    assert await state.sessions() == []
+
+
+async def test_an_acquire_the_caller_gave_up_on_is_released_after_redis_ran_it(settings, own_redis):  # noqa: F811
+    """The caller stops waiting (its socket went away) while the script is on
+    its way; Redis runs it 300 ms later."""
+    from apps.streams import leases
+    from stocktracker.lib.state import get_state, reset_state
+
+    proxy = Proxy(own_redis.port, delay=0.3)
+    try:
+        settings.REDIS_URL = proxy.url
+        reset_state()
+        # The script loaded and a connection in the pool already: the next call is one round trip.
+        assert await get_state().lease_acquire("conn-warm", [("warm", None)], 30) == 0
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(leases.acquire("conn-late", LIMITS), 0.4)
+        direct = redis.Redis.from_url(own_redis.url)
+        await asyncio.sleep(4.0)  # the script ran, then the release did (three round trips: it loads its script)
+        assert _live(direct, "ip:10.9.9.9") == 0
+        direct.close()
+    finally:
+        reset_state()
+        proxy.stop()
+
+
+class _Consumer:
+    def __init__(self, conn_id):
+        self.conn_id, self.ip, self.stream = conn_id, "10.9.9.9", "market"
+        self.closing, self.tasks, self.refused = False, [], []
+        self.opened = time.monotonic()
+        from apps.streams.credentials import Grant
+
+        self.grant = Grant(user_id=1, username="u", token_id=1, token_prefix="stk_x", token_max=5, user_max=5)
+        self.channel_name, self.since_ms, self.sent = "x", 0, 0
+
+    async def refuse(self, reason):
+        self.refused.append((time.monotonic() - self.opened, reason.error))
+        self.closing = True
+
+
+@pytest.mark.parametrize("failing", ["once", "always"])
+async def test_a_failed_renewal_closes_nothing_while_the_lease_has_life_left(settings, monkeypatch, failing):
+    """The lease could not be renewed (lost, and its limit full at that
+    moment): the socket stays while its lease would still be valid, and is
+    closed once that time has passed without a renewal."""
+    from apps.streams import sessions
+    from stocktracker.lib.state import get_state
+
+    settings.WS_HEARTBEAT_INTERVAL = 0.3
+    settings.WS_LEASE_TTL = 3.0
+    monkeypatch.setattr(sessions, "RENEW_RETRY", 0.3, raising=False)
+    state, calls = get_state(), []
+    original = state.renew
+
+    async def renew(items, *rest):
+        calls.append(time.monotonic())
+        if failing == "always" or len(calls) == 1:
+            return [item[0] for item in items]
+        return await original(items, *rest)
+
+    monkeypatch.setattr(state, "renew", renew)
+    registry, consumer = sessions.Registry(), _Consumer("conn-r")
+    registry.add(consumer)
+    try:
+        await asyncio.sleep(2.0)
+        assert consumer.refused == [] and len(calls) >= 2  # not closed at the failed renewal
+        await asyncio.sleep(1.8)
+    finally:
+        for task in registry.tasks:
+            task.cancel()
+    if failing == "once":
+        assert consumer.refused == []
+    else:
+        ((at, why),) = consumer.refused
+        assert settings.WS_LEASE_TTL <= at < settings.WS_LEASE_TTL + 0.6 and why == "over_limit"
