@@ -82,9 +82,9 @@ async def test_redis_really_down_still_trips(monkeypatch, settings):
 
 
 async def test_a_saturated_event_loop_is_not_taken_for_a_stuck_channel_layer(settings):
-    """Every turn of the loop takes 1 s (a process busy with other work): the
-    probe through the real channel layer comes back seconds late by the clock
-    (it takes a few turns of the loop), and is not counted as a failure."""
+    """Every turn of the loop takes 1.5 s (a process busy with other work):
+    the probe through the real channel layer comes back seconds late by the
+    clock (it takes a few turns of the loop), and is not counted as a failure."""
     import time
 
     settings.REDIS_URL = os.environ["REDIS_URL"]
@@ -98,17 +98,16 @@ async def test_a_saturated_event_loop_is_not_taken_for_a_stuck_channel_layer(set
 
     async def hog():
         while busy:
-            time.sleep(1.0)  # the point: the loop is blocked
+            time.sleep(1.5)  # the point: the loop is blocked
             await asyncio.sleep(0)
 
     hogging = asyncio.ensure_future(hog())
     failures = []
     try:
-        for _ in range(2):
-            await dog.check()
-            failures.append(dog.failures)
+        await dog.check()
+        failures.append(dog.failures)
     finally:
         busy = False
         await hogging
         dog.probe_task.cancel()
-    assert failures == [0, 0] and consumer.lost == 0 and dog.healthy
+    assert failures == [0] and consumer.lost == 0 and dog.healthy
