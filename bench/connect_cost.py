@@ -51,7 +51,10 @@ async def one(url, token):
 
 def monitor(redis_url):
     return subprocess.Popen(
-        ["redis-cli", "-u", redis_url, "MONITOR"], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+        ["stdbuf", "-oL", "redis-cli", "-u", redis_url, "MONITOR"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
     )
 
 
