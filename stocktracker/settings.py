@@ -234,6 +234,11 @@ WS_AUTH_TIMEOUT = _positive("WS_AUTH_TIMEOUT", "float", 5.0, minimum=0.1)
 # Past this many failed sign-ins in a minute, an address's tokens are answered
 # from the token cache only (unknown ones: 4008, with no database query).
 WS_AUTH_FAILURES_PER_MINUTE = _positive("WS_AUTH_FAILURES_PER_MINUTE", "int", 30, minimum=1)
+# Sockets one process holds before they are signed in (waiting for an `auth`
+# message, or being checked); past it new sockets are refused at once (1013).
+WS_MAX_UNAUTHENTICATED_PER_PROCESS = _positive("WS_MAX_UNAUTHENTICATED_PER_PROCESS", "int", 1000, minimum=1)
+# Sockets one browser session (cookie) may hold: a dashboard tab opens one per stream.
+WS_MAX_CONNECTIONS_PER_SESSION = _positive("WS_MAX_CONNECTIONS_PER_SESSION", "int", 9, minimum=1)
 WS_HEARTBEAT_INTERVAL = _positive("WS_HEARTBEAT_INTERVAL", "float", 30.0, minimum=0.1)
 WS_HEARTBEAT_TIMEOUT = _positive("WS_HEARTBEAT_TIMEOUT", "float", 20.0, minimum=0.1)
 WS_MAX_INBOUND_BYTES = _positive("WS_MAX_INBOUND_BYTES", "int", 4096, minimum=64)

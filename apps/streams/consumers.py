@@ -81,7 +81,8 @@ class StreamConsumer(AsyncWebsocketConsumer):
     async def __call__(self, scope, receive, send):
         """Channels' own loop, plus: a bounded wait on the channel layer (Redis
         down means a quick 1013, never a hang), refusal at once when the
-        process is past its capacity, and a 4200 close when daphne cancels us
+        process is past its capacity or holds WS_MAX_UNAUTHENTICATED_PER_PROCESS
+        sockets not signed in yet, and a 4200 close when daphne cancels us
         on shutdown."""
         self.scope = scope
         self.base_send = send
@@ -99,11 +100,17 @@ class StreamConsumer(AsyncWebsocketConsumer):
         if busy:
             await self._refuse_before_start(receive, Refusal.OVERLOADED, busy)
             return
+        busy = dog.signing_in_full()
+        if busy:
+            await self._refuse_before_start(receive, Refusal.SIGN_IN_FULL, busy)
+            return
+        dog.unauthenticated.add(self)  # until start() grants it, or cleanup
         try:
             if not dog.healthy:
                 raise StateUnavailable("redis is down")
             self.channel_name = await asyncio.wait_for(self.channel_layer.new_channel(), BACKEND_TIMEOUT)
         except _BACKEND_ERRORS as exc:
+            dog.unauthenticated.discard(self)
             await self._refuse_before_start(receive, Refusal.UNAVAILABLE, f"channel layer unavailable ({exc})")
             return
         self.channel_receive = functools.partial(self.channel_layer.receive, self.channel_name)
@@ -281,6 +288,7 @@ class StreamConsumer(AsyncWebsocketConsumer):
             await self._release()
             return
         self.grant = grant
+        watchdog().unauthenticated.discard(self)
         groups = [protocol.user_group(grant.user_id)]
         if grant.token_id is not None:
             groups.append(protocol.token_group(grant.token_id))
@@ -412,6 +420,7 @@ class StreamConsumer(AsyncWebsocketConsumer):
             if task is not current:
                 task.cancel()
         watchdog().consumers.discard(self)
+        watchdog().unauthenticated.discard(self)
         hub().leave(self)
         sessions.registry().remove(self)
         await self._release()

@@ -67,6 +67,9 @@ _watchdogs = PerLoop(lambda: Watchdog())
 class Watchdog:
     def __init__(self):
         self.consumers = weakref.WeakSet()
+        # Sockets not signed in yet (waiting for `auth`, or being checked):
+        # capped per process, so idle or forged sockets cannot pile up.
+        self.unauthenticated = weakref.WeakSet()
         self.healthy = True
         self.task = None
         self.closing = set()
@@ -88,6 +91,13 @@ class Watchdog:
             return f"process at capacity ({open_now} sockets, WS_MAX_SOCKETS_PER_PROCESS)"
         if self.lag > OVERLOAD_LAG:
             return f"event loop {self.lag:.1f} s behind"
+        return None
+
+    def signing_in_full(self):
+        """Why this process takes no socket that still has to sign in, or None."""
+        waiting = len(self.unauthenticated)
+        if waiting >= settings.WS_MAX_UNAUTHENTICATED_PER_PROCESS:
+            return f"{waiting} sockets not signed in yet (WS_MAX_UNAUTHENTICATED_PER_PROCESS)"
         return None
 
     def refused(self, reason, why, path):
