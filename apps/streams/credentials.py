@@ -11,7 +11,7 @@ periodic re-check (`apps.streams.upkeep`) runs one check per (token, stream).
 import asyncio
 from urllib.parse import parse_qs
 
-from apps.accounts.auth import check_token, recheck_token, session_user_check
+from apps.accounts.auth import TokenCheck, check_token, recheck_token, session_user_check
 
 from . import authlimit
 from .protocol import Refusal
@@ -56,14 +56,17 @@ def deadline_of(check):
     return min(moments) if moments else None
 
 
-async def token_grant(raw, stream, ip):
-    """(Grant, None), or (None, (reason, the failed check)) when refused.
-    An address over its failed sign-in budget gets only what the token cache
-    can answer; anything needing the database is refused ('limited')."""
+LIMITED = TokenCheck(reason="limited")
+
+
+async def budgeted_check(raw, stream, ip):
+    """`check_token` under `ip`'s failed sign-in budget (sockets and the REST
+    snapshot alike): an address over its budget gets only what the token cache
+    can answer, and anything needing the database is `LIMITED`, unasked."""
     check = await check_token(raw, stream, ip, load=False)
     if check is None:  # the database must answer: that costs the address one unit of its budget
         if not await authlimit.reserve(ip):
-            return None, ("limited", None)
+            return LIMITED
         try:
             check = await check_token(raw, stream, ip)
         except BaseException:
@@ -71,6 +74,15 @@ async def token_grant(raw, stream, ip):
             raise
         if check.reason != "bad":
             await authlimit.refund(ip)
+    return check
+
+
+async def token_grant(raw, stream, ip):
+    """(Grant, None), or (None, (reason, the failed check)) when refused
+    ('limited' when the address is over its failed sign-in budget)."""
+    check = await budgeted_check(raw, stream, ip)
+    if check is LIMITED:
+        return None, ("limited", None)
     if not check.ok:
         return None, (check.reason, check)
     return (
