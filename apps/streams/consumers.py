@@ -221,7 +221,8 @@ class StreamConsumer(AsyncWebsocketConsumer):
             self.authenticating = True  # until start() is done: no deadline, no second `auth`
             try:
                 try:
-                    grant = await credentials.session_grant(user)
+                    session = self.scope.get("session")
+                    grant = await credentials.session_grant(user, getattr(session, "session_key", None))
                 except AccountsUnavailable:
                     await self.refuse(Refusal.ACCOUNTS_DOWN)
                     return
