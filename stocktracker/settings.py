@@ -244,6 +244,8 @@ WS_HEARTBEAT_TIMEOUT = _positive("WS_HEARTBEAT_TIMEOUT", "float", 20.0, minimum=
 WS_MAX_INBOUND_BYTES = _positive("WS_MAX_INBOUND_BYTES", "int", 4096, minimum=64)
 WS_INBOUND_RATE = _positive("WS_INBOUND_RATE", "float", 20.0, minimum=0.1)
 WS_INBOUND_BURST = _positive("WS_INBOUND_BURST", "int", 40, minimum=1)
+# Token sockets per client address, and (per process) sockets from one address
+# not signed in yet; session sockets count per user and per session instead.
 WS_MAX_CONNECTIONS_PER_IP = _positive("WS_MAX_CONNECTIONS_PER_IP", "int", 5, minimum=1)
 WS_LEASE_TTL = _positive("WS_LEASE_TTL", "float", 90.0, minimum=1)
 # Past this many open sockets a web process refuses new ones at once (1013) and keeps

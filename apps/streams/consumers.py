@@ -100,17 +100,20 @@ class StreamConsumer(AsyncWebsocketConsumer):
         if busy:
             await self._refuse_before_start(receive, Refusal.OVERLOADED, busy)
             return
-        busy = dog.signing_in_full()
-        if busy:
-            await self._refuse_before_start(receive, Refusal.SIGN_IN_FULL, busy)
+        # Counted as not signed in until start() grants it, or cleanup; token
+        # and anonymous sockets per address too (a session's user is known already).
+        user = scope.get("user")
+        self.signing_in_ip = None if user is not None and user.is_authenticated else scope_client_ip(scope)
+        refusal = dog.signing_in(self, self.signing_in_ip)
+        if refusal:
+            await self._refuse_before_start(receive, *refusal)
             return
-        dog.unauthenticated.add(self)  # until start() grants it, or cleanup
         try:
             if not dog.healthy:
                 raise StateUnavailable("redis is down")
             self.channel_name = await asyncio.wait_for(self.channel_layer.new_channel(), BACKEND_TIMEOUT)
         except _BACKEND_ERRORS as exc:
-            dog.unauthenticated.discard(self)
+            dog.signed_in(self, self.signing_in_ip)
             await self._refuse_before_start(receive, Refusal.UNAVAILABLE, f"channel layer unavailable ({exc})")
             return
         self.channel_receive = functools.partial(self.channel_layer.receive, self.channel_name)
@@ -289,7 +292,7 @@ class StreamConsumer(AsyncWebsocketConsumer):
             await self._release()
             return
         self.grant = grant
-        watchdog().unauthenticated.discard(self)
+        watchdog().signed_in(self, self.signing_in_ip)
         groups = [protocol.user_group(grant.user_id)]
         if grant.token_id is not None:
             groups.append(protocol.token_group(grant.token_id))
@@ -421,7 +424,7 @@ class StreamConsumer(AsyncWebsocketConsumer):
             if task is not current:
                 task.cancel()
         watchdog().consumers.discard(self)
-        watchdog().unauthenticated.discard(self)
+        watchdog().signed_in(self, getattr(self, "signing_in_ip", None))
         hub().leave(self)
         sessions.registry().remove(self)
         await self._release()
