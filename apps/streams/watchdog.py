@@ -21,7 +21,10 @@ logged once per interval), not Redis. The loop's lag is also measured all
 along: past OVERLOAD_LAG, or with WS_MAX_SOCKETS_PER_PROCESS sockets open,
 new sockets are refused at once with 1013 while the open ones keep
 streaming; refusals are logged once per REFUSAL_LOG_INTERVAL with a count,
-never one line per socket.
+never one line per socket. Sockets not signed in yet (waiting for their `auth`
+message, or being checked) are capped too: WS_MAX_UNAUTHENTICATED_PER_PROCESS
+in all (1013 past it), WS_MAX_CONNECTIONS_PER_IP from one address (4100);
+WS_AUTH_TIMEOUT closes the idle ones.
 
 SIGTERM under daphne: daphne's own shutdown cancels applications, but a
 connection it has not reaped yet makes that trigger fail with a KeyError
