@@ -91,10 +91,10 @@ class StreamConsumer(AsyncWebsocketConsumer):
 
     async def __call__(self, scope, receive, send):
         """Channels' own loop over the ASGI events, plus: refusal at once when the
-        process is past its capacity or Redis is known to be down, and a 4200
-        close when daphne cancels us on shutdown. Control messages reach the
-        socket through the process's `control` subscriptions, not a channel of
-        its own."""
+        process is past its capacity, holds WS_MAX_UNAUTHENTICATED_PER_PROCESS
+        sockets not signed in yet, or knows Redis is down, and a 4200 close
+        when daphne cancels us on shutdown. Control messages reach the socket
+        through the process's `control` subscriptions, not a channel of its own."""
         self.scope = scope
         self.base_send = send
         self.channel_layer = None
@@ -112,7 +112,16 @@ class StreamConsumer(AsyncWebsocketConsumer):
         if busy:
             await self._refuse_before_start(receive, Refusal.OVERLOADED, busy)
             return
+        # Counted as not signed in until start() grants it, or cleanup; token
+        # and anonymous sockets per address too (a session's user is known already).
+        user = scope.get("user")
+        self.signing_in_ip = None if user is not None and user.is_authenticated else scope_client_ip(scope)
+        refusal = dog.signing_in(self, self.signing_in_ip)
+        if refusal:
+            await self._refuse_before_start(receive, *refusal)
+            return
         if not dog.healthy:
+            dog.signed_in(self, self.signing_in_ip)
             await self._refuse_before_start(receive, Refusal.UNAVAILABLE, "channel layer unavailable (redis is down)")
             return
         try:
@@ -224,7 +233,8 @@ class StreamConsumer(AsyncWebsocketConsumer):
             try:
                 mark = control().mark()
                 try:
-                    grant = await credentials.session_grant(user)
+                    session = self.scope.get("session")
+                    grant = await credentials.session_grant(user, getattr(session, "session_key", None))
                 except AccountsUnavailable:
                     await self.refuse(Refusal.ACCOUNTS_DOWN)
                     return
@@ -294,6 +304,7 @@ class StreamConsumer(AsyncWebsocketConsumer):
             await self._release()
             return
         self.grant = grant
+        watchdog().signed_in(self, self.signing_in_ip)
         groups = control_groups(grant)
         state = get_state()
         fanout = hub()
@@ -442,6 +453,7 @@ class StreamConsumer(AsyncWebsocketConsumer):
             if task is not current:
                 task.cancel()
         watchdog().consumers.discard(self)
+        watchdog().signed_in(self, getattr(self, "signing_in_ip", None))
         hub().leave(self)
         sessions.registry().remove(self)
         await self._release()
