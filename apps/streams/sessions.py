@@ -2,7 +2,8 @@
 periodic work done for all of them at once.
 
 - Shared state holds one entry per socket (who, what stream, from where, which
-  process and channel: the admin's live-sessions page and its "disconnect").
+  process and that process's control channel: the admin's live-sessions page
+  and its "disconnect", sent to that channel with the socket's id).
 - Every WS_HEARTBEAT_INTERVAL the process renews all of its sockets' leases and
   entries in batches (`state.renew`, one round trip per 1,000 sockets); nothing
   is renewed per socket.
@@ -11,9 +12,10 @@ periodic work done for all of them at once.
   only once its lease has run out without being renewed (one failed round
   trip never closes a socket whose lease still has life left), and a
   released lease is never renewed back into existence (`state.renew`).
-- Every TOKEN_RECHECK_INTERVAL, and at a token's own deadline (expiry, end of
-  rotation grace), each (token, stream) of this process is re-checked once and
-  the answer applied to all of its sockets; lowered caps close the newest.
+- Every TOKEN_RECHECK_INTERVAL, and at a grant's own deadline (a token's
+  expiry or end of rotation grace, a browser session's expiry), each (token
+  or session, stream) of this process is re-checked once and the answer
+  applied to all of its sockets; lowered caps close the newest.
 """
 
 import asyncio
@@ -29,6 +31,7 @@ from stocktracker.lib.aio import PerLoop, running
 from stocktracker.lib.state import StateUnavailable, get_state
 
 from . import leases
+from .control import control
 from .credentials import apply_check, shared, shared_check
 from .protocol import Refusal
 
@@ -44,7 +47,7 @@ def entry(consumer):
     grant = consumer.grant
     return {
         "id": consumer.conn_id,
-        "channel": consumer.channel_name,
+        "channel": control().channel,  # the process's: kicks name the socket by its id
         "user": grant.username,
         "user_id": grant.user_id,
         "token_prefix": grant.token_prefix or "",
@@ -234,7 +237,7 @@ class Registry:
         group = self.by_key.get(key)
         if not group:
             return
-        result = await shared_check(key)
+        result = await shared_check(next(iter(group)).grant, key[2])
         for consumer in list(group):
             refusal, _moved = apply_check(consumer.grant, result)
             if refusal is not None:
