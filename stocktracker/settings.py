@@ -154,8 +154,22 @@ LOGOUT_REDIRECT_URL = "login"
 REDIS_URL = env.str("REDIS_URL", default="")
 EMBEDDED = not REDIS_URL
 CHANNEL_LAYER = _choice("CHANNEL_LAYER", "pubsub", ("pubsub", "core"))
-# Bounded connects: a Redis outage must become a quick 1013, never a hang.
-_LAYER_HOST = {"address": REDIS_URL, "socket_connect_timeout": 2, "socket_keepalive": True, "health_check_interval": 10}
+# Every Redis connection the app opens (shared state, channel layer, the
+# watchdog's own, the worker's) gives up on a reply after REDIS_SOCKET_TIMEOUT
+# and on a connect after REDIS_CONNECT_TIMEOUT: a paused or stalled Redis must
+# become a quick 1013, never a hang.
+REDIS_SOCKET_TIMEOUT = _positive("REDIS_SOCKET_TIMEOUT", "float", 2.0, minimum=0.1)
+REDIS_CONNECT_TIMEOUT = _positive("REDIS_CONNECT_TIMEOUT", "float", 2.0, minimum=0.1)
+# The core layer's receive blocks in Redis for up to 5 s (BZPOPMIN), so its
+# replies may take that long on top of the timeout.
+_CORE_BLOCK = 5
+_LAYER_HOST = {
+    "address": REDIS_URL,
+    "socket_timeout": REDIS_SOCKET_TIMEOUT + (_CORE_BLOCK if CHANNEL_LAYER == "core" else 0),
+    "socket_connect_timeout": REDIS_CONNECT_TIMEOUT,
+    "socket_keepalive": True,
+    "health_check_interval": 10,
+}
 
 if EMBEDDED:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
@@ -234,11 +248,20 @@ WS_AUTH_TIMEOUT = _positive("WS_AUTH_TIMEOUT", "float", 5.0, minimum=0.1)
 # Past this many failed sign-ins in a minute, an address's tokens are answered
 # from the token cache only (unknown ones: 4008, with no database query).
 WS_AUTH_FAILURES_PER_MINUTE = _positive("WS_AUTH_FAILURES_PER_MINUTE", "int", 30, minimum=1)
+# Sockets one process holds before they are signed in (waiting for an `auth`
+# message, or being checked); past it new sockets are refused at once (1013).
+WS_MAX_UNAUTHENTICATED_PER_PROCESS = _positive("WS_MAX_UNAUTHENTICATED_PER_PROCESS", "int", 1000, minimum=1)
+# Of those, from one client address (4100 past it; sessions are not counted per
+# address): one address cannot take the process's whole share.
+WS_MAX_UNAUTHENTICATED_PER_IP = _positive("WS_MAX_UNAUTHENTICATED_PER_IP", "int", 50, minimum=1)
+# Sockets one browser session (cookie) may hold: a dashboard tab opens one per stream.
+WS_MAX_CONNECTIONS_PER_SESSION = _positive("WS_MAX_CONNECTIONS_PER_SESSION", "int", 9, minimum=1)
 WS_HEARTBEAT_INTERVAL = _positive("WS_HEARTBEAT_INTERVAL", "float", 30.0, minimum=0.1)
 WS_HEARTBEAT_TIMEOUT = _positive("WS_HEARTBEAT_TIMEOUT", "float", 20.0, minimum=0.1)
 WS_MAX_INBOUND_BYTES = _positive("WS_MAX_INBOUND_BYTES", "int", 4096, minimum=64)
 WS_INBOUND_RATE = _positive("WS_INBOUND_RATE", "float", 20.0, minimum=0.1)
 WS_INBOUND_BURST = _positive("WS_INBOUND_BURST", "int", 40, minimum=1)
+# Token sockets per client address; session sockets count per user and per session instead.
 WS_MAX_CONNECTIONS_PER_IP = _positive("WS_MAX_CONNECTIONS_PER_IP", "int", 5, minimum=1)
 WS_LEASE_TTL = _positive("WS_LEASE_TTL", "float", 90.0, minimum=1)
 # Past this many open sockets a web process refuses new ones at once (1013) and keeps

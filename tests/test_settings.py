@@ -29,6 +29,8 @@ def manage(*args, **env):
         ("DEBUG", "maybe"),
         ("WS_MAX_INBOUND_BYTES", "-5"),
         ("LOG_FORMAT", "xml"),
+        ("REDIS_SOCKET_TIMEOUT", "forever"),
+        ("REDIS_CONNECT_TIMEOUT", "0"),
     ],
 )
 def test_a_bad_value_stops_start_up_naming_the_variable(name, value):
@@ -91,3 +93,17 @@ def test_ssi_credentials_switch_the_default_source_to_ssi():
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "ssi"
+
+
+def test_every_channel_layer_connection_has_the_redis_timeouts():
+    code = (
+        "from django.conf import settings as s; h = s.CHANNEL_LAYERS['default']['CONFIG']['hosts'][0];"
+        "print(h['socket_timeout'], h['socket_connect_timeout'])"
+    )
+    env = {"REDIS_URL": "redis://127.0.0.1:1/0", "REDIS_SOCKET_TIMEOUT": "1.5", "REDIS_CONNECT_TIMEOUT": "0.7"}
+    pubsub = manage("shell", "-v", "0", "-c", code, **env)
+    assert pubsub.returncode == 0, pubsub.stderr
+    assert pubsub.stdout.split() == ["1.5", "0.7"]
+    # The core layer's receive blocks in Redis for 5 s: its replies may take that long on top.
+    core = manage("shell", "-v", "0", "-c", code, CHANNEL_LAYER="core", **env)
+    assert core.stdout.split() == ["6.5", "0.7"], core.stderr

@@ -9,9 +9,12 @@ periodic re-check (`apps.streams.upkeep`) runs one check per (token, stream).
 """
 
 import asyncio
+import hashlib
 from urllib.parse import parse_qs
 
-from apps.accounts.auth import check_token, recheck_token, session_user_check
+from apps.accounts import tokens
+from apps.accounts.auth import TokenCheck, check_token, recheck_token, session_user_check
+from apps.accounts.sessions import SessionCheck, session_check
 
 from . import authlimit
 from .protocol import Refusal
@@ -20,14 +23,39 @@ from .protocol import Refusal
 class Grant:
     """Who is connected and what they may use: a session user or an API token.
     `deadline`: when the token stops working on its own (expiry or end of
-    rotation grace), as epoch seconds, or None."""
+    rotation grace, or a session's expiry), as epoch seconds, or None.
+    `session`: for a session socket, a digest of its session key
+    (`session_id`), never the key itself; `session_key`: the key, kept in
+    memory for the session's re-checks only."""
 
-    __slots__ = ("deadline", "token_id", "token_max", "token_prefix", "user_id", "user_max", "username")
+    __slots__ = (
+        "deadline",
+        "session",
+        "session_key",
+        "token_id",
+        "token_max",
+        "token_prefix",
+        "user_id",
+        "user_max",
+        "username",
+    )
 
     def __init__(
-        self, *, user_id, username, token_id=None, token_prefix=None, token_max=None, user_max=None, deadline=None
+        self,
+        *,
+        user_id,
+        username,
+        token_id=None,
+        token_prefix=None,
+        token_max=None,
+        user_max=None,
+        deadline=None,
+        session=None,
+        session_key=None,
     ):
         self.user_id = user_id
+        self.session = session
+        self.session_key = session_key
         self.username = username
         self.token_id = token_id
         self.token_prefix = token_prefix
@@ -36,8 +64,13 @@ class Grant:
         self.deadline = deadline
 
     def key(self, stream):
-        """What one re-check answers for: the token (or session user) on one stream."""
-        return ("token", self.token_id, stream) if self.token_id is not None else ("user", self.user_id, stream)
+        """What one re-check answers for: the token, the browser session (or
+        the session user) on one stream."""
+        if self.token_id is not None:
+            return ("token", self.token_id, stream)
+        if self.session_key is not None:
+            return ("session", self.session, stream)
+        return ("user", self.user_id, stream)
 
 
 # A refused token's reason -> what the client is told.
@@ -56,21 +89,46 @@ def deadline_of(check):
     return min(moments) if moments else None
 
 
-async def token_grant(raw, stream, ip):
-    """(Grant, None), or (None, (reason, the failed check)) when refused.
-    An address over its failed sign-in budget gets only what the token cache
-    can answer; anything needing the database is refused ('limited')."""
+LIMITED = TokenCheck(reason="limited")
+
+
+async def budgeted_check(raw, stream, ip):
+    """`check_token` under `ip`'s failed sign-in budget (sockets and the REST
+    snapshot alike): an address over its budget gets only what the token cache
+    can answer, and anything needing the database is `LIMITED`, unasked.
+
+    Concurrent checks of one token on one stream share one reservation and one
+    database check (a reconnect storm of a real, uncached token takes one unit
+    at a time, never the whole budget). Keyed by the token's digest: a forgery
+    that shares a real token's lookup prefix never shares its answer."""
     check = await check_token(raw, stream, ip, load=False)
-    if check is None:  # the database must answer: that costs the address one unit of its budget
-        if not await authlimit.reserve(ip):
-            return None, ("limited", None)
-        try:
-            check = await check_token(raw, stream, ip)
-        except BaseException:
-            await authlimit.refund(ip)
-            raise
-        if check.reason != "bad":
-            await authlimit.refund(ip)
+    if check is not None:
+        return check
+    key = (tokens.digest(raw), stream)
+    return await shared("budgeted", key, lambda: _reserved_check(raw, stream, ip))
+
+
+async def _reserved_check(raw, stream, ip):
+    # The database must answer: that costs the address one unit of its budget,
+    # given back unless the token is unknown.
+    if not await authlimit.reserve(ip):
+        return LIMITED
+    try:
+        check = await check_token(raw, stream, ip)
+    except BaseException:
+        await authlimit.refund(ip)
+        raise
+    if check.reason != "bad":
+        await authlimit.refund(ip)
+    return check
+
+
+async def token_grant(raw, stream, ip):
+    """(Grant, None), or (None, (reason, the failed check)) when refused
+    ('limited' when the address is over its failed sign-in budget)."""
+    check = await budgeted_check(raw, stream, ip)
+    if check is LIMITED:
+        return None, ("limited", None)
     if not check.ok:
         return None, (check.reason, check)
     return (
@@ -87,13 +145,34 @@ async def token_grant(raw, stream, ip):
     )
 
 
-async def session_grant(user):
-    """A Grant for the session's user (already loaded by the auth middleware;
-    one query for the cap), or None if the user is gone or inactive by now."""
-    active, user_max = await session_user_check(user.id)
-    if not active:
+def session_id(session_key):
+    """A stable name for a browser session that is not its key (a credential):
+    lease sets and live-session entries in Redis carry this, never the key."""
+    if not session_key:
         return None
-    return Grant(user_id=user.id, username=user.get_username(), user_max=user_max)
+    return hashlib.sha256(f"session:{session_key}".encode()).hexdigest()[:32]
+
+
+async def session_grant(user, session_key=None):
+    """A Grant for the session's user (already loaded by the auth middleware),
+    with the user's cap and the session's expiry as its deadline; None if the
+    user is gone or inactive, or the session no longer signs them in."""
+    if not session_key:
+        active, user_max = await session_user_check(user.id)
+        if not active:
+            return None
+        return Grant(user_id=user.id, username=user.get_username(), user_max=user_max)
+    check = await session_check(session_key, user.id)
+    if not (check.active and check.signed_in):
+        return None
+    return Grant(
+        user_id=user.id,
+        username=user.get_username(),
+        user_max=check.user_max,
+        deadline=check.expires_at.timestamp() if check.expires_at else None,
+        session=session_id(session_key),
+        session_key=session_key,
+    )
 
 
 def header(scope, wanted):
@@ -117,14 +196,19 @@ def query_token(scope):
     return values[0] if values else None
 
 
-async def _check(key):
-    """One re-check of a grant key: (Refusal or None, TokenCheck or user cap)."""
+async def _check(key, grant):
+    """One re-check of a grant key: (Refusal or None, TokenCheck, SessionCheck or user cap)."""
     kind, ident, stream = key
     if kind == "token":
         check = await recheck_token(ident, stream)
         if not check.ok:
             return REJECTION[check.reason if check.reason != "bad" else "revoked"], check
         return None, check
+    if kind == "session":
+        check = await session_check(grant.session_key, grant.user_id)
+        if not check.active:
+            return Refusal.SESSION_ENDED, check
+        return (None if check.signed_in else Refusal.SIGNED_OUT), check
     active, user_max = await session_user_check(ident)
     return (None if active else Refusal.SESSION_ENDED), user_max
 
@@ -145,8 +229,9 @@ async def shared(name, key, factory):
     return await asyncio.shield(task)
 
 
-async def shared_check(key):
-    return await shared("check", key, lambda: _check(key))
+async def shared_check(grant, stream):
+    key = grant.key(stream)
+    return await shared("check", key, lambda: _check(key, grant))
 
 
 def apply_check(grant, result):
@@ -154,6 +239,11 @@ def apply_check(grant, result):
     refusal, detail = result
     if refusal is not None:
         return refusal, False
+    if isinstance(detail, SessionCheck):
+        grant.user_max = detail.user_max
+        deadline = detail.expires_at.timestamp() if detail.expires_at else None
+        moved, grant.deadline = deadline != grant.deadline, deadline
+        return None, moved
     if grant.token_id is None:
         grant.user_max = detail
         return None, False

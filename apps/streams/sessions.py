@@ -2,15 +2,20 @@
 periodic work done for all of them at once.
 
 - Shared state holds one entry per socket (who, what stream, from where, which
-  process and channel: the admin's live-sessions page and its "disconnect").
+  process and that process's control channel: the admin's live-sessions page
+  and its "disconnect", sent to that channel with the socket's id).
 - Every WS_HEARTBEAT_INTERVAL the process renews all of its sockets' leases and
   entries in batches (`state.renew`, one round trip per 1,000 sockets); nothing
   is renewed per socket.
   A killed process stops renewing, so its slots and entries expire within
-  WS_LEASE_TTL.
-- Every TOKEN_RECHECK_INTERVAL, and at a token's own deadline (expiry, end of
-  rotation grace), each (token, stream) of this process is re-checked once and
-  the answer applied to all of its sockets; lowered caps close the newest.
+  WS_LEASE_TTL. A renewal that fails is retried sooner; a socket is closed
+  only once its lease has run out without being renewed (one failed round
+  trip never closes a socket whose lease still has life left), and a
+  released lease is never renewed back into existence (`state.renew`).
+- Every TOKEN_RECHECK_INTERVAL, and at a grant's own deadline (a token's
+  expiry or end of rotation grace, a browser session's expiry), each (token
+  or session, stream) of this process is re-checked once and the answer
+  applied to all of its sockets; lowered caps close the newest.
 """
 
 import asyncio
@@ -26,6 +31,7 @@ from stocktracker.lib.aio import PerLoop, running
 from stocktracker.lib.state import StateUnavailable, get_state
 
 from . import leases
+from .control import control
 from .credentials import apply_check, shared, shared_check
 from .protocol import Refusal
 
@@ -33,6 +39,7 @@ log = logging.getLogger("apps.streams")
 
 PROCESS = f"{socket.gethostname()}:{os.getpid()}"
 RENEW_SLICE = 1000  # sockets per renewal round trip
+RENEW_RETRY = 2.0  # first retry of a failed renewal; doubles up to WS_HEARTBEAT_INTERVAL
 RECHECK_RETRY = 1.0  # first retry of a failed re-check; doubles up to TOKEN_RECHECK_INTERVAL
 
 
@@ -40,7 +47,7 @@ def entry(consumer):
     grant = consumer.grant
     return {
         "id": consumer.conn_id,
-        "channel": consumer.channel_name,
+        "channel": control().channel,  # the process's: kicks name the socket by its id
         "user": grant.username,
         "user_id": grant.user_id,
         "token_prefix": grant.token_prefix or "",
@@ -70,16 +77,23 @@ class Registry:
         self.tasks = []
         self.wake = asyncio.Event()  # a socket with an earlier deadline joined
         self.renewed_at = None
+        self.lease_until = {}  # conn_id -> monotonic time its lease runs out unless renewed
+        self.unrenewed = {}  # conn_id -> Refusal to close with if its lease runs out
 
     def add(self, consumer):
         self.start()
         self.sockets.add(consumer)
+        # Taken after `opened`: the lease in Redis lasts at least this long.
+        self.lease_until[consumer.conn_id] = getattr(consumer, "opened", time.monotonic()) + settings.WS_LEASE_TTL
         self.by_key.setdefault(consumer.grant.key(consumer.stream), set()).add(consumer)
         if consumer.grant.deadline is not None:
             self.wake.set()
 
     def remove(self, consumer):
         self.sockets.discard(consumer)
+        conn_id = getattr(consumer, "conn_id", None)
+        self.lease_until.pop(conn_id, None)
+        self.unrenewed.pop(conn_id, None)
         grant = getattr(consumer, "grant", None)
         if grant is not None:
             key = grant.key(consumer.stream)
@@ -98,35 +112,68 @@ class Registry:
     # --- renewal -----------------------------------------------------------------
 
     async def _renew_loop(self):
+        retry = None  # seconds to the next try while renewals fail
         while running():
-            await asyncio.sleep(settings.WS_HEARTBEAT_INTERVAL)
+            await asyncio.sleep(self._renew_wait(retry))
             try:
                 await self.renew()
-            except Exception:
-                # The watchdog decides about outages; a lease outlives a few failed renewals.
-                log.warning("lease renewal failed for %d sockets; next try in %.0f s", len(self.sockets),
-                            settings.WS_HEARTBEAT_INTERVAL, exc_info=True)  # fmt: skip
+            except Exception as exc:  # noqa: BLE001 - the watchdog decides about outages
+                retry = _next_retry(retry)
+                log.warning("lease renewal failed for %d sockets (%s); next try in %.1f s", len(self.sockets),
+                            exc, retry)  # fmt: skip
+            else:
+                retry = _next_retry(retry) if self.unrenewed else None
+            self.expire()
+
+    def _renew_wait(self, retry):
+        """The next renewal: at the interval, sooner while renewals fail, and
+        no later than the moment an unrenewed lease runs out."""
+        if retry is None:
+            return settings.WS_HEARTBEAT_INTERVAL
+        now = time.monotonic()
+        ids = self.unrenewed or self.lease_until  # a failed round trip renewed nobody
+        soonest = min((self.lease_until[c] for c in ids if c in self.lease_until), default=now + retry)
+        return max(0.0, min(retry, soonest - now))
+
+    def expire(self):
+        """Close the sockets whose leases ran out without a renewal."""
+        now = time.monotonic()
+        for consumer in list(self.sockets):
+            until = self.lease_until.get(consumer.conn_id)
+            if consumer.closing or until is None or until > now:
+                continue
+            refusal = self.unrenewed.get(consumer.conn_id, Refusal.UNAVAILABLE)
+            log.warning("lease of stream=%s ip=%s ran out without renewal: closing with %s", consumer.stream,
+                        consumer.ip, int(refusal.close))  # fmt: skip
+            consumer.tasks.append(asyncio.ensure_future(consumer.refuse(refusal)))
 
     async def renew(self):
         """Every socket's leases and live-session entry: one round trip per
         RENEW_SLICE sockets, yielding to the event loop in between so that
-        10,000 sockets never stall the fan-out."""
+        10,000 sockets never stall the fan-out. A socket whose lease is not
+        renewed keeps its old deadline (`expire` closes it then)."""
         live = [c for c in self.sockets if not c.closing]
         failed = []
         for start in range(0, len(live), RENEW_SLICE):
             part = live[start : start + RENEW_SLICE]
-            failed += await get_state().renew(
-                [(c.conn_id, leases.limits_for(c.ip, c.stream, c.grant)) for c in part],
-                [(c.conn_id, entry(c)) for c in part],
-                settings.WS_LEASE_TTL,
+            sent = time.monotonic()  # the lease in Redis runs out no sooner than this + TTL
+            lost = set(
+                await get_state().renew(
+                    [(c.conn_id, leases.limits_for(c.ip, c.stream, c.grant), entry(c)) for c in part],
+                    settings.WS_LEASE_TTL,
+                )
             )
+            for consumer in part:
+                if consumer.conn_id in lost:
+                    failed.append(consumer)
+                elif consumer.conn_id in self.lease_until:
+                    self.lease_until[consumer.conn_id] = sent + settings.WS_LEASE_TTL
+                    self.unrenewed.pop(consumer.conn_id, None)
             await asyncio.sleep(0)
         self.renewed_at = time.monotonic()
-        if failed:
-            gone = set(failed)
-            for consumer in live:
-                if consumer.conn_id in gone:
-                    consumer.tasks.append(asyncio.ensure_future(consumer.refuse(Refusal.LIMIT_LOWERED)))
+        for consumer in failed:
+            if consumer.conn_id in self.lease_until:
+                self.unrenewed[consumer.conn_id] = Refusal.LIMIT_LOWERED
 
     # --- re-checks ---------------------------------------------------------------
 
@@ -190,7 +237,7 @@ class Registry:
         group = self.by_key.get(key)
         if not group:
             return
-        result = await shared_check(key)
+        result = await shared_check(next(iter(group)).grant, key[2])
         for consumer in list(group):
             refusal, _moved = apply_check(consumer.grant, result)
             if refusal is not None:
@@ -212,6 +259,10 @@ async def enforce_caps(group):
         kind = over.get(consumer.conn_id)
         if kind is not None:
             await consumer.refuse(Refusal.LIMIT_LOWERED._replace(message=f"connection limit for this {kind} lowered"))
+
+
+def _next_retry(retry):
+    return min(settings.WS_HEARTBEAT_INTERVAL, 2 * retry if retry else RENEW_RETRY)
 
 
 _registries = PerLoop(Registry)

@@ -9,6 +9,12 @@ Leases are sorted sets (member = connection id, score = expiry in ms). Taking
 a lease drops expired members, checks every limit and adds the member to every
 set in one Lua script, so limits hold under any number of parallel connects
 and a crashed process's connections stop counting once their leases expire.
+
+A released connection id is remembered for one lease TTL (`stk:lease:released`),
+and every script that adds a member (acquire, renew, the session entry) checks
+it first: an acquire that timed out on our side but ran late in Redis, or a
+renewal already on its way when the socket closed, can never bring a released
+lease back.
 """
 
 import datetime as dt
@@ -22,47 +28,90 @@ from .aio import PerLoop
 
 PREFIX = "stk:"
 
-# KEYS: lease sets; ARGV: ttl_ms, member, limit per key (-1 = count only).
-# Returns 0 when the lease was taken, else the 1-based index of the key whose
-# limit was reached. Uses the server clock so machines with skewed clocks agree.
-_ACQUIRE = """
+_NOW = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"""
+
+# KEYS: [released set, lease sets...]; ARGV: ttl_ms, member, limit per lease
+# set (-1 = count only). Returns 0 when the lease was taken, -1 when this
+# member was released (a late run of a timed-out call), else the 1-based index
+# of the lease set whose limit was reached. Uses the server clock so machines
+# with skewed clocks agree. Taking a lease the member already holds extends it.
+_ACQUIRE = (
+    _NOW
+    + """
 local ttl = tonumber(ARGV[1])
-for i, key in ipairs(KEYS) do
-  redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+local member = ARGV[2]
+local gone = redis.call('ZSCORE', KEYS[1], member)
+if gone and tonumber(gone) > now then
+  return -1
 end
-for i, key in ipairs(KEYS) do
-  local limit = tonumber(ARGV[i + 2])
-  if limit >= 0 and not redis.call('ZSCORE', key, ARGV[2]) and redis.call('ZCARD', key) >= limit then
-    return i
+for i = 2, #KEYS do
+  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now)
+end
+for i = 2, #KEYS do
+  local limit = tonumber(ARGV[i + 1])
+  if limit >= 0 and not redis.call('ZSCORE', KEYS[i], member) and redis.call('ZCARD', KEYS[i]) >= limit then
+    return i - 1
   end
 end
-for i, key in ipairs(KEYS) do
-  redis.call('ZADD', key, now + ttl, ARGV[2])
-  redis.call('PEXPIRE', key, ttl * 2)
+for i = 2, #KEYS do
+  redis.call('ZADD', KEYS[i], now + ttl, member)
+  redis.call('PEXPIRE', KEYS[i], ttl * 2)
 end
 return 0
 """
+)
 
-# Renewal of many connections' leases in one call. KEYS: every connection's
-# lease sets, in order; ARGV: ttl_ms, then per connection: member, number of
-# keys n, then n limits (-1 = count only). A lease still held is extended; one
-# that was lost (Redis restarted, a long stall) is taken again only where its
-# limit has room. Returns the members that could not be renewed.
-_RENEW = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+# Release many connections for good. KEYS: [released set, sessions index, then
+# per connection its n lease sets and its session entry]; ARGV: ttl_ms, then
+# per connection: member, n. Remembers each member as released for ttl_ms.
+_RELEASE = (
+    _NOW
+    + """
 local ttl = tonumber(ARGV[1])
-local failed = {}
-local trimmed = {}
-local k = 1
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local k = 3
 local a = 2
 while a <= #ARGV do
   local member = ARGV[a]
   local n = tonumber(ARGV[a + 1])
   a = a + 2
-  local ok = true
+  for i = 0, n - 1 do
+    redis.call('ZREM', KEYS[k + i], member)
+  end
+  redis.call('DEL', KEYS[k + n])
+  redis.call('ZREM', KEYS[2], member)
+  redis.call('ZADD', KEYS[1], now + ttl, member)
+  k = k + n + 1
+end
+redis.call('PEXPIRE', KEYS[1], ttl * 2)
+return 1
+"""
+)
+
+# Renewal of many connections' leases and live-session entries in one call.
+# KEYS: [released set, sessions index, then per connection its n lease sets
+# and its session entry]; ARGV: ttl_ms, then per connection: member, n, n
+# limits (-1 = count only), the session entry (JSON). A released member is
+# never renewed. A lease still held is extended; one that was lost (Redis
+# restarted) is taken again only where its limit has room. Returns the
+# members that could not be renewed.
+_RENEW = (
+    _NOW
+    + """
+local ttl = tonumber(ARGV[1])
+local failed = {}
+local trimmed = {}
+local k = 3
+local a = 2
+while a <= #ARGV do
+  local member = ARGV[a]
+  local n = tonumber(ARGV[a + 1])
+  a = a + 2
+  local gone = redis.call('ZSCORE', KEYS[1], member)
+  local ok = not (gone and tonumber(gone) > now)
   for i = 0, n - 1 do
     local key = KEYS[k + i]
     if not trimmed[key] then
@@ -70,7 +119,7 @@ while a <= #ARGV do
       trimmed[key] = true
     end
     local limit = tonumber(ARGV[a + i])
-    if limit >= 0 and not redis.call('ZSCORE', key, member) and redis.call('ZCARD', key) >= limit then
+    if ok and limit >= 0 and not redis.call('ZSCORE', key, member) and redis.call('ZCARD', key) >= limit then
       ok = false
     end
   end
@@ -78,17 +127,35 @@ while a <= #ARGV do
     for i = 0, n - 1 do
       redis.call('ZADD', KEYS[k + i], now + ttl, member)
     end
+    redis.call('SET', KEYS[k + n], ARGV[a + n], 'PX', ttl)
+    redis.call('ZADD', KEYS[2], now + ttl, member)
   else
     failed[#failed + 1] = member
   end
-  k = k + n
-  a = a + n
+  k = k + n + 1
+  a = a + n + 1
 end
 for key, _ in pairs(trimmed) do
   redis.call('PEXPIRE', key, ttl * 2)
 end
 return failed
 """
+)
+
+# KEYS: [released set, sessions index, session entry]; ARGV: ttl_ms, member,
+# entry (JSON). Writes a live-session entry unless the member was released.
+_SESSION_PUT = (
+    _NOW
+    + """
+local gone = redis.call('ZSCORE', KEYS[1], ARGV[2])
+if gone and tonumber(gone) > now then
+  return 0
+end
+redis.call('SET', KEYS[3], ARGV[3], 'PX', tonumber(ARGV[1]))
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[1]), ARGV[2])
+return 1
+"""
+)
 
 RENEW_CHUNK = 500  # connections per script call: keeps each call short for Redis
 
@@ -116,6 +183,17 @@ end
 local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 redis.call('SET', KEYS[2], ARGV[2] .. seq .. ARGV[3])
 return seq
+"""
+
+# KEYS: [feed key, fence key]; ARGV: feed record, fence token ('' = unfenced).
+# Stores the feed state only while the fence key holds the caller's token (as
+# _PUBLISH does): a leader paused past its lock's TTL gets 0 and writes nothing.
+_FEED_SET = """
+if ARGV[2] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[2] then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[1])
+return 1
 """
 
 _MEMBERS = """
@@ -148,6 +226,8 @@ def _new_generation():
 
 
 REDIS_POOL_SIZE = 50  # connections per process (and event loop)
+RELEASED = f"{PREFIX}lease:released"  # connection ids released in the last lease TTL
+SESSIONS = f"{PREFIX}sessions"
 
 
 class StateUnavailable(Exception):
@@ -169,6 +249,7 @@ class MemoryState:
         self._feed = None
         self._leases = {}  # key -> {member: expiry_s}
         self._sessions = {}  # conn_id -> (expiry_s, info)
+        self._released = {}  # conn_id -> expiry_s: never taken or renewed again
         self._demo_anchor = None
 
     async def latest_get(self, stream):
@@ -194,7 +275,8 @@ class MemoryState:
     async def feed_get(self):
         return self._feed
 
-    async def feed_set(self, state: dict):
+    async def feed_set(self, state: dict, fence=None):
+        """Store the feed state; one process: no other leader to fence out."""
         self._feed = {**(self._feed or {}), **state}
 
     async def feed_touch(self):
@@ -214,8 +296,14 @@ class MemoryState:
             del members[member]
         return members
 
+    def _is_released(self, conn_id):
+        expiry = self._released.get(conn_id)
+        return expiry is not None and expiry > time.monotonic()
+
     async def lease_acquire(self, conn_id, limits, ttl):
         # No await between check and add: atomic on one event loop.
+        if self._is_released(conn_id):
+            return -1
         sets = [(self._live(key), limit) for key, limit in limits]
         for index, (members, limit) in enumerate(sets, start=1):
             if limit is not None and conn_id not in members and len(members) >= limit:
@@ -229,13 +317,27 @@ class MemoryState:
         for key in keys:
             self._leases.get(key, {}).pop(conn_id, None)
 
-    async def renew(self, leases, sessions, ttl):
-        """Renew many connections at once: `leases` [(conn_id, limits)],
-        `sessions` [(conn_id, info)]. Returns the conn_ids whose leases could
-        not be renewed (lost, and their limit is full now)."""
-        failed = [conn_id for conn_id, limits in leases if await self.lease_acquire(conn_id, limits, ttl)]
-        for conn_id, info in sessions:
-            await self.session_put(conn_id, info, ttl)
+    async def lease_release_many(self, items, ttl):
+        """Release [(conn_id, lease keys)] for good: leases, live-session
+        entries, and no later acquire or renewal of these ids for `ttl`."""
+        now = time.monotonic()
+        for conn_id in [c for c, exp in self._released.items() if exp <= now]:
+            del self._released[conn_id]
+        for conn_id, keys in items:
+            await self.lease_release(conn_id, keys)
+            self._sessions.pop(conn_id, None)
+            self._released[conn_id] = now + ttl
+
+    async def renew(self, items, ttl):
+        """Renew many connections at once: [(conn_id, limits, session entry)].
+        Returns the conn_ids that could not be renewed (released, or lost
+        while their limit is full now)."""
+        failed = []
+        for conn_id, limits, info in items:
+            if await self.lease_acquire(conn_id, limits, ttl):
+                failed.append(conn_id)
+            else:
+                await self.session_put(conn_id, info, ttl)
         return failed
 
     async def lease_count(self, key):
@@ -246,7 +348,8 @@ class MemoryState:
         return sorted(self._live(key))
 
     async def session_put(self, conn_id, info, ttl):
-        self._sessions[conn_id] = (time.monotonic() + ttl, dict(info))
+        if not self._is_released(conn_id):
+            self._sessions[conn_id] = (time.monotonic() + ttl, dict(info))
 
     async def session_drop(self, conn_id):
         self._sessions.pop(conn_id, None)
@@ -322,6 +425,7 @@ class RedisState:
     """Shared state in Redis (production)."""
 
     embedded = False
+    failing_until = 0.0  # monotonic: calls fail at once until then (see _call)
 
     def __init__(self, url):
         import redis.asyncio as aioredis
@@ -333,9 +437,10 @@ class RedisState:
         pool = aioredis.BlockingConnectionPool.from_url(
             url,
             max_connections=REDIS_POOL_SIZE,
-            timeout=2,
-            socket_timeout=2,
-            socket_connect_timeout=2,
+            timeout=settings.REDIS_SOCKET_TIMEOUT,
+            socket_timeout=settings.REDIS_SOCKET_TIMEOUT,
+            socket_connect_timeout=settings.REDIS_CONNECT_TIMEOUT,
+            socket_keepalive=True,
             health_check_interval=15,
             decode_responses=True,
         )
@@ -343,19 +448,34 @@ class RedisState:
         self._acquire = self.redis.register_script(_ACQUIRE)
         self._next_seq = self.redis.register_script(_NEXT_SEQ)
         self._publish = self.redis.register_script(_PUBLISH)
+        self._feed_set = self.redis.register_script(_FEED_SET)
         self._count = self.redis.register_script(_COUNT)
         self._members = self.redis.register_script(_MEMBERS)
         self._renew = self.redis.register_script(_RENEW)
+        self._release = self.redis.register_script(_RELEASE)
+        self._session_put = self.redis.register_script(_SESSION_PUT)
 
-    async def _call(self, coro):
-        from redis.exceptions import RedisError
+    async def _call(self, coro, probe=False):
+        from redis.exceptions import ConnectionError, RedisError, TimeoutError
 
+        # Redis just failed to answer this process (a timeout, a refused or
+        # exhausted connection): for REDIS_SOCKET_TIMEOUT, calls fail at once
+        # instead of each waiting out its own timeout, so a connect that makes
+        # several calls is still refused quickly. The watchdog's ping (`probe`)
+        # always goes through, and any answer closes the gap.
+        if not probe and self.failing_until > time.monotonic():
+            coro.close()
+            raise StateUnavailable("redis did not answer just now")
         # Any Redis failure (connection, timeout, READONLY replica, OOM,
         # LOADING, a script error) means the shared state cannot serve us.
         try:
-            return await coro
+            result = await coro
         except (RedisError, OSError) as exc:
+            if isinstance(exc, (ConnectionError, TimeoutError, OSError)):
+                self.failing_until = time.monotonic() + settings.REDIS_SOCKET_TIMEOUT
             raise StateUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        self.failing_until = 0.0
+        return result
 
     async def latest_get(self, stream):
         return await self._call(self.redis.get(f"{PREFIX}latest:{stream}"))
@@ -386,8 +506,13 @@ class RedisState:
             feed["heartbeat_ms"] = int(heartbeat)
         return feed
 
-    async def feed_set(self, state: dict):
-        await self._call(self.redis.set(f"{PREFIX}feed", json.dumps(state)))
+    async def feed_set(self, state: dict, fence=None):
+        """Store the feed state. `fence` is (lock key, token), as for
+        `latest_publish`: raises Fenced when the lock is no longer the caller's."""
+        key, token = fence if fence else ("", "")
+        keys = [f"{PREFIX}feed", key or f"{PREFIX}unfenced"]
+        if not int(await self._call(self._feed_set(keys=keys, args=[json.dumps(state), token or ""]))):
+            raise Fenced(f"{key} is no longer held by this process")
 
     async def feed_touch(self):
         """Record that the feed loop is alive (readiness reads its age)."""
@@ -402,39 +527,48 @@ class RedisState:
         return dt.datetime.fromtimestamp(int(raw) / 1000, dt.UTC)
 
     async def lease_acquire(self, conn_id, limits, ttl):
-        keys = [f"{PREFIX}lease:{key}" for key, _ in limits]
+        keys = [RELEASED] + [f"{PREFIX}lease:{key}" for key, _ in limits]
         args = [int(ttl * 1000), conn_id] + [-1 if limit is None else int(limit) for _, limit in limits]
         return int(await self._call(self._acquire(keys=keys, args=args)))
 
-    async def renew(self, leases, sessions, ttl):
-        """Renew many connections at once, in one round trip: `leases`
-        [(conn_id, limits)], `sessions` [(conn_id, info)]. Returns the
-        conn_ids whose leases could not be renewed (lost, limit full now)."""
-        if not leases and not sessions:
+    async def lease_release_many(self, items, ttl):
+        """Release [(conn_id, lease keys)] for good, in one script call per
+        RENEW_CHUNK connections: leases, live-session entries, and no later
+        acquire or renewal of these ids for `ttl` seconds."""
+        ms = int(ttl * 1000)
+        for start in range(0, len(items), RENEW_CHUNK):
+            keys, args = [RELEASED, SESSIONS], [ms]
+            for conn_id, lease_keys in items[start : start + RENEW_CHUNK]:
+                keys.extend(f"{PREFIX}lease:{key}" for key in lease_keys)
+                keys.append(f"{PREFIX}session:{conn_id}")
+                args.extend([conn_id, len(lease_keys)])
+            await self._call(self._release(keys=keys, args=args))
+
+    async def renew(self, items, ttl):
+        """Renew many connections at once, in one round trip: [(conn_id,
+        limits, session entry)]. Returns the conn_ids that could not be
+        renewed (released, or lost while their limit is full now)."""
+        if not items:
             return []
         ms = int(ttl * 1000)
         async with self.redis.pipeline(transaction=False) as pipe:
-            for start in range(0, len(leases), RENEW_CHUNK):
-                keys, args = [], [ms]
-                for conn_id, limits in leases[start : start + RENEW_CHUNK]:
+            for start in range(0, len(items), RENEW_CHUNK):
+                keys, args = [RELEASED, SESSIONS], [ms]
+                for conn_id, limits, info in items[start : start + RENEW_CHUNK]:
                     keys.extend(f"{PREFIX}lease:{key}" for key, _ in limits)
+                    keys.append(f"{PREFIX}session:{conn_id}")
                     args.extend([conn_id, len(limits)])
                     args.extend(-1 if limit is None else int(limit) for _, limit in limits)
+                    args.append(json.dumps(info))
                 pipe.evalsha(self._renew.sha, len(keys), *keys, *args)
-            if sessions:
-                expiry = time.time() * 1000 + ms
-                for conn_id, info in sessions:
-                    pipe.set(f"{PREFIX}session:{conn_id}", json.dumps(info), px=ms)
-                pipe.zadd(f"{PREFIX}sessions", {conn_id: expiry for conn_id, _ in sessions})
             try:
                 results = await self._call(pipe.execute())
             except StateUnavailable as exc:
                 if "NoScript" not in str(exc) and "NOSCRIPT" not in str(exc):
                     raise
                 await self._call(self.redis.script_load(_RENEW))  # Redis restarted: load it again
-                return await self.renew(leases, sessions, ttl)
-        chunks = -(-len(leases) // RENEW_CHUNK)
-        return [member for result in results[:chunks] for member in result]
+                return await self.renew(items, ttl)
+        return [member for result in results for member in result]
 
     async def lease_release(self, conn_id, keys):
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -450,11 +584,8 @@ class RedisState:
         return sorted(await self._call(self._members(keys=[f"{PREFIX}lease:{key}"])))
 
     async def session_put(self, conn_id, info, ttl):
-        ms = int(ttl * 1000)
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.set(f"{PREFIX}session:{conn_id}", json.dumps(info), px=ms)
-            pipe.zadd(f"{PREFIX}sessions", {conn_id: time.time() * 1000 + ms})
-            await self._call(pipe.execute())
+        keys = [RELEASED, SESSIONS, f"{PREFIX}session:{conn_id}"]
+        await self._call(self._session_put(keys=keys, args=[int(ttl * 1000), conn_id, json.dumps(info)]))
 
     async def session_drop(self, conn_id):
         async with self.redis.pipeline(transaction=True) as pipe:
@@ -519,7 +650,7 @@ class RedisState:
         await self._call(self.redis.decr(f"{PREFIX}count:{key}"))
 
     async def ping(self):
-        return await self._call(self.redis.ping())
+        return await self._call(self.redis.ping(), probe=True)
 
 
 _memory = None

@@ -79,3 +79,35 @@ async def test_redis_really_down_still_trips(monkeypatch, settings):
         await dog.check()
     await asyncio.sleep(0)
     assert consumer.lost == 1 and not dog.healthy
+
+
+async def test_a_saturated_event_loop_is_not_taken_for_a_stuck_channel_layer(settings):
+    """Every turn of the loop takes 1.5 s (a process busy with other work):
+    the probe through the real channel layer comes back seconds late by the
+    clock (it takes a few turns of the loop), and is not counted as a failure."""
+    import time
+
+    settings.REDIS_URL = os.environ["REDIS_URL"]
+    dog, consumer = Watchdog(), FakeConsumer()
+    dog.consumers.add(consumer)
+    dog._start_probe_receiver()
+    await asyncio.wait_for(dog.probe_ready.wait(), 5)
+    assert await dog._probe() is None  # a quiet loop: back at once
+
+    busy = True
+
+    async def hog():
+        while busy:
+            time.sleep(1.5)  # the point: the loop is blocked
+            await asyncio.sleep(0)
+
+    hogging = asyncio.ensure_future(hog())
+    failures = []
+    try:
+        await dog.check()
+        failures.append(dog.failures)
+    finally:
+        busy = False
+        await hogging
+        dog.probe_task.cancel()
+    assert failures == [0] and consumer.lost == 0 and dog.healthy

@@ -37,6 +37,12 @@ def fast(monkeypatch, settings):
     monkeypatch.setattr(watchdog_module, "CHECK_INTERVAL", 0.01)
     monkeypatch.setattr(watchdog_module, "RETRY_INTERVAL", 0.01)
 
+    async def layer_answers(self):  # these tests are about the ping; the probe has its own
+        return None
+
+    monkeypatch.setattr(Watchdog, "_probe", layer_answers)
+    monkeypatch.setattr(Watchdog, "_start_probe_receiver", lambda self: None)
+
     def use(results):
         state = FakeState(results)
         monkeypatch.setattr(watchdog_module, "get_state", lambda: state)
