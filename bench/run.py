@@ -275,19 +275,23 @@ PROFILE_FRAMES = {  # label -> substring of a collapsed py-spy frame "function (
 }
 
 
-def start_profile(args, srv, runlog):
+def start_profile(srv, runlog, phase, seconds=None):
+    """py-spy the server for `seconds`, or until finish_profile(stop=True)."""
     exe = os.path.join(os.path.dirname(PY), "py-spy")
     if not os.path.exists(exe):
         log("py-spy not installed in the venv: no profile (pip install py-spy; not a project requirement)")
         return None
-    out = os.path.join(runlog, "profile.txt")
-    seconds = max(1, int(min(args.duration, 15)))
-    cmd = [exe, "record", "-p", str(srv.popen.pid), "-d", str(seconds), "-r", "100", "-f", "raw", "-o", out]
-    return Proc("py-spy", cmd, dict(os.environ), logdir=runlog), out
+    out = os.path.join(runlog, f"profile-{phase}.txt")
+    cmd = [exe, "record", "-p", str(srv.popen.pid), "-r", "100", "-f", "raw", "-o", out]
+    if seconds is not None:
+        cmd += ["-d", str(max(1, int(seconds)))]
+    return Proc(f"py-spy-{phase}", cmd, dict(os.environ), logdir=runlog), out
 
 
-def finish_profile(spy, keep_path):
+def finish_profile(spy, keep_path, stop=False):
     proc, out = spy
+    if stop and proc.alive():
+        proc.popen.send_signal(signal.SIGINT)  # py-spy writes what it sampled and exits
     try:
         proc.popen.wait(60)
     except subprocess.TimeoutExpired:
@@ -414,6 +418,7 @@ def run_one(args, token, r, *, server, layer, n, logdir):
         clients = []
         offset = 0
         t_conn = time.monotonic()
+        spy = start_profile(srv, runlog, "connect") if args.profile else None
         for i, k in enumerate(per):
             cmd = [
                 PY, os.path.join(HERE, "client.py"), "--port", str(port), "--n", str(k), "--offset", str(offset),
@@ -430,6 +435,10 @@ def run_one(args, token, r, *, server, layer, n, logdir):
         result["connect_failures"] = merge_counts(c["failures"] for c in conn_info)
         result["connect_close_codes"] = merge_counts(c["close_codes"] for c in conn_info)
         result["connect_errors"] = merge_counts(c["errors"] for c in conn_info)
+        if spy is not None:
+            result["profile_connect"] = finish_profile(
+                spy, os.path.join(RAW, f"{args.stamp}-{tag}-connect.pyspy.txt"), stop=True
+            )
         log(f"{tag}: {result['connected']}/{n} connected in {result['connect_s']} s")
         if result["connected"] == 0:
             raise RuntimeError(f"no client connected: {conn_info}")
@@ -455,7 +464,7 @@ def run_one(args, token, r, *, server, layer, n, logdir):
         q0 = seqs(r)
         w0 = time.monotonic()
         peak = rss_connected
-        spy = start_profile(args, srv, runlog) if args.profile else None
+        spy = start_profile(srv, runlog, "window", min(args.duration, 15)) if args.profile else None
         while time.monotonic() - w0 < args.duration:
             time.sleep(0.5)
             peak = max(peak, rss_mb(srv.ps))
@@ -473,7 +482,10 @@ def run_one(args, token, r, *, server, layer, n, logdir):
             feed.stop()
             time.sleep(3.0)
             i0, t0 = cpu_s(srv.ps), time.monotonic()
+            spy = start_profile(srv, runlog, "idle", args.idle - 1) if args.profile else None
             time.sleep(args.idle)
+            if spy is not None:
+                result["profile_idle"] = finish_profile(spy, os.path.join(RAW, f"{args.stamp}-{tag}-idle.pyspy.txt"))
             result["idle_cpu_s_per_s"] = round((cpu_s(srv.ps) - i0) / (time.monotonic() - t0), 4)
             result["idle_window_s"] = args.idle
             result["rss_mb_idle_connected"] = round(rss_mb(srv.ps), 1)
@@ -754,7 +766,7 @@ def parse_args():
     p.add_argument("--asgi-app", default=ASGI_APP, help="experiments: e.g. bench.patched_asgi:application")
     p.add_argument("--uvicorn-loop", choices=["auto", "uvloop", "asyncio"], default="auto")
     p.add_argument("--db-conn-max-age", type=int, default=None, help="DATABASE_CONN_MAX_AGE (default: the setting's)")
-    p.add_argument("--profile", action="store_true", help="py-spy the server during the window (skews its CPU)")
+    p.add_argument("--profile", action="store_true", help="py-spy the server: connect, window, idle (skews CPU)")
     args = p.parse_args()
     if args.quick:
         if args.n == "1000,5000,10000":
