@@ -35,7 +35,6 @@ METRICS_FOLD_INTERVAL = 2.0
 class Accounting:
     def __init__(self):
         self.sockets = weakref.WeakSet()  # streaming sockets on this loop
-        self.folded = weakref.WeakKeyDictionary()  # socket -> (sent, sent_bytes) already counted
         self.pending = {}  # (token_id, day) -> [connections, peak, messages, bytes, rejections]
         self.task = None
         self.lock = asyncio.Lock()
@@ -49,7 +48,7 @@ class Accounting:
         metrics.CONNECTS.labels(stream).inc()
         metrics.CONNECTIONS.labels(stream).inc()
         self.sockets.add(consumer)
-        self.folded[consumer] = (0, 0)  # the welcome snapshot, sent just before, counts too
+        consumer.acct_folded = (0, 0)  # (sent, sent_bytes) already counted; the welcome snapshot counts too
         token_id = consumer.grant.token_id
         if token_id is None:
             return
@@ -92,25 +91,46 @@ class Accounting:
             row = self.pending[key] = [0, 0, 0, 0, 0]
         return row
 
-    def _fold(self, consumer):
+    def _fold(self, consumer, streams=None, tokens=None):
+        """Move one socket's new counts into `streams` (stream -> [messages,
+        bytes]) and `tokens` (token_id -> [messages, bytes]); applied at once
+        when those are not given."""
         sent, sent_bytes = consumer.sent, getattr(consumer, "sent_bytes", 0)
-        old_sent, old_bytes = self.folded.get(consumer, (0, 0))
+        old_sent, old_bytes = getattr(consumer, "acct_folded", (0, 0))
         messages, size = sent - old_sent, sent_bytes - old_bytes
         if not messages and not size:
             return
-        self.folded[consumer] = (sent, sent_bytes)
-        metrics.DELIVERED.labels(consumer.stream).inc(messages)
-        metrics.DELIVERED_BYTES.labels(consumer.stream).inc(size)
+        consumer.acct_folded = (sent, sent_bytes)
+        apply = streams is None
+        if apply:
+            streams, tokens = {}, {}
+        counts = streams.setdefault(consumer.stream, [0, 0])
+        counts[0] += messages
+        counts[1] += size
         token_id = consumer.grant.token_id if consumer.grant is not None else None
         if token_id is not None:
+            counts = tokens.setdefault(token_id, [0, 0])
+            counts[0] += messages
+            counts[1] += size
+        if apply:
+            self._apply(streams, tokens)
+
+    def _apply(self, streams, tokens):
+        # One metrics update per stream and one usage row per token, not per socket.
+        for stream, (messages, size) in streams.items():
+            metrics.DELIVERED.labels(stream).inc(messages)
+            metrics.DELIVERED_BYTES.labels(stream).inc(size)
+        for token_id, (messages, size) in tokens.items():
             row = self._row(token_id)
             row[2] += messages
             row[3] += size
 
     def fold(self):
         """Move every socket's new counts into the metrics and pending usage."""
+        streams, tokens = {}, {}
         for consumer in list(self.sockets):
-            self._fold(consumer)
+            self._fold(consumer, streams, tokens)
+        self._apply(streams, tokens)
         metrics.fanout.settle()
 
     async def flush(self):
