@@ -440,6 +440,10 @@ def run_one(args, token, r, *, server, layer, n, logdir):
                 spy, os.path.join(RAW, f"{args.stamp}-{tag}-connect.pyspy.txt"), stop=True
             )
         log(f"{tag}: {result['connected']}/{n} connected in {result['connect_s']} s")
+        scans1 = token_scans()  # the storm is over: what it cost the token table
+        if scans0 is not None and scans1 is not None:
+            result["token_table_queries_during_connect"] = scans1[0] - scans0[0]
+            result["token_table_writes_during_connect"] = scans1[1] - scans0[1]  # last_used, once a minute
         if result["connected"] == 0:
             raise RuntimeError(f"no client connected: {conn_info}")
 
@@ -449,10 +453,6 @@ def run_one(args, token, r, *, server, layer, n, logdir):
         result["feed_wait_s"] = wait_steady_feed(r, feed, timeout=90)
         time.sleep(1.0)
         rss_connected = rss_mb(srv.ps)
-        scans1 = token_scans()
-        result["token_table_queries_during_connect"] = (
-            scans1 - scans0 if scans0 is not None and scans1 is not None else None
-        )
 
         # measurement window
         for c in clients:
@@ -564,8 +564,9 @@ def run_one(args, token, r, *, server, layer, n, logdir):
 
 
 def token_scans():
-    """Index and sequential scans of the token table so far (PostgreSQL's
-    statistics): one per token lookup query."""
+    """(index + sequential scans, rows updated) of the token table so far
+    (PostgreSQL's statistics): a scan per query that reads or updates it; a
+    last_used write is one of each."""
     try:
         import psycopg
 
@@ -573,10 +574,10 @@ def token_scans():
             conn.execute("SELECT pg_stat_force_next_flush()")
             time.sleep(1.2)  # statistics reach pg_stat_user_tables within a second
             row = conn.execute(
-                "SELECT coalesce(seq_scan, 0) + coalesce(idx_scan, 0) FROM pg_stat_user_tables "
+                "SELECT coalesce(seq_scan, 0) + coalesce(idx_scan, 0), n_tup_upd FROM pg_stat_user_tables "
                 "WHERE relname = 'accounts_apitoken'"
             ).fetchone()
-            return int(row[0]) if row else None
+            return (int(row[0]), int(row[1])) if row else None
     except Exception:  # noqa: BLE001 - reported as unknown
         return None
 
@@ -655,6 +656,14 @@ def closed(r):
     return f"**{lost:,}** ({codes})"
 
 
+def token_queries(r):
+    """Token lookups during the storm, and the last_used writes apart ("1 + 1 write")."""
+    queries, writes = r.get("token_table_queries_during_connect"), r.get("token_table_writes_during_connect")
+    if queries is None or not writes:
+        return fmt(queries)
+    return f"{queries - writes:,} + {writes} write" + ("s" if writes > 1 else "")
+
+
 def table(results):
     head = (
         "| server | N | connected (s) | delivered (of expected) | p50 / p99 publish→receive | server CPU s/s | "
@@ -677,7 +686,7 @@ def table(results):
             f"{fmt(round(ratio * 100, 1) if ratio is not None else None, ' %')} | "
             f"{fmt(r['lat_ms_p50'])} / {fmt(r['lat_ms_p99'])} ms | {cpu['server']:.3f} | "
             f"{fmt(r['server_us_per_msg'])} | {times} | {fmt(r.get('idle_cpu_s_per_s'))} | "
-            f"{fmt(r.get('rss_kib_per_idle_conn'))} | {fmt(r.get('token_table_queries_during_connect'))} | "
+            f"{fmt(r.get('rss_kib_per_idle_conn'))} | {token_queries(r)} | "
             f"{closed(r)} |" + (f" ⚠ {r['error'][:80]}" if "error" in r else "")
         )
     return head + "\n".join(rows) + "\n"
@@ -718,8 +727,8 @@ def generated_part(results, info, command, started):
         "still open (heartbeats, pings, lease renewals, re-checks). *RSS per idle conn*: (RSS with N open − "
         "RSS before any) / N. *Connected (s)*: the connect storm, "
         f"{a.get('procs')} client processes × {a.get('concurrency')} connects in flight, one Bearer token; "
-        "*token-table queries*: index + sequential scans of `accounts_apitoken` during it "
-        "(PostgreSQL statistics).\n"
+        "*token-table queries*: index + sequential scans of `accounts_apitoken` from the first connect to the "
+        "last (PostgreSQL statistics), lookups + the once-a-minute `last_used` write.\n"
     )
     out.append(table(results))
     out.append("Raw numbers, one JSON per run (connect times, close codes, RSS peaks, client CPU): `bench/raw/`.")
