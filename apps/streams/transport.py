@@ -89,6 +89,7 @@ def missing_internals():
     from daphne.server import Server
     from daphne.ws_protocol import WebSocketProtocol
     from twisted.internet import abstract, tcp
+    from twisted.web import http
 
     wanted = [
         (Server, "handle_reply"),
@@ -102,8 +103,14 @@ def missing_internals():
         (tcp.Connection, "TLS"),
     ]
     missing = [f"{cls.__module__}.{cls.__qualname__}.{name}" for cls, name in wanted if not hasattr(cls, name)]
+    if not hasattr(abstract.FileDescriptor, "unregisterProducer"):
+        missing.append("twisted.internet.abstract.FileDescriptor.unregisterProducer")
     # Instance attributes, set in __init__.
-    for cls, name in ((abstract.FileDescriptor, "_tempDataLen"), (tcp.Connection, "socket")):
+    for cls, name in (
+        (abstract.FileDescriptor, "_tempDataLen"),
+        (tcp.Connection, "socket"),
+        (http.HTTPChannel, "requests"),
+    ):
         source = inspect.getsource(cls.__init__)
         if f"self.{name} =" not in source and f"self.{name}:" not in source:
             missing.append(f"{cls.__module__}.{cls.__qualname__}.{name}")
@@ -393,6 +400,22 @@ def _daphne_protocol(send):
     return None
 
 
+def _drop_http_channel(protocol):
+    """After daphne's upgrade the HTTP channel the handshake came in on stays
+    registered as the TCP transport's producer for the socket's lifetime,
+    holding its request, headers and body buffer (~3 KB per socket). It has
+    nothing left to do: unregister it so it is freed. (As a producer it only
+    stopped reading from a client whose send buffer was full; delivery bounds
+    that buffer itself and still wants the client's pongs.)"""
+    from twisted.web.http import HTTPChannel
+
+    transport = protocol.transport
+    channel = getattr(transport, "producer", None)
+    if isinstance(channel, HTTPChannel) and transport.protocol is protocol:
+        transport.unregisterProducer()
+        channel.requests.clear()
+
+
 def expose_transport(app):
     """ASGI middleware (outermost on the websocket route): puts a `Link` for
     daphne connections into the scope under SCOPE_KEY. Built at start-up:
@@ -403,7 +426,8 @@ def expose_transport(app):
         if scope["type"] == "websocket":
             protocol = _daphne_protocol(send)
             if protocol is not None:
-                scope = {**scope, SCOPE_KEY: Link(protocol)}
+                _drop_http_channel(protocol)
+                scope[SCOPE_KEY] = Link(protocol)  # daphne's own scope dict: no copy kept per socket
         return await app(scope, receive, send)
 
     return middleware
