@@ -11,8 +11,9 @@ from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
-from apps.accounts.auth import AccountsUnavailable, check_token
-from apps.streams.credentials import REJECTION
+from apps.accounts.auth import AccountsUnavailable
+from apps.streams import authlimit
+from apps.streams.credentials import LIMITED, REJECTION, budgeted_check
 from apps.streams.netaddr import request_client_ip
 from apps.streams.protocol import STREAMS, now_ms, refusal_table
 from stocktracker.lib.state import StateUnavailable, get_state
@@ -112,15 +113,19 @@ def _api_error(status, code, message, **headers):
 @require_GET
 async def snapshot(request, stream):
     """The latest snapshot of `stream`, byte for byte the socket's `snapshot` frame.
-    Auth: a logged-in session, or `Authorization: Bearer <token>` (never ?token=)."""
+    Auth: a logged-in session, or `Authorization: Bearer <token>` (never ?token=),
+    whose failures count against the address's failed sign-in budget, as on the sockets."""
     if stream not in STREAMS:
         raise Http404("unknown stream")
     raw = _bearer(request)
     if raw is not None:
         try:
-            check = await check_token(raw, stream, request_client_ip(request))
+            check = await budgeted_check(raw, stream, request_client_ip(request))
         except AccountsUnavailable:
             return _api_error(503, "unavailable", "sign-in is temporarily unavailable; retry later", Retry_After="5")
+        if check is LIMITED:  # the address used up its failed sign-in budget: no database work
+            reason = REJECTION["limited"]
+            return _api_error(reason.status, reason.error, reason.message, Retry_After=str(authlimit.retry_after()))
         if not check.ok:
             reason = REJECTION.get(check.reason, REJECTION["bad"])
             return _api_error(

@@ -190,7 +190,8 @@ class Feed:
             idle = getattr(self.source, "idle", None)
             if idle is not None:
                 await idle()  # a streaming source closes its upstream links
-            await self.set_feed_state("live" if market.is_open(self.source.now()) else "closed")
+            if not await self.set_feed_state("live" if market.is_open(self.source.now()) else "closed"):
+                return None
             self.failures, self.failing_since = 0, None
             self.last_data = None
             return {}  # zero-cost idle: no upstream request, nothing built or serialized
@@ -203,10 +204,9 @@ class Feed:
         # Any board in a session: the derivatives ATO (08:45) is live before HOSE opens.
         feed = "live" if data.phase in market.OPEN_PHASES or market.is_open(self.source.now()) else "closed"
         degraded = getattr(self.source, "degraded", "")
-        if degraded and feed == "live":
-            await self.set_feed_state("stale", degraded)
-        else:
-            await self.set_feed_state(feed)
+        shown = ("stale", degraded) if degraded and feed == "live" else (feed, "")
+        if not await self.set_feed_state(*shown):
+            return None
         if data is self.last_data and all(stream in self.fingerprints for stream in needs):
             # A streaming source hands back the same data while nothing changed.
             self.stats["unchanged"] += 1
@@ -237,10 +237,7 @@ class Feed:
                     fence=self.leader.fence(),
                 )
             except Fenced:
-                # Paused past the lock's TTL: another process leads now.
-                self.leader.held = False
-                metrics.FEED_LEADER.set(0)
-                log.warning("not publishing %s: another process took the feed leader lock", stream)
+                self._fenced(stream)
                 return None
             self.fingerprints[stream] = mark
             self.stats["published"] += 1
@@ -305,13 +302,25 @@ class Feed:
         return extras
 
     async def set_feed_state(self, name, detail=""):
-        """Publish the feed state when it changes (live, stale, down, closed)."""
+        """Publish the feed state when it changes (live, stale, down, closed).
+        False when fenced: another process took the lock (this one steps down)."""
         if self.feed_state == (name, detail):
-            return
-        await publish_feed_state(name, detail=detail, simulated=self.source.simulated)
+            return True
+        try:
+            await publish_feed_state(name, detail=detail, simulated=self.source.simulated, fence=self.leader.fence())
+        except Fenced:
+            self._fenced("the feed state")
+            return False
         self.feed_state = (name, detail)
         metrics.set_feed_state(name)
         log.info("feed is %s%s", name, f" ({detail})" if detail else "")
+        return True
+
+    def _fenced(self, what):
+        # Paused past the lock's TTL: another process leads now.
+        self.leader.held = False
+        metrics.FEED_LEADER.set(0)
+        log.warning("not publishing %s: another process took the feed leader lock", what)
 
     async def safe_cycle(self):
         """A cycle that cannot raise: failures are logged and mark the feed stale (or down)."""

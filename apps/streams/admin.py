@@ -22,12 +22,13 @@ async def _sessions():
 
 
 async def _disconnect(conn_ids, by):
-    """Ask each chosen socket's own process to close it; returns how many were found."""
+    """Ask the process holding each chosen socket to close it; returns how many were found."""
     state = get_state()
     layer = get_channel_layer()
     chosen = [info for info in await state.sessions() if info["id"] in conn_ids]
     for info in chosen:
-        await layer.send(info["channel"], {"type": "session.close", "code": int(Close.KICKED), "by": by})
+        message = {"type": "session.close", "conn": info["id"], "code": int(Close.KICKED), "by": by}
+        await layer.send(info["channel"], message)
         await state.session_drop(info["id"])
     return len(chosen)
 

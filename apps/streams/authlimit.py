@@ -14,6 +14,7 @@ Redis cannot answer, the budget is not enforced: the watchdog refuses connects
 while Redis is down.
 """
 
+import math
 import time
 
 from django.conf import settings
@@ -25,6 +26,11 @@ WINDOW_S = 60
 
 def _key(ip):
     return f"authfail:{ip}:{int(time.time() // WINDOW_S)}"
+
+
+def retry_after() -> int:
+    """Whole seconds until the current window ends and the budget is whole again."""
+    return max(1, math.ceil(WINDOW_S - time.time() % WINDOW_S))
 
 
 async def reserve(ip) -> bool:

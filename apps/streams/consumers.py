@@ -1,20 +1,23 @@
 """One base consumer for the three streams; the subclasses only name their stream.
 
 Lifecycle: accept, authenticate (`credentials`), take the connection leases
-(`leases`), join the token's and user's groups (control messages), register
-the live session (`sessions`), send `welcome` and the latest snapshot, then
-hand the socket to the process's fan-out (`delivery`), which writes every
-published frame, heartbeats and protocol pings for all sockets at once.
-Failures send one `error` frame and close with a reason from
-`protocol.Refusal`.
+(`leases`), join the control groups of its token, user and signed-in session
+(`control`: per-process subscriptions, confirmed before the connect goes on;
+a change that may have passed between the credential check and the join is
+re-checked at once), register the live session (`sessions`), send `welcome`
+and the latest snapshot, then hand the socket to the process's fan-out
+(`delivery`), which writes every published frame, heartbeats and protocol
+pings for all sockets at once. Failures send one `error` frame and close
+with a reason from `protocol.Refusal`. On close the leases go back first,
+then the live-session entry, then the control groups.
 
-What stays per socket: the control messages that reach it over the channel
-layer (token or user changed, staff disconnect), the client's own messages
-(auth, ping, resync; rate and size limited) and its cleanup.
+What stays per socket: the handlers of the control messages `control` hands
+it (token or user changed, session ended, staff disconnect), the client's
+own messages (auth, ping, resync; rate and size limited) and its cleanup.
+The socket has no channel-layer channel of its own.
 """
 
 import asyncio
-import functools
 import json
 import logging
 import time
@@ -24,7 +27,6 @@ from autobahn.exception import Disconnected
 from channels.consumer import get_handler_name
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
-from channels.utils import await_many_dispatch
 from django.conf import settings
 from redis.exceptions import RedisError
 
@@ -33,6 +35,7 @@ from stocktracker.lib.state import StateUnavailable, get_state
 
 from . import credentials, leases, protocol, sessions
 from .accounting import accounting
+from .control import control
 from .credentials import REJECTION
 from .delivery import hub
 from .netaddr import scope_client_ip
@@ -73,42 +76,57 @@ async def _asgi_close(send, link, code):
     await send(message)
 
 
+def control_groups(grant):
+    """The control groups a socket of `grant` joins (see `control`)."""
+    groups = [protocol.user_group(grant.user_id)]
+    if grant.token_id is not None:
+        groups.append(protocol.token_group(grant.token_id))
+    return groups
+
+
 class StreamConsumer(AsyncWebsocketConsumer):
     stream = None  # set by subclasses
 
     # --- ASGI entry ---------------------------------------------------------------
 
     async def __call__(self, scope, receive, send):
-        """Channels' own loop, plus: a bounded wait on the channel layer (Redis
-        down means a quick 1013, never a hang), refusal at once when the
-        process is past its capacity, and a 4200 close when daphne cancels us
-        on shutdown."""
+        """Channels' own loop over the ASGI events, plus: refusal at once when the
+        process is past its capacity, holds WS_MAX_UNAUTHENTICATED_PER_PROCESS
+        sockets not signed in yet, or knows Redis is down, and a 4200 close
+        when daphne cancels us on shutdown. Control messages reach the socket
+        through the process's `control` subscriptions, not a channel of its own."""
         self.scope = scope
         self.base_send = send
+        self.channel_layer = None
+        self.channel_name = None
         self.closing = False
         self.cleaned = False
         self.grant = None
         self.lease_keys = []
-        self.groups_joined = []
+        self.control_groups = []
         self.topics = ()
         self.tasks = []
         self.link = link_for(scope)
-        self.channel_layer = self.get_layer()
         dog = watchdog()
         busy = dog.overloaded()
         if busy:
             await self._refuse_before_start(receive, Refusal.OVERLOADED, busy)
             return
-        try:
-            if not dog.healthy:
-                raise StateUnavailable("redis is down")
-            self.channel_name = await asyncio.wait_for(self.channel_layer.new_channel(), BACKEND_TIMEOUT)
-        except _BACKEND_ERRORS as exc:
-            await self._refuse_before_start(receive, Refusal.UNAVAILABLE, f"channel layer unavailable ({exc})")
+        # Counted as not signed in until start() grants it, or cleanup; token
+        # and anonymous sockets per address too (a session's user is known already).
+        user = scope.get("user")
+        self.signing_in_ip = None if user is not None and user.is_authenticated else scope_client_ip(scope)
+        refusal = dog.signing_in(self, self.signing_in_ip)
+        if refusal:
+            await self._refuse_before_start(receive, *refusal)
             return
-        self.channel_receive = functools.partial(self.channel_layer.receive, self.channel_name)
+        if not dog.healthy:
+            dog.signed_in(self, self.signing_in_ip)
+            await self._refuse_before_start(receive, Refusal.UNAVAILABLE, "channel layer unavailable (redis is down)")
+            return
         try:
-            await await_many_dispatch([receive, self.channel_receive], self.dispatch)
+            while True:
+                await self.dispatch(await receive())
         except StopConsumer:
             pass
         except asyncio.CancelledError:
@@ -116,16 +134,11 @@ class StreamConsumer(AsyncWebsocketConsumer):
             # and give the slots back before the process goes.
             await self.shutdown()
             raise
-        except _BACKEND_ERRORS as exc:  # the layer lost Redis under us
-            log.warning("channel layer failed stream=%s: %s", self.stream, exc)
+        except _BACKEND_ERRORS as exc:  # Redis lost under a handler
+            log.warning("backend failed stream=%s: %s", self.stream, exc)
             await self.refuse(Refusal.UNAVAILABLE)
         finally:
             await self._cleanup()
-
-    def get_layer(self):
-        from channels.layers import get_channel_layer
-
-        return get_channel_layer(self.channel_layer_alias)
 
     async def _refuse_before_start(self, receive, reason, why):
         message = await receive()
@@ -168,6 +181,11 @@ class StreamConsumer(AsyncWebsocketConsumer):
         # up connections itself: skip Channels' aclose_old_connections() hop
         # per message (all such hops share one thread: a connect storm queued on it).
         await handler(message)
+
+    async def websocket_disconnect(self, message):
+        # No groups of its own to leave, and no aclose_old_connections() hop (see dispatch).
+        await self.disconnect(message["code"])
+        raise StopConsumer()
 
     # --- lifecycle ---------------------------------------------------------------
 
@@ -213,8 +231,10 @@ class StreamConsumer(AsyncWebsocketConsumer):
                 return
             self.authenticating = True  # until start() is done: no deadline, no second `auth`
             try:
+                mark = control().mark()
                 try:
-                    grant = await credentials.session_grant(user)
+                    session = self.scope.get("session")
+                    grant = await credentials.session_grant(user, getattr(session, "session_key", None))
                 except AccountsUnavailable:
                     await self.refuse(Refusal.ACCOUNTS_DOWN)
                     return
@@ -223,7 +243,7 @@ class StreamConsumer(AsyncWebsocketConsumer):
                 if grant is None:
                     await self.refuse(Refusal.SESSION_INACTIVE)
                     return
-                await self.start(grant)
+                await self.start(grant, mark)
             finally:
                 self.authenticating = False
             return
@@ -243,6 +263,7 @@ class StreamConsumer(AsyncWebsocketConsumer):
         # cannot close the socket half-way through taking its leases.
         self.authenticating = True
         try:
+            mark = control().mark()
             try:
                 grant, reason = await credentials.token_grant(raw, self.stream, self.ip)
             except AccountsUnavailable:
@@ -256,16 +277,18 @@ class StreamConsumer(AsyncWebsocketConsumer):
                     self.claimed_token_id, self.claimed_prefix = check.token_id, check.token_prefix
                 await self.refuse(REJECTION[reason])
                 return
-            await self.start(grant)
+            await self.start(grant, mark)
         finally:
             self.authenticating = False
 
-    async def start(self, grant):
+    async def start(self, grant, mark):
         """Take the leases, join the control groups, register the live
         session, subscribe to the stream, send `welcome` and the latest
-        snapshot, then stream. A concurrent task (watchdog, SIGTERM drain,
-        auth deadline, a kick) may close the socket at any await in here;
-        whatever was taken after its cleanup ran is given back before returning."""
+        snapshot, then stream. `mark`: the control clock read before the
+        credential check that produced `grant`. A concurrent task (watchdog,
+        SIGTERM drain, auth deadline, a kick) may close the socket at any await
+        in here; whatever was taken after its cleanup ran is given back before
+        returning."""
         self.limits = leases.limits_for(self.ip, self.stream, grant)
         try:
             full = await leases.acquire(self.conn_id, self.limits)
@@ -281,15 +304,19 @@ class StreamConsumer(AsyncWebsocketConsumer):
             await self._release()
             return
         self.grant = grant
-        groups = [protocol.user_group(grant.user_id)]
-        if grant.token_id is not None:
-            groups.append(protocol.token_group(grant.token_id))
+        watchdog().signed_in(self, self.signing_in_ip)
+        groups = control_groups(grant)
         state = get_state()
         fanout = hub()
+        ctl = control()
         try:
-            for group in groups:
-                self.groups_joined.append(group)  # first: a join that times out may still happen
-                await asyncio.wait_for(self.channel_layer.group_add(group, self.channel_name), BACKEND_TIMEOUT)
+            await asyncio.wait_for(ctl.join(self, groups), BACKEND_TIMEOUT)
+            if ctl.changed_since(groups, mark) and not self.closing:
+                # A change may have gone by between the check and the join: check again.
+                refusal = await self._check_again()
+                if refusal is not None:
+                    await self.refuse(refusal)
+                    return
             await sessions.put(self)
             if await state.lease_count(protocol.subscriber_key(self.stream)) == 1:
                 await wake_feed()  # the worker idles while no stream has subscribers
@@ -298,11 +325,18 @@ class StreamConsumer(AsyncWebsocketConsumer):
                 await asyncio.wait_for(fanout.join(self, topic), BACKEND_TIMEOUT)
             latest = await state.latest_get(self.stream)
             feed = await state.feed_get()
+        except AccountsUnavailable:
+            await (self._release() if self.closing else self.refuse(Refusal.ACCOUNTS_DOWN))
+            return
         except _BACKEND_ERRORS:
             if self.closing:  # closed meanwhile: refuse() would do nothing
                 await self._release()
             else:
                 await self.refuse(Refusal.UNAVAILABLE)
+            return
+        except Exception:
+            log.exception("connect failed stream=%s ip=%s", self.stream, self.ip)
+            await (self._release() if self.closing else self.refuse(Refusal.UNAVAILABLE))
             return
         if self.closing:
             await self._release()
@@ -330,6 +364,13 @@ class StreamConsumer(AsyncWebsocketConsumer):
             self.ip,
             extra={**who, "ip": self.ip},
         )
+
+    async def _check_again(self):
+        """The grant's re-check (the generation-checked token cache: one Redis
+        read unless the token changed); the refusal it earns, or None."""
+        result = await credentials.shared_check(self.grant.key(self.stream))
+        refusal, _moved = credentials.apply_check(self.grant, result)
+        return refusal
 
     @staticmethod
     def _feed_frame_if_newer(latest, feed):
@@ -412,23 +453,22 @@ class StreamConsumer(AsyncWebsocketConsumer):
             if task is not current:
                 task.cancel()
         watchdog().consumers.discard(self)
+        watchdog().signed_in(self, getattr(self, "signing_in_ip", None))
         hub().leave(self)
         sessions.registry().remove(self)
         await self._release()
 
     async def _release(self):
-        """Leave the groups, give the leases back, drop the live-session entry.
-        Best effort (what Redis does not take back expires on its own) and
-        safe to repeat."""
+        """Give the leases back and drop the live-session entry first (another
+        socket may be waiting for the slot), then leave the control groups
+        (local; an unused subscription is dropped in the background). Best
+        effort (what Redis does not take back expires on its own) and safe to
+        repeat."""
         hub().leave(self)
-        for group in self.groups_joined:
-            try:
-                await asyncio.wait_for(self.channel_layer.group_discard(group, self.channel_name), 1)
-            except Exception:  # best effort while Redis may be gone
-                log.debug("group_discard failed", exc_info=True)
         if self.lease_keys:
             await leases.release(self.conn_id, self.lease_keys)
             await sessions.drop(self.conn_id)
+        control().leave(self)
 
     async def disconnect(self, code):
         await self._cleanup(code)

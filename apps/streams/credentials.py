@@ -9,9 +9,10 @@ periodic re-check (`apps.streams.upkeep`) runs one check per (token, stream).
 """
 
 import asyncio
+import hashlib
 from urllib.parse import parse_qs
 
-from apps.accounts.auth import check_token, recheck_token, session_user_check
+from apps.accounts.auth import TokenCheck, check_token, recheck_token, session_user_check
 
 from . import authlimit
 from .protocol import Refusal
@@ -20,14 +21,25 @@ from .protocol import Refusal
 class Grant:
     """Who is connected and what they may use: a session user or an API token.
     `deadline`: when the token stops working on its own (expiry or end of
-    rotation grace), as epoch seconds, or None."""
+    rotation grace), as epoch seconds, or None. `session`: for a session
+    socket, a digest of its session key (`session_id`), never the key itself."""
 
-    __slots__ = ("deadline", "token_id", "token_max", "token_prefix", "user_id", "user_max", "username")
+    __slots__ = ("deadline", "session", "token_id", "token_max", "token_prefix", "user_id", "user_max", "username")
 
     def __init__(
-        self, *, user_id, username, token_id=None, token_prefix=None, token_max=None, user_max=None, deadline=None
+        self,
+        *,
+        user_id,
+        username,
+        token_id=None,
+        token_prefix=None,
+        token_max=None,
+        user_max=None,
+        deadline=None,
+        session=None,
     ):
         self.user_id = user_id
+        self.session = session
         self.username = username
         self.token_id = token_id
         self.token_prefix = token_prefix
@@ -56,14 +68,17 @@ def deadline_of(check):
     return min(moments) if moments else None
 
 
-async def token_grant(raw, stream, ip):
-    """(Grant, None), or (None, (reason, the failed check)) when refused.
-    An address over its failed sign-in budget gets only what the token cache
-    can answer; anything needing the database is refused ('limited')."""
+LIMITED = TokenCheck(reason="limited")
+
+
+async def budgeted_check(raw, stream, ip):
+    """`check_token` under `ip`'s failed sign-in budget (sockets and the REST
+    snapshot alike): an address over its budget gets only what the token cache
+    can answer, and anything needing the database is `LIMITED`, unasked."""
     check = await check_token(raw, stream, ip, load=False)
     if check is None:  # the database must answer: that costs the address one unit of its budget
         if not await authlimit.reserve(ip):
-            return None, ("limited", None)
+            return LIMITED
         try:
             check = await check_token(raw, stream, ip)
         except BaseException:
@@ -71,6 +86,15 @@ async def token_grant(raw, stream, ip):
             raise
         if check.reason != "bad":
             await authlimit.refund(ip)
+    return check
+
+
+async def token_grant(raw, stream, ip):
+    """(Grant, None), or (None, (reason, the failed check)) when refused
+    ('limited' when the address is over its failed sign-in budget)."""
+    check = await budgeted_check(raw, stream, ip)
+    if check is LIMITED:
+        return None, ("limited", None)
     if not check.ok:
         return None, (check.reason, check)
     return (
@@ -87,13 +111,21 @@ async def token_grant(raw, stream, ip):
     )
 
 
-async def session_grant(user):
+def session_id(session_key):
+    """A stable name for a browser session that is not its key (a credential):
+    lease sets and live-session entries in Redis carry this, never the key."""
+    if not session_key:
+        return None
+    return hashlib.sha256(f"session:{session_key}".encode()).hexdigest()[:32]
+
+
+async def session_grant(user, session_key=None):
     """A Grant for the session's user (already loaded by the auth middleware;
     one query for the cap), or None if the user is gone or inactive by now."""
     active, user_max = await session_user_check(user.id)
     if not active:
         return None
-    return Grant(user_id=user.id, username=user.get_username(), user_max=user_max)
+    return Grant(user_id=user.id, username=user.get_username(), user_max=user_max, session=session_id(session_key))
 
 
 def header(scope, wanted):

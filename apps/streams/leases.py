@@ -21,10 +21,19 @@ RELEASE_TIMEOUT = 1.0
 
 
 def limits_for(ip, stream, grant):
-    """[(lease set, cap or None)] for a socket; the index of a failed one names it."""
-    limits = [(f"ip:{ip}", settings.WS_MAX_CONNECTIONS_PER_IP), (protocol.subscriber_key(stream), None)]
+    """[(lease set, cap or None)] for a socket; the index of a failed one names it.
+
+    The per-IP cap is for token traffic: a session (dashboard) socket counts
+    against its user's cap and its session's, so twenty staff behind one
+    office address can each keep the dashboard open."""
+    limits = [(protocol.subscriber_key(stream), None)]
     if grant.token_id is not None:
+        limits.insert(0, (f"ip:{ip}", settings.WS_MAX_CONNECTIONS_PER_IP))
         limits.append((f"token:{grant.token_id}", grant.token_max))
+    elif grant.session is not None:
+        limits.append((f"session:{grant.session}", settings.WS_MAX_CONNECTIONS_PER_SESSION))
+    else:  # a session socket whose session has no key: nothing narrower than the address to count by
+        limits.insert(0, (f"ip:{ip}", settings.WS_MAX_CONNECTIONS_PER_IP))
     limits.append((f"user:{grant.user_id}", grant.user_max))
     return limits
 

@@ -2,8 +2,9 @@
 
 Accounts sends `token_changed` / `user_limits_changed` after a commit; these
 receivers turn them into one channel-layer message to the token's (user's)
-group. Each socket there re-checks its token and the caps and closes with the
-matching code. A lost message is caught by the periodic re-check
+group, naming the group (`control` hands it to the group's sockets of each
+process). Each socket there re-checks its token and the caps and closes with
+the matching code. A lost message is caught by the periodic re-check
 (TOKEN_RECHECK_INTERVAL).
 """
 
@@ -22,6 +23,7 @@ USER_RECHECK = "user.recheck"  # consumer handler: user_recheck
 
 
 def _group_send(group, message):
+    message = {**message, "group": group}
     layer = get_channel_layer()
     if layer is None:
         return

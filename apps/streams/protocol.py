@@ -64,6 +64,7 @@ class Refusal:
     OVER_LIMIT = Reason(Close.OVER_LIMIT, 429, "over_limit", "too many connections")
     LIMIT_LOWERED = Reason(Close.OVER_LIMIT, 429, "over_limit", "connection limit lowered")
     OVERLOADED = Reason(Close.TRY_AGAIN_LATER, 503, "overloaded", "server at capacity; retry later")
+    SIGN_IN_FULL = Reason(Close.TRY_AGAIN_LATER, 503, "overloaded", "too many sockets signing in; retry later")
     TOO_SLOW = Reason(Close.TOO_SLOW, 503, "too_slow", "the client stopped reading")
     RESTARTING = Reason(Close.RESTARTING, 503, "restarting", "server restarting; reconnect")
     UNAVAILABLE = Reason(Close.TRY_AGAIN_LATER, 503, "unavailable", "service temporarily unavailable")

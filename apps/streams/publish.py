@@ -61,11 +61,15 @@ async def publish_snapshot(stream, data, *, epoch, source_ms, feed="live", simul
     return seq
 
 
-async def publish_feed_state(state_name, *, detail="", simulated=False):
-    """Tell every socket that the feed changed state (live, stale, down, closed)."""
+async def publish_feed_state(state_name, *, detail="", simulated=False, fence=None):
+    """Tell every socket that the feed changed state (live, stale, down, closed).
+
+    `fence` as for `publish_snapshot`: the state is stored only while Redis
+    still holds the publisher's leader token, else `Fenced` is raised and
+    nothing is sent."""
     since_ms = protocol.now_ms()
     record = {"state": state_name, "since_ms": since_ms, "detail": detail, "simulated": simulated}
-    await get_state().feed_set(record)
+    await get_state().feed_set(record, fence)
     text = protocol.feed_frame(state_name, since_ms=since_ms, detail=detail, simulated=simulated)
     layer = get_channel_layer()
     size = len(text.encode())

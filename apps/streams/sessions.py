@@ -2,7 +2,8 @@
 periodic work done for all of them at once.
 
 - Shared state holds one entry per socket (who, what stream, from where, which
-  process and channel: the admin's live-sessions page and its "disconnect").
+  process and that process's control channel: the admin's live-sessions page
+  and its "disconnect", sent to that channel with the socket's id).
 - Every WS_HEARTBEAT_INTERVAL the process renews all of its sockets' leases and
   entries in batches (`state.renew`, one round trip per 1,000 sockets); nothing
   is renewed per socket.
@@ -26,6 +27,7 @@ from stocktracker.lib.aio import PerLoop, running
 from stocktracker.lib.state import StateUnavailable, get_state
 
 from . import leases
+from .control import control
 from .credentials import apply_check, shared, shared_check
 from .protocol import Refusal
 
@@ -40,7 +42,7 @@ def entry(consumer):
     grant = consumer.grant
     return {
         "id": consumer.conn_id,
-        "channel": consumer.channel_name,
+        "channel": control().channel,  # the process's: kicks name the socket by its id
         "user": grant.username,
         "user_id": grant.user_id,
         "token_prefix": grant.token_prefix or "",

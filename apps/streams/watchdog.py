@@ -21,7 +21,10 @@ logged once per interval), not Redis. The loop's lag is also measured all
 along: past OVERLOAD_LAG, or with WS_MAX_SOCKETS_PER_PROCESS sockets open,
 new sockets are refused at once with 1013 while the open ones keep
 streaming; refusals are logged once per REFUSAL_LOG_INTERVAL with a count,
-never one line per socket.
+never one line per socket. Sockets not signed in yet (waiting for their `auth`
+message, or being checked) are capped too: WS_MAX_UNAUTHENTICATED_PER_PROCESS
+in all (1013 past it), WS_MAX_CONNECTIONS_PER_IP from one address (4100);
+WS_AUTH_TIMEOUT closes the idle ones.
 
 SIGTERM under daphne: daphne's own shutdown cancels applications, but a
 connection it has not reaped yet makes that trigger fail with a KeyError
@@ -67,6 +70,10 @@ _watchdogs = PerLoop(lambda: Watchdog())
 class Watchdog:
     def __init__(self):
         self.consumers = weakref.WeakSet()
+        # Sockets not signed in yet (waiting for `auth`, or being checked):
+        # capped per process, so idle or forged sockets cannot pile up.
+        self.unauthenticated = weakref.WeakSet()
+        self.unauthenticated_by_ip = {}  # ip -> WeakSet: token and anonymous sockets only
         self.healthy = True
         self.task = None
         self.closing = set()
@@ -89,6 +96,33 @@ class Watchdog:
         if self.lag > OVERLOAD_LAG:
             return f"event loop {self.lag:.1f} s behind"
         return None
+
+    def signing_in(self, consumer, ip=None):
+        """Count `consumer` as not signed in yet and return None, or (refusal,
+        why) past WS_MAX_UNAUTHENTICATED_PER_PROCESS, or past the per-IP cap
+        of such sockets from `ip` (None: not counted per address, a session)."""
+        from .protocol import Refusal
+
+        waiting = len(self.unauthenticated)
+        if waiting >= settings.WS_MAX_UNAUTHENTICATED_PER_PROCESS:
+            return Refusal.SIGN_IN_FULL, f"{waiting} sockets not signed in yet (WS_MAX_UNAUTHENTICATED_PER_PROCESS)"
+        from_ip = self.unauthenticated_by_ip.get(ip) if ip is not None else None
+        if from_ip is not None and len(from_ip) >= settings.WS_MAX_CONNECTIONS_PER_IP:
+            why = f"{len(from_ip)} sockets from one address not signed in yet (WS_MAX_CONNECTIONS_PER_IP)"
+            return Refusal.OVER_LIMIT._replace(message="too many connections for this ip"), why
+        self.unauthenticated.add(consumer)
+        if ip is not None:
+            self.unauthenticated_by_ip.setdefault(ip, weakref.WeakSet()).add(consumer)
+        return None
+
+    def signed_in(self, consumer, ip=None):
+        """`consumer` is signed in or gone: it stops counting (safe to repeat)."""
+        self.unauthenticated.discard(consumer)
+        found = self.unauthenticated_by_ip.get(ip) if ip is not None else None
+        if found is not None:
+            found.discard(consumer)
+            if not found:
+                del self.unauthenticated_by_ip[ip]
 
     def refused(self, reason, why, path):
         """Count a refusal before start; one log line per interval with the counts."""

@@ -118,6 +118,17 @@ redis.call('SET', KEYS[2], ARGV[2] .. seq .. ARGV[3])
 return seq
 """
 
+# KEYS: [feed key, fence key]; ARGV: feed record, fence token ('' = unfenced).
+# Stores the feed state only while the fence key holds the caller's token (as
+# _PUBLISH does): a leader paused past its lock's TTL gets 0 and writes nothing.
+_FEED_SET = """
+if ARGV[2] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[2] then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[1])
+return 1
+"""
+
 _MEMBERS = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -194,7 +205,8 @@ class MemoryState:
     async def feed_get(self):
         return self._feed
 
-    async def feed_set(self, state: dict):
+    async def feed_set(self, state: dict, fence=None):
+        """Store the feed state; one process: no other leader to fence out."""
         self._feed = {**(self._feed or {}), **state}
 
     async def feed_touch(self):
@@ -347,6 +359,7 @@ class RedisState:
         self._acquire = self.redis.register_script(_ACQUIRE)
         self._next_seq = self.redis.register_script(_NEXT_SEQ)
         self._publish = self.redis.register_script(_PUBLISH)
+        self._feed_set = self.redis.register_script(_FEED_SET)
         self._count = self.redis.register_script(_COUNT)
         self._members = self.redis.register_script(_MEMBERS)
         self._renew = self.redis.register_script(_RENEW)
@@ -390,8 +403,13 @@ class RedisState:
             feed["heartbeat_ms"] = int(heartbeat)
         return feed
 
-    async def feed_set(self, state: dict):
-        await self._call(self.redis.set(f"{PREFIX}feed", json.dumps(state)))
+    async def feed_set(self, state: dict, fence=None):
+        """Store the feed state. `fence` is (lock key, token), as for
+        `latest_publish`: raises Fenced when the lock is no longer the caller's."""
+        key, token = fence if fence else ("", "")
+        keys = [f"{PREFIX}feed", key or f"{PREFIX}unfenced"]
+        if not int(await self._call(self._feed_set(keys=keys, args=[json.dumps(state), token or ""]))):
+            raise Fenced(f"{key} is no longer held by this process")
 
     async def feed_touch(self):
         """Record that the feed loop is alive (readiness reads its age)."""

@@ -1,4 +1,4 @@
-"""A leader paused past its lock's TTL never publishes after the standby took over.
+"""A leader paused past its lock's TTL never publishes (a snapshot or a feed state) after the standby took over.
 
 Real runworker processes, real Redis, a real WebSocket client through daphne.
 The leader reaches Redis through a loopback proxy that, once armed, holds
@@ -174,3 +174,75 @@ def test_a_leader_resumed_after_sigstop_past_its_ttl_publishes_nothing_and_clien
     newest_seen = max(seq for _, seq, _, at in frames if at < resumed)
     assert stored["seq"] >= newest_seen, "the old leader's late write replaced a newer latest snapshot"
     assert latest["source_ms"] >= max(sources), "the stored latest snapshot is older than one already sent"
+
+
+# The feed-state write (`state.feed_set`): its record is JSON with a space
+# after the colon, unlike the compact frames the channel layer carries.
+FEED_STATE = b'{"state": "'
+
+
+def test_a_leader_resumed_after_sigstop_past_its_ttl_writes_no_feed_state(processes, owner):
+    _, raw = ApiToken.issue(owner, label="fence")
+    proxy = HoldingProxy(settings.REDIS_URL, FEED_STATE)
+    proxy.armed.set()  # the leader's first feed-state write is held
+    env = {**WORKER_ENV, "FEED_LEADER_TTL": "3"}
+    feeds = []  # (since_ms, received at ms) of every `feed` frame
+
+    async def watch(ws):
+        async for text in ws:
+            frame = json.loads(text)
+            if frame["type"] == "feed":
+                feeds.append((frame["since_ms"], time.time() * 1000))
+
+    def stored():
+        record = store.get("stk:feed")
+        return json.loads(record) if record else None
+
+    async def until(condition, timeout, what):
+        deadline = time.monotonic() + timeout
+        while not condition():
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            await asyncio.sleep(0.05)
+
+    async def main():
+        web = processes.daphne()
+        async with websockets.connect(
+            f"{web.ws_url}/ws/market", additional_headers={"Authorization": f"Bearer {raw}"}, open_timeout=10
+        ) as ws:
+            watcher = asyncio.ensure_future(watch(ws))
+            leader = processes.worker(**env, REDIS_URL=proxy.url)
+            await until(proxy.holding.is_set, 30, "the leader to write its feed state")
+            os.killpg(leader.pid, signal.SIGSTOP)
+            stopped_ms = time.time() * 1000
+            standby = processes.worker(**env)
+            try:
+                await until(lambda: TOOK in log_of(standby), 20, "the standby to take the lock")
+                await until(lambda: (stored() or {}).get("since_ms", 0) >= stopped_ms, 10, "the standby's feed state")
+                taken_ms, standby_record = time.time() * 1000, stored()
+                os.killpg(standby.pid, signal.SIGSTOP)  # holds still while the old write lands
+                proxy.release()
+                await asyncio.sleep(0.5)
+                after_release = stored()
+            finally:
+                proxy.release()
+                os.killpg(standby.pid, signal.SIGCONT)
+                os.killpg(leader.pid, signal.SIGCONT)
+            await asyncio.sleep(3)  # the old leader gets its answer and carries on
+            watcher.cancel()
+            return stopped_ms, taken_ms, standby_record, after_release, leader
+
+    store = redis.Redis.from_url(settings.REDIS_URL)
+    try:
+        stopped_ms, taken_ms, standby_record, after_release, leader = asyncio.run(main())
+        final = stored()
+    finally:
+        store.close()
+        proxy.close()
+    late = [since for since, at in feeds if at >= taken_ms and since < stopped_ms]
+    offset = after_release["since_ms"] - stopped_ms
+    print(f"\nstored feed state once the old write landed: since_ms {offset:+.0f} ms from the SIGSTOP; "
+          f"late feed frames from the old leader: {len(late)}")  # fmt: skip
+    assert after_release == standby_record, "the old leader's late write replaced the new leader's feed state"
+    assert final["since_ms"] >= standby_record["since_ms"], "the old leader wrote its feed state after it resumed"
+    assert not late, f"clients got {len(late)} feed frame(s) from the old leader after the standby took over"
+    assert "another process took the feed leader lock" in log_of(leader)

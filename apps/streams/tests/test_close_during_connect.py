@@ -9,6 +9,7 @@ import pytest
 from channels.layers import get_channel_layer
 
 from apps.streams import protocol
+from apps.streams.control import control
 from apps.streams.watchdog import watchdog
 from stocktracker.lib.state import get_state
 
@@ -39,11 +40,15 @@ async def _nothing_held(token_id):
     assert await state.sessions() == []
 
 
-def _groups_of(channel_name):
-    """The groups `channel_name` is in (pub/sub or in-memory layer of this loop)."""
+async def _no_control_groups():
+    """The process is in no control group any more, locally and in the layer
+    (pub/sub or in-memory layer of this loop)."""
+    ctl = control()
+    await asyncio.sleep(0.2)  # unsubscribing runs in the background
+    assert ctl.groups == {} and ctl.conns == {}
     layer = get_channel_layer()
     local = layer._get_layer() if hasattr(layer, "_get_layer") else layer
-    return [group for group, members in local.groups.items() if channel_name in members]
+    assert [group for group, members in local.groups.items() if ctl.channel in members] == []
 
 
 @pytest.mark.parametrize("gated", ["lease_acquire", "session_put", "latest_get"])
@@ -62,7 +67,7 @@ async def test_redis_lost_while_connecting_releases_what_the_connect_took(owner_
     await asyncio.sleep(0.2)  # let the connect finish its part
     monkeypatch.undo()
     await _nothing_held(token.id)
-    assert _groups_of(consumer.channel_name) == []
+    await _no_control_groups()
 
 
 async def test_a_sigterm_drain_while_connecting_releases_the_leases(owner_token, monkeypatch):
@@ -81,7 +86,7 @@ async def test_a_sigterm_drain_while_connecting_releases_the_leases(owner_token,
     await asyncio.sleep(0.2)
     monkeypatch.undo()
     await _nothing_held(token.id)
-    assert _groups_of(consumer.channel_name) == []
+    await _no_control_groups()
 
 
 async def test_an_auth_in_time_is_not_cut_off_by_the_deadline_while_connecting(owner_token, settings, monkeypatch):

@@ -232,8 +232,8 @@ async def test_a_failing_recheck_is_logged_and_the_socket_and_its_loop_go_on(own
             raise RuntimeError("database went away")
         return await original(token_id, stream)
 
-    monkeypatch.setattr(credentials, "recheck_token", flaky)
     comm = await _open(raw)
+    monkeypatch.setattr(credentials, "recheck_token", flaky)  # after the connect's own check
     # The message handler fails first...
     await _committed(lambda: _set(_token(token.id), max_connections=4))
     await asyncio.sleep(0.3)
