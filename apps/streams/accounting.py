@@ -10,8 +10,10 @@ USAGE_FLUSH_INTERVAL seconds writes the usage of every token to the database
 in one batch (`TokenUsage.objects.record`, F() upserts). A SIGTERM drain
 flushes once more before the process exits.
 
-Peak concurrency is global, not per process: at each connect the token's
-live lease count (all processes) is read once from shared state.
+Peak concurrency is global, not per process: a connect raises its token's
+peak to this process's count of its sockets at once (no I/O), and every
+METRICS_FOLD_INTERVAL the live lease counts (all processes) of the tokens
+that gained sockets meanwhile are read in one call.
 """
 
 import asyncio
@@ -36,6 +38,8 @@ class Accounting:
     def __init__(self):
         self.sockets = weakref.WeakSet()  # streaming sockets on this loop
         self.pending = {}  # (token_id, day) -> [connections, peak, messages, bytes, rejections]
+        self.live = {}  # token_id -> this process's streaming sockets of it
+        self.peaks_due = set()  # tokens that gained a socket since the last global peak read
         self.task = None
         self.lock = asyncio.Lock()
 
@@ -54,11 +58,9 @@ class Accounting:
             return
         row = self._row(token_id)
         row[0] += 1
-        try:
-            live = await get_state().lease_count(f"token:{token_id}")
-        except StateUnavailable:
-            live = 0
+        live = self.live[token_id] = self.live.get(token_id, 0) + 1
         row[1] = max(row[1], live)
+        self.peaks_due.add(token_id)
 
     def rejected(self, consumer, code):
         """The socket is being closed by the server with `code`."""
@@ -77,6 +79,13 @@ class Accounting:
             return
         self._fold(consumer)
         self.sockets.discard(consumer)
+        token_id = consumer.grant.token_id if consumer.grant is not None else None
+        if token_id is not None:
+            left = self.live.get(token_id, 1) - 1
+            if left > 0:
+                self.live[token_id] = left
+            else:
+                self.live.pop(token_id, None)
         stream = consumer.stream
         metrics.CONNECTIONS.labels(stream).dec()
         close = getattr(consumer, "close_code", None) or code
@@ -133,9 +142,24 @@ class Accounting:
         self._apply(streams, tokens)
         metrics.fanout.settle()
 
+    async def read_peaks(self):
+        """Raise the peaks of the tokens that gained sockets to their live
+        lease counts on every process (one round trip)."""
+        if not self.peaks_due:
+            return
+        due, self.peaks_due = list(self.peaks_due), set()
+        try:
+            counts = await get_state().lease_counts([f"token:{token_id}" for token_id in due])
+        except StateUnavailable:
+            return  # this process's own counts stand
+        for token_id, count in zip(due, counts, strict=True):
+            row = self._row(token_id)
+            row[1] = max(row[1], count)
+
     async def flush(self):
         """Fold, then write the pending usage to the database (one batch)."""
         async with self.lock:
+            await self.read_peaks()
             self.fold()
             if not self.pending:
                 return 0
@@ -181,6 +205,7 @@ class Accounting:
                 since_flush = 0.0
                 await self.flush()
             else:
+                await self.read_peaks()
                 self.fold()
 
 
