@@ -8,7 +8,8 @@ process, warms it with one connect, then:
 - opens and closes `--connects` sockets one after the other while
   `redis-cli MONITOR` records every command (commands run inside Lua scripts
   are not counted: they cost no round trip) and prints the commands per
-  connect and disconnect, by name;
+  connect and disconnect, by name: once with no other socket open, once
+  while one socket of the same token stays open (the usual case);
 - opens `--idle` sockets and holds them: RSS growth of daphne / sockets.
 """
 
@@ -99,24 +100,30 @@ async def main():
         await one(url, token)
         await one(url, token)
         await asyncio.sleep(1)
-        mon = monitor(os.environ["REDIS_URL"])
-        time.sleep(0.5)
-        for _ in range(args.connects):
-            await one(url, token)
-        await asyncio.sleep(1.5)
-        mon.terminate()
-        out, _ = mon.communicate(timeout=10)
-        names = counted(out.splitlines())
-        total = sum(names.values())
-        print(
-            json.dumps(
-                {
-                    "connects": args.connects,
-                    "commands_per_connect": round(total / args.connects, 2),
-                    "by_command": {k: round(v / args.connects, 2) for k, v in names.most_common()},
-                }
+        for phase, held in (("alone", False), ("token_already_open", True)):
+            keep = await hold(url, token, 1) if held else []
+            await asyncio.sleep(1)
+            mon = monitor(os.environ["REDIS_URL"])
+            time.sleep(0.5)
+            for _ in range(args.connects):
+                await one(url, token)
+            await asyncio.sleep(1.5)
+            mon.terminate()
+            out, _ = mon.communicate(timeout=10)
+            for ws in keep:
+                await ws.close()
+            names = counted(out.splitlines())
+            total = sum(names.values())
+            print(
+                json.dumps(
+                    {
+                        "phase": phase,
+                        "connects": args.connects,
+                        "commands_per_connect": round(total / args.connects, 2),
+                        "by_command": {k: round(v / args.connects, 2) for k, v in names.most_common()},
+                    }
+                )
             )
-        )
         if args.idle:
             ps = srv.ps
             await asyncio.sleep(1)

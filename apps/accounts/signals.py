@@ -65,8 +65,12 @@ log = logging.getLogger("apps.accounts")
 
 # kwargs: token_id, user_id, change (one of CHANGES).
 token_changed = Signal()
-# kwargs: user_id. The user's total connection cap (or their active flag) changed.
+# kwargs: user_id. The user's total connection cap, their active flag or their
+# password (so their sessions' auth hash) changed.
 user_limits_changed = Signal()
+# kwargs: session_key. A browser session was logged out or deleted. The key is
+# a credential: receivers use it in-process only (digest it before it goes anywhere).
+session_ended = Signal()
 
 CHANGES = ("revoked", "rotated", "expiry", "streams", "limits")
 
@@ -274,7 +278,14 @@ def announce(*, prefixes=(), token_changes=(), users=()):
 def _send(signal, sender, **kwargs):
     for receiver, result in signal.send_robust(sender=sender, **kwargs):
         if isinstance(result, Exception):
-            log.error("receiver %r failed for %s", receiver, kwargs, exc_info=result)
+            shown = {name: ("<secret>" if name == "session_key" else value) for name, value in kwargs.items()}
+            log.error("receiver %r failed for %s", receiver, shown, exc_info=result)
+
+
+def send_session_ended(session_key):
+    from django.contrib.sessions.models import Session
+
+    _send(session_ended, Session, session_key=session_key)
 
 
 def _user_deleted(sender, instance, **kwargs):

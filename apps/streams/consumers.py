@@ -81,6 +81,8 @@ def control_groups(grant):
     groups = [protocol.user_group(grant.user_id)]
     if grant.token_id is not None:
         groups.append(protocol.token_group(grant.token_id))
+    elif grant.session is not None:
+        groups.append(protocol.session_group(grant.session))
     return groups
 
 
@@ -371,7 +373,7 @@ class StreamConsumer(AsyncWebsocketConsumer):
     async def _check_again(self):
         """The grant's re-check (the generation-checked token cache: one Redis
         read unless the token changed); the refusal it earns, or None."""
-        result = await credentials.shared_check(self.grant.key(self.stream))
+        result = await credentials.shared_check(self.grant, self.stream)
         refusal, _moved = credentials.apply_check(self.grant, result)
         return refusal
 
@@ -498,8 +500,7 @@ class StreamConsumer(AsyncWebsocketConsumer):
         the caps now; close if they no longer hold."""
         if self.grant is None or self.closing:
             return
-        key = self.grant.key(self.stream)
-        result = await credentials.shared_check(key)
+        result = await credentials.shared_check(self.grant, self.stream)
         if self.closing:
             return
         refusal, moved = credentials.apply_check(self.grant, result)
@@ -523,6 +524,10 @@ class StreamConsumer(AsyncWebsocketConsumer):
             await self.recheck()
         except Exception:
             log.exception("re-check failed stream=%s ip=%s", self.stream, getattr(self, "ip", "?"))
+
+    async def session_end(self, message):
+        """The browser session this socket signed in with was logged out or deleted."""
+        await self.refuse(Refusal.SIGNED_OUT)
 
     async def session_close(self, message):
         """Staff disconnected this socket from the admin."""

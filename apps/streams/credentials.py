@@ -13,6 +13,7 @@ import hashlib
 from urllib.parse import parse_qs
 
 from apps.accounts.auth import TokenCheck, check_token, recheck_token, session_user_check
+from apps.accounts.sessions import SessionCheck, session_check
 
 from . import authlimit
 from .protocol import Refusal
@@ -21,10 +22,22 @@ from .protocol import Refusal
 class Grant:
     """Who is connected and what they may use: a session user or an API token.
     `deadline`: when the token stops working on its own (expiry or end of
-    rotation grace), as epoch seconds, or None. `session`: for a session
-    socket, a digest of its session key (`session_id`), never the key itself."""
+    rotation grace, or a session's expiry), as epoch seconds, or None.
+    `session`: for a session socket, a digest of its session key
+    (`session_id`), never the key itself; `session_key`: the key, kept in
+    memory for the session's re-checks only."""
 
-    __slots__ = ("deadline", "session", "token_id", "token_max", "token_prefix", "user_id", "user_max", "username")
+    __slots__ = (
+        "deadline",
+        "session",
+        "session_key",
+        "token_id",
+        "token_max",
+        "token_prefix",
+        "user_id",
+        "user_max",
+        "username",
+    )
 
     def __init__(
         self,
@@ -37,9 +50,11 @@ class Grant:
         user_max=None,
         deadline=None,
         session=None,
+        session_key=None,
     ):
         self.user_id = user_id
         self.session = session
+        self.session_key = session_key
         self.username = username
         self.token_id = token_id
         self.token_prefix = token_prefix
@@ -48,8 +63,13 @@ class Grant:
         self.deadline = deadline
 
     def key(self, stream):
-        """What one re-check answers for: the token (or session user) on one stream."""
-        return ("token", self.token_id, stream) if self.token_id is not None else ("user", self.user_id, stream)
+        """What one re-check answers for: the token, the browser session (or
+        the session user) on one stream."""
+        if self.token_id is not None:
+            return ("token", self.token_id, stream)
+        if self.session_key is not None:
+            return ("session", self.session, stream)
+        return ("user", self.user_id, stream)
 
 
 # A refused token's reason -> what the client is told.
@@ -120,12 +140,25 @@ def session_id(session_key):
 
 
 async def session_grant(user, session_key=None):
-    """A Grant for the session's user (already loaded by the auth middleware;
-    one query for the cap), or None if the user is gone or inactive by now."""
-    active, user_max = await session_user_check(user.id)
-    if not active:
+    """A Grant for the session's user (already loaded by the auth middleware),
+    with the user's cap and the session's expiry as its deadline; None if the
+    user is gone or inactive, or the session no longer signs them in."""
+    if not session_key:
+        active, user_max = await session_user_check(user.id)
+        if not active:
+            return None
+        return Grant(user_id=user.id, username=user.get_username(), user_max=user_max)
+    check = await session_check(session_key, user.id)
+    if not (check.active and check.signed_in):
         return None
-    return Grant(user_id=user.id, username=user.get_username(), user_max=user_max, session=session_id(session_key))
+    return Grant(
+        user_id=user.id,
+        username=user.get_username(),
+        user_max=check.user_max,
+        deadline=check.expires_at.timestamp() if check.expires_at else None,
+        session=session_id(session_key),
+        session_key=session_key,
+    )
 
 
 def header(scope, wanted):
@@ -149,14 +182,19 @@ def query_token(scope):
     return values[0] if values else None
 
 
-async def _check(key):
-    """One re-check of a grant key: (Refusal or None, TokenCheck or user cap)."""
+async def _check(key, grant):
+    """One re-check of a grant key: (Refusal or None, TokenCheck, SessionCheck or user cap)."""
     kind, ident, stream = key
     if kind == "token":
         check = await recheck_token(ident, stream)
         if not check.ok:
             return REJECTION[check.reason if check.reason != "bad" else "revoked"], check
         return None, check
+    if kind == "session":
+        check = await session_check(grant.session_key, grant.user_id)
+        if not check.active:
+            return Refusal.SESSION_ENDED, check
+        return (None if check.signed_in else Refusal.SIGNED_OUT), check
     active, user_max = await session_user_check(ident)
     return (None if active else Refusal.SESSION_ENDED), user_max
 
@@ -177,8 +215,9 @@ async def shared(name, key, factory):
     return await asyncio.shield(task)
 
 
-async def shared_check(key):
-    return await shared("check", key, lambda: _check(key))
+async def shared_check(grant, stream):
+    key = grant.key(stream)
+    return await shared("check", key, lambda: _check(key, grant))
 
 
 def apply_check(grant, result):
@@ -186,6 +225,11 @@ def apply_check(grant, result):
     refusal, detail = result
     if refusal is not None:
         return refusal, False
+    if isinstance(detail, SessionCheck):
+        grant.user_max = detail.user_max
+        deadline = detail.expires_at.timestamp() if detail.expires_at else None
+        moved, grant.deadline = deadline != grant.deadline, deadline
+        return None, moved
     if grant.token_id is None:
         grant.user_max = detail
         return None, False

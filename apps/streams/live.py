@@ -1,10 +1,12 @@
-"""Token and limit changes reach open sockets on every process.
+"""Token, limit and session changes reach open sockets on every process.
 
-Accounts sends `token_changed` / `user_limits_changed` after a commit; these
-receivers turn them into one channel-layer message to the token's (user's)
-group, naming the group (`control` hands it to the group's sockets of each
-process). Each socket there re-checks its token and the caps and closes with
-the matching code. A lost message is caught by the periodic re-check
+Accounts sends `token_changed` / `user_limits_changed` after a commit, and
+`session_ended` when a browser session is logged out or deleted; these
+receivers turn them into one channel-layer message to the token's (user's,
+session's) group, naming the group (`control` hands it to the group's
+sockets on each process). Each socket there re-checks its token (or session)
+and the caps and closes with the matching code; an ended session's sockets
+close at once. A lost message is caught by the periodic re-check
 (TOKEN_RECHECK_INTERVAL).
 """
 
@@ -15,11 +17,13 @@ from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 
 from . import protocol
+from .credentials import session_id
 
 log = logging.getLogger("apps.streams")
 
 TOKEN_RECHECK = "token.recheck"  # noqa: S105 - a message type; consumer handler: token_recheck
 USER_RECHECK = "user.recheck"  # consumer handler: user_recheck
+SESSION_END = "session.end"  # consumer handler: session_end
 
 
 def _group_send(group, message):
@@ -52,8 +56,13 @@ def on_user_limits_changed(sender, user_id, **kwargs):
     _group_send(protocol.user_group(user_id), {"type": USER_RECHECK})
 
 
+def on_session_ended(sender, session_key, **kwargs):
+    _group_send(protocol.session_group(session_id(session_key)), {"type": SESSION_END})
+
+
 def connect_receivers():
-    from apps.accounts.signals import token_changed, user_limits_changed
+    from apps.accounts.signals import session_ended, token_changed, user_limits_changed
 
     token_changed.connect(on_token_changed, dispatch_uid="streams.token_changed")
     user_limits_changed.connect(on_user_limits_changed, dispatch_uid="streams.user_limits_changed")
+    session_ended.connect(on_session_ended, dispatch_uid="streams.session_ended")

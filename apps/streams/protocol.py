@@ -56,6 +56,8 @@ class Refusal:
     REVOKED = Reason(Close.REVOKED, 401, "token_revoked", "token revoked")
     RETIRED = Reason(Close.REVOKED, 401, "token_retired", "token replaced and its rotation grace has ended")
     SESSION_ENDED = Reason(Close.REVOKED, 401, "session_revoked", "this account was deactivated or removed")
+    # Logged out, password changed, session expired or deleted: sign in again.
+    SIGNED_OUT = Reason(Close.BAD_CREDENTIALS, 401, "signed_out", "signed out or the session ended; sign in again")
     EXPIRED = Reason(Close.EXPIRED, 401, "token_expired", "token expired")
     TOO_LARGE = Reason(Close.ABUSE, 413, "too_large", "message too large")
     FLOODING = Reason(Close.ABUSE, 429, "flooding", "too many messages")
@@ -110,6 +112,12 @@ def token_group(token_id: int) -> str:
 
 def user_group(user_id: int) -> str:
     return f"user.{user_id}"
+
+
+def session_group(session: str) -> str:
+    """Group of every socket of one signed-in browser session, named by its
+    digest (`credentials.session_id`), never by its key."""
+    return f"session.{session}"
 
 
 def dumps(payload: dict) -> str:

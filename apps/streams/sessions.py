@@ -9,9 +9,10 @@ periodic work done for all of them at once.
   is renewed per socket.
   A killed process stops renewing, so its slots and entries expire within
   WS_LEASE_TTL.
-- Every TOKEN_RECHECK_INTERVAL, and at a token's own deadline (expiry, end of
-  rotation grace), each (token, stream) of this process is re-checked once and
-  the answer applied to all of its sockets; lowered caps close the newest.
+- Every TOKEN_RECHECK_INTERVAL, and at a grant's own deadline (a token's
+  expiry or end of rotation grace, a browser session's expiry), each (token
+  or session, stream) of this process is re-checked once and the answer
+  applied to all of its sockets; lowered caps close the newest.
 """
 
 import asyncio
@@ -192,7 +193,7 @@ class Registry:
         group = self.by_key.get(key)
         if not group:
             return
-        result = await shared_check(key)
+        result = await shared_check(next(iter(group)).grant, key[2])
         for consumer in list(group):
             refusal, _moved = apply_check(consumer.grant, result)
             if refusal is not None:

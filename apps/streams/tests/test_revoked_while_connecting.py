@@ -13,6 +13,7 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.contrib.auth import get_user_model
 from django.db import transaction
+from django.test import Client
 
 from apps.accounts.models import ApiToken
 from apps.streams import credentials
@@ -95,3 +96,12 @@ async def test_a_user_deactivated_between_session_check_and_join_closes_4004_wit
     headers = [await session_cookie(owner), (b"origin", ORIGIN.encode())]
     _change_right_after(monkeypatch, "session_grant", lambda: _deactivate(owner.pk))
     await _closed_within_two_seconds(communicator(headers=headers), 4004, "session_revoked")
+
+
+async def test_a_session_logged_out_between_its_check_and_the_join_closes_4001_within_two_seconds(owner, monkeypatch):
+    client = Client()
+    await sync_to_async(client.force_login)(owner)
+    key = client.cookies["sessionid"].value
+    headers = [(b"cookie", f"sessionid={key}".encode()), (b"origin", ORIGIN.encode())]
+    _change_right_after(monkeypatch, "session_grant", client.logout)
+    await _closed_within_two_seconds(communicator(headers=headers), 4001, "signed_out")

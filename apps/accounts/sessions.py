@@ -1,0 +1,123 @@
+"""Browser sessions: does one still sign its user in, and until when; and the
+announcements that one ended. Knows nothing of sockets.
+
+A session stops signing its user in when it is logged out, deleted (from the
+admin, `clearsessions`, a key rotation), expires, or no longer carries the
+user's current session auth hash (the password changed). The first two are
+announced (`signals.session_ended`, with the session key: in-process only);
+a password change is announced as a change of the user
+(`signals.user_limits_changed`), so every session of that user is checked
+again; expiry is known in advance (`SessionCheck.expires_at`).
+"""
+
+from dataclasses import dataclass
+from datetime import datetime
+from importlib import import_module
+
+from channels.db import database_sync_to_async
+from django.conf import settings
+from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY, user_logged_out
+from django.contrib.sessions.models import Session
+from django.db import transaction
+from django.db.models.signals import post_delete, post_save
+from django.utils import timezone
+from django.utils.crypto import constant_time_compare
+
+from .auth import _from_database
+from .signals import announce, send_session_ended
+
+
+@dataclass(frozen=True)
+class SessionCheck:
+    active: bool  # the user exists and is active
+    signed_in: bool  # the session is live and still signs this user in
+    user_max: int | None = None
+    expires_at: datetime | None = None
+
+
+async def session_check(session_key, user_id) -> SessionCheck:
+    """Whether `session_key` still signs in user `user_id`, with the user's
+    cap and the session's expiry. Raises AccountsUnavailable when the
+    database cannot answer."""
+    return await _from_database(_session_check, session_key, user_id)
+
+
+@database_sync_to_async
+def _session_check(session_key, user_id):
+    from django.contrib.auth import get_user_model
+
+    from .models import UserLimits
+
+    user = get_user_model().objects.select_related("limits").filter(pk=user_id).first()
+    if user is None or not user.is_active:
+        return SessionCheck(active=False, signed_in=False)
+    try:
+        user_max = user.limits.max_connections
+    except UserLimits.DoesNotExist:
+        user_max = settings.USER_DEFAULT_MAX_CONNECTIONS
+    data, expires_at = _load(session_key)
+    signed_in = (
+        data is not None
+        and str(data.get(SESSION_KEY)) == str(user.pk)
+        and BACKEND_SESSION_KEY in data
+        and _hash_matches(data.get(HASH_SESSION_KEY), user)
+    )
+    return SessionCheck(
+        active=True, signed_in=signed_in, user_max=user_max, expires_at=expires_at if signed_in else None
+    )
+
+
+def _load(session_key):
+    """(session data, expiry) of a live session, or (None, None)."""
+    store = import_module(settings.SESSION_ENGINE).SessionStore(session_key)
+    if not session_key:
+        return None, None
+    model = getattr(store, "get_model_class", None)
+    if model is not None:  # database-backed: the row's expiry is the truth
+        row = model().objects.filter(session_key=session_key, expire_date__gt=timezone.now()).first()
+        if row is None:
+            return None, None
+        return store.decode(row.session_data), row.expire_date
+    data = store.load()
+    if not data:
+        return None, None
+    return data, (store.get_expiry_date() if "_session_expiry" in data else None)
+
+
+def _hash_matches(session_hash, user):
+    # As django.contrib.auth.get_user: the current secret, then the fallbacks.
+    if not session_hash:
+        return False
+    if constant_time_compare(session_hash, user.get_session_auth_hash()):
+        return True
+    fallbacks = getattr(user, "get_session_auth_fallback_hash", None)
+    return fallbacks is not None and any(constant_time_compare(session_hash, h) for h in fallbacks())
+
+
+# --- announcements --------------------------------------------------------------------------
+
+
+def _logged_out(sender, request, user, **kwargs):
+    session = getattr(request, "session", None)
+    if session is not None and session.session_key:
+        send_session_ended(session.session_key)
+
+
+def _session_deleted(sender, instance, **kwargs):
+    # Every deletion: logout's flush, the admin, `clearsessions` (which then
+    # deletes row by row), a key rotation (the old key's row).
+    key = instance.session_key
+    transaction.on_commit(lambda: send_session_ended(key))
+
+
+def _password_saved(sender, instance, created, raw=False, **kwargs):
+    # set_password() leaves the new password in `_password` until save() is
+    # done: a save that changes the password. Its sessions' auth hash changed.
+    if not created and not raw and getattr(instance, "_password", None) is not None:
+        announce(users=[instance.pk])
+
+
+def connect_receivers():
+    user_logged_out.connect(_logged_out, dispatch_uid="accounts.session_logged_out")
+    post_delete.connect(_session_deleted, sender=Session, dispatch_uid="accounts.session_deleted")
+    post_save.connect(_password_saved, sender=settings.AUTH_USER_MODEL, dispatch_uid="accounts.password_saved")
