@@ -237,6 +237,9 @@ WS_AUTH_FAILURES_PER_MINUTE = _positive("WS_AUTH_FAILURES_PER_MINUTE", "int", 30
 # Sockets one process holds before they are signed in (waiting for an `auth`
 # message, or being checked); past it new sockets are refused at once (1013).
 WS_MAX_UNAUTHENTICATED_PER_PROCESS = _positive("WS_MAX_UNAUTHENTICATED_PER_PROCESS", "int", 1000, minimum=1)
+# Of those, from one client address (4100 past it; sessions are not counted per
+# address): one address cannot take the process's whole share.
+WS_MAX_UNAUTHENTICATED_PER_IP = _positive("WS_MAX_UNAUTHENTICATED_PER_IP", "int", 50, minimum=1)
 # Sockets one browser session (cookie) may hold: a dashboard tab opens one per stream.
 WS_MAX_CONNECTIONS_PER_SESSION = _positive("WS_MAX_CONNECTIONS_PER_SESSION", "int", 9, minimum=1)
 WS_HEARTBEAT_INTERVAL = _positive("WS_HEARTBEAT_INTERVAL", "float", 30.0, minimum=0.1)
@@ -244,8 +247,7 @@ WS_HEARTBEAT_TIMEOUT = _positive("WS_HEARTBEAT_TIMEOUT", "float", 20.0, minimum=
 WS_MAX_INBOUND_BYTES = _positive("WS_MAX_INBOUND_BYTES", "int", 4096, minimum=64)
 WS_INBOUND_RATE = _positive("WS_INBOUND_RATE", "float", 20.0, minimum=0.1)
 WS_INBOUND_BURST = _positive("WS_INBOUND_BURST", "int", 40, minimum=1)
-# Token sockets per client address, and (per process) sockets from one address
-# not signed in yet; session sockets count per user and per session instead.
+# Token sockets per client address; session sockets count per user and per session instead.
 WS_MAX_CONNECTIONS_PER_IP = _positive("WS_MAX_CONNECTIONS_PER_IP", "int", 5, minimum=1)
 WS_LEASE_TTL = _positive("WS_LEASE_TTL", "float", 90.0, minimum=1)
 # Past this many open sockets a web process refuses new ones at once (1013) and keeps

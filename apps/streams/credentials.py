@@ -12,6 +12,7 @@ import asyncio
 import hashlib
 from urllib.parse import parse_qs
 
+from apps.accounts import tokens
 from apps.accounts.auth import TokenCheck, check_token, recheck_token, session_user_check
 from apps.accounts.sessions import SessionCheck, session_check
 
@@ -94,18 +95,31 @@ LIMITED = TokenCheck(reason="limited")
 async def budgeted_check(raw, stream, ip):
     """`check_token` under `ip`'s failed sign-in budget (sockets and the REST
     snapshot alike): an address over its budget gets only what the token cache
-    can answer, and anything needing the database is `LIMITED`, unasked."""
+    can answer, and anything needing the database is `LIMITED`, unasked.
+
+    Concurrent checks of one token on one stream share one reservation and one
+    database check (a reconnect storm of a real, uncached token takes one unit
+    at a time, never the whole budget). Keyed by the token's digest: a forgery
+    that shares a real token's lookup prefix never shares its answer."""
     check = await check_token(raw, stream, ip, load=False)
-    if check is None:  # the database must answer: that costs the address one unit of its budget
-        if not await authlimit.reserve(ip):
-            return LIMITED
-        try:
-            check = await check_token(raw, stream, ip)
-        except BaseException:
-            await authlimit.refund(ip)
-            raise
-        if check.reason != "bad":
-            await authlimit.refund(ip)
+    if check is not None:
+        return check
+    key = (tokens.digest(raw), stream)
+    return await shared("budgeted", key, lambda: _reserved_check(raw, stream, ip))
+
+
+async def _reserved_check(raw, stream, ip):
+    # The database must answer: that costs the address one unit of its budget,
+    # given back unless the token is unknown.
+    if not await authlimit.reserve(ip):
+        return LIMITED
+    try:
+        check = await check_token(raw, stream, ip)
+    except BaseException:
+        await authlimit.refund(ip)
+        raise
+    if check.reason != "bad":
+        await authlimit.refund(ip)
     return check
 
 

@@ -23,7 +23,7 @@ new sockets are refused at once with 1013 while the open ones keep
 streaming; refusals are logged once per REFUSAL_LOG_INTERVAL with a count,
 never one line per socket. Sockets not signed in yet (waiting for their `auth`
 message, or being checked) are capped too: WS_MAX_UNAUTHENTICATED_PER_PROCESS
-in all (1013 past it), WS_MAX_CONNECTIONS_PER_IP from one address (4100);
+in all (1013 past it), WS_MAX_UNAUTHENTICATED_PER_IP from one address (4100);
 WS_AUTH_TIMEOUT closes the idle ones.
 
 SIGTERM under daphne: daphne's own shutdown cancels applications, but a
@@ -107,8 +107,8 @@ class Watchdog:
         if waiting >= settings.WS_MAX_UNAUTHENTICATED_PER_PROCESS:
             return Refusal.SIGN_IN_FULL, f"{waiting} sockets not signed in yet (WS_MAX_UNAUTHENTICATED_PER_PROCESS)"
         from_ip = self.unauthenticated_by_ip.get(ip) if ip is not None else None
-        if from_ip is not None and len(from_ip) >= settings.WS_MAX_CONNECTIONS_PER_IP:
-            why = f"{len(from_ip)} sockets from one address not signed in yet (WS_MAX_CONNECTIONS_PER_IP)"
+        if from_ip is not None and len(from_ip) >= settings.WS_MAX_UNAUTHENTICATED_PER_IP:
+            why = f"{len(from_ip)} sockets from one address not signed in yet (WS_MAX_UNAUTHENTICATED_PER_IP)"
             return Refusal.OVER_LIMIT._replace(message="too many connections for this ip"), why
         self.unauthenticated.add(consumer)
         if ip is not None:

@@ -27,7 +27,10 @@ async def test_past_the_cap_of_sockets_not_signed_in_new_ones_get_1013_at_once_u
 ):
     await sync_to_async(ApiToken.objects.filter(pk=owner_token[0].pk).update)(max_connections=50)
     server = processes.daphne(
-        WS_MAX_UNAUTHENTICATED_PER_PROCESS=CAP, WS_AUTH_TIMEOUT=AUTH_TIMEOUT, WS_MAX_CONNECTIONS_PER_IP=100
+        WS_MAX_UNAUTHENTICATED_PER_PROCESS=CAP,
+        WS_MAX_UNAUTHENTICATED_PER_IP=100,
+        WS_AUTH_TIMEOUT=AUTH_TIMEOUT,
+        WS_MAX_CONNECTIONS_PER_IP=100,
     )
     url = server.ws_url + "/ws/market"
     signed_in = await connect(url, owner_token[1]).__aenter__()
@@ -71,9 +74,12 @@ async def test_past_the_cap_of_sockets_not_signed_in_new_ones_get_1013_at_once_u
 
 async def test_one_address_holds_at_most_the_per_ip_cap_of_sockets_not_signed_in(processes, owner):
     cookie = (await session_cookie(owner))[1].decode()
-    per_ip = 5  # WS_MAX_CONNECTIONS_PER_IP's default
+    per_ip = 5
     server = processes.daphne(
-        WS_AUTH_TIMEOUT=AUTH_TIMEOUT, WS_TRUSTED_PROXIES="127.0.0.1", SECRET_KEY=settings.SECRET_KEY
+        WS_MAX_UNAUTHENTICATED_PER_IP=per_ip,
+        WS_AUTH_TIMEOUT=AUTH_TIMEOUT,
+        WS_TRUSTED_PROXIES="127.0.0.1",
+        SECRET_KEY=settings.SECRET_KEY,
     )
     url = server.ws_url + "/ws/market"
     idle = []
