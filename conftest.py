@@ -153,11 +153,11 @@ class Processes:
         self.procs.append(proc)
         return proc
 
-    def daphne(self, *args, **env):
+    def daphne(self, *args, app=ASGI_APP, **env):
         """A daphne process; `args` are extra daphne flags (e.g. "-v", "2")."""
         port = free_port()
         proc = self._start(
-            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), *args, ASGI_APP],
+            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), *args, app],
             "daphne",
             self.env(**env),
         )

@@ -275,19 +275,23 @@ PROFILE_FRAMES = {  # label -> substring of a collapsed py-spy frame "function (
 }
 
 
-def start_profile(args, srv, runlog):
+def start_profile(srv, runlog, phase, seconds=None):
+    """py-spy the server for `seconds`, or until finish_profile(stop=True)."""
     exe = os.path.join(os.path.dirname(PY), "py-spy")
     if not os.path.exists(exe):
         log("py-spy not installed in the venv: no profile (pip install py-spy; not a project requirement)")
         return None
-    out = os.path.join(runlog, "profile.txt")
-    seconds = max(1, int(min(args.duration, 15)))
-    cmd = [exe, "record", "-p", str(srv.popen.pid), "-d", str(seconds), "-r", "100", "-f", "raw", "-o", out]
-    return Proc("py-spy", cmd, dict(os.environ), logdir=runlog), out
+    out = os.path.join(runlog, f"profile-{phase}.txt")
+    cmd = [exe, "record", "-p", str(srv.popen.pid), "-r", "100", "-f", "raw", "-o", out]
+    if seconds is not None:
+        cmd += ["-d", str(max(1, int(seconds)))]
+    return Proc(f"py-spy-{phase}", cmd, dict(os.environ), logdir=runlog), out
 
 
-def finish_profile(spy, keep_path):
+def finish_profile(spy, keep_path, stop=False):
     proc, out = spy
+    if stop and proc.alive():
+        proc.popen.send_signal(signal.SIGINT)  # py-spy writes what it sampled and exits
     try:
         proc.popen.wait(60)
     except subprocess.TimeoutExpired:
@@ -414,6 +418,7 @@ def run_one(args, token, r, *, server, layer, n, logdir):
         clients = []
         offset = 0
         t_conn = time.monotonic()
+        spy = start_profile(srv, runlog, "connect") if args.profile else None
         for i, k in enumerate(per):
             cmd = [
                 PY, os.path.join(HERE, "client.py"), "--port", str(port), "--n", str(k), "--offset", str(offset),
@@ -430,7 +435,15 @@ def run_one(args, token, r, *, server, layer, n, logdir):
         result["connect_failures"] = merge_counts(c["failures"] for c in conn_info)
         result["connect_close_codes"] = merge_counts(c["close_codes"] for c in conn_info)
         result["connect_errors"] = merge_counts(c["errors"] for c in conn_info)
+        if spy is not None:
+            result["profile_connect"] = finish_profile(
+                spy, os.path.join(RAW, f"{args.stamp}-{tag}-connect.pyspy.txt"), stop=True
+            )
         log(f"{tag}: {result['connected']}/{n} connected in {result['connect_s']} s")
+        scans1 = token_scans()  # the storm is over: what it cost the token table
+        if scans0 is not None and scans1 is not None:
+            result["token_table_queries_during_connect"] = scans1[0] - scans0[0]
+            result["token_table_writes_during_connect"] = scans1[1] - scans0[1]  # last_used, once a minute
         if result["connected"] == 0:
             raise RuntimeError(f"no client connected: {conn_info}")
 
@@ -440,10 +453,6 @@ def run_one(args, token, r, *, server, layer, n, logdir):
         result["feed_wait_s"] = wait_steady_feed(r, feed, timeout=90)
         time.sleep(1.0)
         rss_connected = rss_mb(srv.ps)
-        scans1 = token_scans()
-        result["token_table_queries_during_connect"] = (
-            scans1 - scans0 if scans0 is not None and scans1 is not None else None
-        )
 
         # measurement window
         for c in clients:
@@ -455,7 +464,7 @@ def run_one(args, token, r, *, server, layer, n, logdir):
         q0 = seqs(r)
         w0 = time.monotonic()
         peak = rss_connected
-        spy = start_profile(args, srv, runlog) if args.profile else None
+        spy = start_profile(srv, runlog, "window", min(args.duration, 15)) if args.profile else None
         while time.monotonic() - w0 < args.duration:
             time.sleep(0.5)
             peak = max(peak, rss_mb(srv.ps))
@@ -473,7 +482,10 @@ def run_one(args, token, r, *, server, layer, n, logdir):
             feed.stop()
             time.sleep(3.0)
             i0, t0 = cpu_s(srv.ps), time.monotonic()
+            spy = start_profile(srv, runlog, "idle", args.idle - 1) if args.profile else None
             time.sleep(args.idle)
+            if spy is not None:
+                result["profile_idle"] = finish_profile(spy, os.path.join(RAW, f"{args.stamp}-{tag}-idle.pyspy.txt"))
             result["idle_cpu_s_per_s"] = round((cpu_s(srv.ps) - i0) / (time.monotonic() - t0), 4)
             result["idle_window_s"] = args.idle
             result["rss_mb_idle_connected"] = round(rss_mb(srv.ps), 1)
@@ -552,8 +564,9 @@ def run_one(args, token, r, *, server, layer, n, logdir):
 
 
 def token_scans():
-    """Index and sequential scans of the token table so far (PostgreSQL's
-    statistics): one per token lookup query."""
+    """(index + sequential scans, rows updated) of the token table so far
+    (PostgreSQL's statistics): a scan per query that reads or updates it; a
+    last_used write is one of each."""
     try:
         import psycopg
 
@@ -561,10 +574,10 @@ def token_scans():
             conn.execute("SELECT pg_stat_force_next_flush()")
             time.sleep(1.2)  # statistics reach pg_stat_user_tables within a second
             row = conn.execute(
-                "SELECT coalesce(seq_scan, 0) + coalesce(idx_scan, 0) FROM pg_stat_user_tables "
+                "SELECT coalesce(seq_scan, 0) + coalesce(idx_scan, 0), n_tup_upd FROM pg_stat_user_tables "
                 "WHERE relname = 'accounts_apitoken'"
             ).fetchone()
-            return int(row[0]) if row else None
+            return (int(row[0]), int(row[1])) if row else None
     except Exception:  # noqa: BLE001 - reported as unknown
         return None
 
@@ -643,6 +656,14 @@ def closed(r):
     return f"**{lost:,}** ({codes})"
 
 
+def token_queries(r):
+    """Token lookups during the storm, and the last_used writes apart ("1 + 1 write")."""
+    queries, writes = r.get("token_table_queries_during_connect"), r.get("token_table_writes_during_connect")
+    if queries is None or not writes:
+        return fmt(queries)
+    return f"{queries - writes:,} + {writes} write" + ("s" if writes > 1 else "")
+
+
 def table(results):
     head = (
         "| server | N | connected (s) | delivered (of expected) | p50 / p99 publish→receive | server CPU s/s | "
@@ -665,7 +686,7 @@ def table(results):
             f"{fmt(round(ratio * 100, 1) if ratio is not None else None, ' %')} | "
             f"{fmt(r['lat_ms_p50'])} / {fmt(r['lat_ms_p99'])} ms | {cpu['server']:.3f} | "
             f"{fmt(r['server_us_per_msg'])} | {times} | {fmt(r.get('idle_cpu_s_per_s'))} | "
-            f"{fmt(r.get('rss_kib_per_idle_conn'))} | {fmt(r.get('token_table_queries_during_connect'))} | "
+            f"{fmt(r.get('rss_kib_per_idle_conn'))} | {token_queries(r)} | "
             f"{closed(r)} |" + (f" ⚠ {r['error'][:80]}" if "error" in r else "")
         )
     return head + "\n".join(rows) + "\n"
@@ -706,8 +727,8 @@ def generated_part(results, info, command, started):
         "still open (heartbeats, pings, lease renewals, re-checks). *RSS per idle conn*: (RSS with N open − "
         "RSS before any) / N. *Connected (s)*: the connect storm, "
         f"{a.get('procs')} client processes × {a.get('concurrency')} connects in flight, one Bearer token; "
-        "*token-table queries*: index + sequential scans of `accounts_apitoken` during it "
-        "(PostgreSQL statistics).\n"
+        "*token-table queries*: index + sequential scans of `accounts_apitoken` from the first connect to the "
+        "last (PostgreSQL statistics), lookups + the once-a-minute `last_used` write.\n"
     )
     out.append(table(results))
     out.append("Raw numbers, one JSON per run (connect times, close codes, RSS peaks, client CPU): `bench/raw/`.")
@@ -754,7 +775,7 @@ def parse_args():
     p.add_argument("--asgi-app", default=ASGI_APP, help="experiments: e.g. bench.patched_asgi:application")
     p.add_argument("--uvicorn-loop", choices=["auto", "uvloop", "asyncio"], default="auto")
     p.add_argument("--db-conn-max-age", type=int, default=None, help="DATABASE_CONN_MAX_AGE (default: the setting's)")
-    p.add_argument("--profile", action="store_true", help="py-spy the server during the window (skews its CPU)")
+    p.add_argument("--profile", action="store_true", help="py-spy the server: connect, window, idle (skews CPU)")
     args = p.parse_args()
     if args.quick:
         if args.n == "1000,5000,10000":

@@ -327,21 +327,14 @@ class TokenCache:
         # the load has replaced it, so the next check reloads. Concurrent
         # misses under one generation (a connect storm) share one query.
         try:
-            snapshot = await self._shared_load(prefix, generation, allowed=load)
+            snapshot, generation = await self._shared_load(prefix, generation, allowed=load)
         except AccountsUnavailable:
             if entry is not None and entry[1] == generation and generation is not None:
                 return entry[0]  # unchanged since loaded, only older than TOKEN_CACHE_TTL
             raise
-        if snapshot is not None and generation is None:
-            # First use since the key expired or Redis restarted: create the
-            # generation; cache from the next check on, under its value.
-            try:
-                await state.generation_init(key, GENERATION_TTL)
-            except StateUnavailable:
-                pass
-            self._forget(prefix)
-            return snapshot
         self._forget(prefix)
+        if snapshot is not None and generation is None:
+            return snapshot  # first use, and the generation could not be created: cache nothing
         known = snapshot is not None
         entries, bound = (self._entries, self.max_entries) if known else (self._unknown, self.max_unknown)
         entries[prefix] = (snapshot, generation, time.monotonic())
@@ -350,13 +343,32 @@ class TokenCache:
         return snapshot
 
     async def _shared_load(self, prefix, generation, allowed=True):
+        """(snapshot, the generation to cache it under); one load per
+        (prefix, generation) in flight, whoever asks."""
         loop = asyncio.get_running_loop()
         slot = (loop, prefix, generation, allowed)
         task = self._loading.get(slot)
         if task is None:
-            task = self._loading[slot] = loop.create_task(self._load(prefix=prefix, allowed=allowed))
+            task = self._loading[slot] = loop.create_task(self._load_under(prefix, generation, allowed))
             task.add_done_callback(lambda _t: self._loading.pop(slot, None))
         return await asyncio.shield(task)
+
+    async def _load_under(self, prefix, generation, allowed):
+        from stocktracker.lib.state import StateUnavailable, get_state
+
+        snapshot = await self._load(prefix=prefix, allowed=allowed)
+        if snapshot is not None and generation is None:
+            # First use since the key expired or Redis restarted: create the
+            # generation now. Created by us, it proves that no change was
+            # announced since the generation was read as missing (before the
+            # load), and any later one replaces it: the copy may be cached
+            # under it. Found already there: a change may have raced the
+            # load, so the copy is not cached (the next check loads again).
+            try:
+                generation = await get_state().generation_init(generation_key(prefix), GENERATION_TTL)
+            except StateUnavailable:
+                generation = None
+        return snapshot, generation
 
     def _forget(self, prefix):
         self._entries.pop(prefix, None)

@@ -10,8 +10,10 @@ USAGE_FLUSH_INTERVAL seconds writes the usage of every token to the database
 in one batch (`TokenUsage.objects.record`, F() upserts). A SIGTERM drain
 flushes once more before the process exits.
 
-Peak concurrency is global, not per process: at each connect the token's
-live lease count (all processes) is read once from shared state.
+Peak concurrency is global, not per process: a connect raises its token's
+peak to this process's count of its sockets at once (no I/O), and every
+METRICS_FOLD_INTERVAL the live lease counts (all processes) of the tokens
+that gained sockets meanwhile are read in one call.
 """
 
 import asyncio
@@ -35,8 +37,9 @@ METRICS_FOLD_INTERVAL = 2.0
 class Accounting:
     def __init__(self):
         self.sockets = weakref.WeakSet()  # streaming sockets on this loop
-        self.folded = weakref.WeakKeyDictionary()  # socket -> (sent, sent_bytes) already counted
         self.pending = {}  # (token_id, day) -> [connections, peak, messages, bytes, rejections]
+        self.live = {}  # token_id -> this process's streaming sockets of it
+        self.peaks_due = set()  # tokens that gained a socket since the last global peak read
         self.task = None
         self.lock = asyncio.Lock()
 
@@ -49,17 +52,15 @@ class Accounting:
         metrics.CONNECTS.labels(stream).inc()
         metrics.CONNECTIONS.labels(stream).inc()
         self.sockets.add(consumer)
-        self.folded[consumer] = (0, 0)  # the welcome snapshot, sent just before, counts too
+        consumer.acct_folded = (0, 0)  # (sent, sent_bytes) already counted; the welcome snapshot counts too
         token_id = consumer.grant.token_id
         if token_id is None:
             return
         row = self._row(token_id)
         row[0] += 1
-        try:
-            live = await get_state().lease_count(f"token:{token_id}")
-        except StateUnavailable:
-            live = 0
+        live = self.live[token_id] = self.live.get(token_id, 0) + 1
         row[1] = max(row[1], live)
+        self.peaks_due.add(token_id)
 
     def rejected(self, consumer, code):
         """The socket is being closed by the server with `code`."""
@@ -78,6 +79,13 @@ class Accounting:
             return
         self._fold(consumer)
         self.sockets.discard(consumer)
+        token_id = consumer.grant.token_id if consumer.grant is not None else None
+        if token_id is not None:
+            left = self.live.get(token_id, 1) - 1
+            if left > 0:
+                self.live[token_id] = left
+            else:
+                self.live.pop(token_id, None)
         stream = consumer.stream
         metrics.CONNECTIONS.labels(stream).dec()
         close = getattr(consumer, "close_code", None) or code
@@ -92,30 +100,66 @@ class Accounting:
             row = self.pending[key] = [0, 0, 0, 0, 0]
         return row
 
-    def _fold(self, consumer):
+    def _fold(self, consumer, streams=None, tokens=None):
+        """Move one socket's new counts into `streams` (stream -> [messages,
+        bytes]) and `tokens` (token_id -> [messages, bytes]); applied at once
+        when those are not given."""
         sent, sent_bytes = consumer.sent, getattr(consumer, "sent_bytes", 0)
-        old_sent, old_bytes = self.folded.get(consumer, (0, 0))
+        old_sent, old_bytes = getattr(consumer, "acct_folded", (0, 0))
         messages, size = sent - old_sent, sent_bytes - old_bytes
         if not messages and not size:
             return
-        self.folded[consumer] = (sent, sent_bytes)
-        metrics.DELIVERED.labels(consumer.stream).inc(messages)
-        metrics.DELIVERED_BYTES.labels(consumer.stream).inc(size)
+        consumer.acct_folded = (sent, sent_bytes)
+        apply = streams is None
+        if apply:
+            streams, tokens = {}, {}
+        counts = streams.setdefault(consumer.stream, [0, 0])
+        counts[0] += messages
+        counts[1] += size
         token_id = consumer.grant.token_id if consumer.grant is not None else None
         if token_id is not None:
+            counts = tokens.setdefault(token_id, [0, 0])
+            counts[0] += messages
+            counts[1] += size
+        if apply:
+            self._apply(streams, tokens)
+
+    def _apply(self, streams, tokens):
+        # One metrics update per stream and one usage row per token, not per socket.
+        for stream, (messages, size) in streams.items():
+            metrics.DELIVERED.labels(stream).inc(messages)
+            metrics.DELIVERED_BYTES.labels(stream).inc(size)
+        for token_id, (messages, size) in tokens.items():
             row = self._row(token_id)
             row[2] += messages
             row[3] += size
 
     def fold(self):
         """Move every socket's new counts into the metrics and pending usage."""
+        streams, tokens = {}, {}
         for consumer in list(self.sockets):
-            self._fold(consumer)
+            self._fold(consumer, streams, tokens)
+        self._apply(streams, tokens)
         metrics.fanout.settle()
+
+    async def read_peaks(self):
+        """Raise the peaks of the tokens that gained sockets to their live
+        lease counts on every process (one round trip)."""
+        if not self.peaks_due:
+            return
+        due, self.peaks_due = list(self.peaks_due), set()
+        try:
+            counts = await get_state().lease_counts([f"token:{token_id}" for token_id in due])
+        except StateUnavailable:
+            return  # this process's own counts stand
+        for token_id, count in zip(due, counts, strict=True):
+            row = self._row(token_id)
+            row[1] = max(row[1], count)
 
     async def flush(self):
         """Fold, then write the pending usage to the database (one batch)."""
         async with self.lock:
+            await self.read_peaks()
             self.fold()
             if not self.pending:
                 return 0
@@ -161,6 +205,7 @@ class Accounting:
                 since_flush = 0.0
                 await self.flush()
             else:
+                await self.read_peaks()
                 self.fold()
 
 

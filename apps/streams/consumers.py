@@ -320,8 +320,11 @@ class StreamConsumer(AsyncWebsocketConsumer):
                     await self.refuse(refusal)
                     return
             await sessions.put(self)
-            if await state.lease_count(protocol.subscriber_key(self.stream)) == 1:
-                await wake_feed()  # the worker idles while no stream has subscribers
+            # The worker idles while no stream has subscribers: the first one wakes it. A
+            # stream this process already serves has some, so Redis need not be asked.
+            local = fanout.topics.get(protocol.stream_group(self.stream))
+            if not local and await state.lease_count(protocol.subscriber_key(self.stream)) == 1:
+                await wake_feed()
             self.topics = (protocol.stream_group(self.stream),)
             for topic in self.topics:  # before reading the latest: nothing published meanwhile is lost
                 await asyncio.wait_for(fanout.join(self, topic), BACKEND_TIMEOUT)

@@ -267,7 +267,8 @@ def session_auth_when_cookie(inner):
 
     async def middleware(scope, receive, send):
         if header(scope, b"cookie") is None:
-            return await inner({**scope, "user": anonymous}, receive, send)
+            scope["user"] = anonymous  # in place: each copy of the scope lives as long as the socket
+            return await inner(scope, receive, send)
         return await with_session(scope, receive, send)
 
     return middleware

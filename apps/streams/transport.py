@@ -14,6 +14,17 @@ protocol)`) and gives the streams a `Link` per socket:
 - `close(code)`: closes with RFC codes such as 1013, which daphne's ASGI close
   (autobahn's sendClose) rejects; `abort()` drops the TCP connection.
 
+daphne's own upkeep visits every connection: `application_checker` each
+second (reap finished applications, kill ones that outlive a disconnect by
+--application-close-timeout) and `timeout_checker` every 2 s (handshake
+timeout, --websocket_timeout, keepalive pings). At 10,000 idle sockets that
+was most of an idle process's CPU. `install_upkeep()` keeps daphne's rules
+but visits, each second, only the connections that changed (disconnected,
+application done) and, every 2 s, only those not yet open (HTTP requests,
+WebSocket handshakes); all connections are swept every `full_sweep_interval`
+(at most 30 s, a quarter of --ping-interval), which is when keepalive pings
+and --websocket_timeout are checked.
+
 `check_server()` runs at start-up: the internals used here are checked against
 the installed daphne / autobahn / Twisted, and unsupported versions stop the
 process with a message naming the supported ones. Under any other server (or
@@ -22,10 +33,12 @@ ASGI `send`, relying on that server's own keepalive flags.
 """
 
 import functools
+import hashlib
 import inspect
 import logging
 import struct
 import sys
+import time
 from importlib.metadata import PackageNotFoundError, version
 
 from django.core.exceptions import ImproperlyConfigured
@@ -71,10 +84,12 @@ def supported_text():
 
 def missing_internals():
     """The attributes this module uses that the installed server no longer has."""
+    import autobahn.websocket.protocol as autobahn_websocket
     from autobahn.twisted.websocket import WebSocketServerProtocol
     from daphne.server import Server
     from daphne.ws_protocol import WebSocketProtocol
     from twisted.internet import abstract, tcp
+    from twisted.web import http
 
     wanted = [
         (Server, "handle_reply"),
@@ -88,12 +103,54 @@ def missing_internals():
         (tcp.Connection, "TLS"),
     ]
     missing = [f"{cls.__module__}.{cls.__qualname__}.{name}" for cls, name in wanted if not hasattr(cls, name)]
+    if not hasattr(abstract.FileDescriptor, "unregisterProducer"):
+        missing.append("twisted.internet.abstract.FileDescriptor.unregisterProducer")
     # Instance attributes, set in __init__.
-    for cls, name in ((abstract.FileDescriptor, "_tempDataLen"), (tcp.Connection, "socket")):
+    for cls, name in (
+        (abstract.FileDescriptor, "_tempDataLen"),
+        (tcp.Connection, "socket"),
+        (http.HTTPChannel, "requests"),
+    ):
         source = inspect.getsource(cls.__init__)
         if f"self.{name} =" not in source and f"self.{name}:" not in source:
             missing.append(f"{cls.__module__}.{cls.__qualname__}.{name}")
+    # _shared_protocol_options(): autobahn copies CONFIG_ATTRS the way this source does.
+    made = inspect.getsource(autobahn_websocket.WebSocketProtocol._connectionMade)
+    if "for configAttr in self.CONFIG_ATTRS:" not in made or "if not hasattr(self, configAttr):" not in made:
+        missing.append("autobahn.websocket.protocol.WebSocketProtocol._connectionMade (changed)")
+    # install_upkeep() re-implements these daphne methods' rules: any change to them needs a port.
+    for cls, name, digest in UPKEEP_SOURCES:
+        original = getattr(cls_by_name(cls), name, None)
+        original = getattr(original, "_stk_original", original)
+        if original is None or _source_digest(original) != digest:
+            missing.append(f"daphne {cls}.{name} (changed)")
     return missing
+
+
+# (class, method, sha256 prefix of its source in daphne 4.2.3): the rules install_upkeep() keeps.
+UPKEEP_SOURCES = (
+    ("Server", "application_checker", "ccb688341a7d0bc1"),
+    ("Server", "timeout_checker", "6b70373a3a77cb2b"),
+    ("Server", "protocol_connected", "3fe5af10e11e8ad7"),
+    ("Server", "protocol_disconnected", "c1f5fe8cdedc09dc"),
+    ("Server", "create_application", "f1e300b4ecf636c8"),
+    ("WebSocketProtocol", "check_timeouts", "0e2ee6816a93a598"),
+    ("WebSocketProtocol", "onOpen", "6be066589e00abb0"),
+)
+
+
+def cls_by_name(name):
+    from daphne.server import Server
+    from daphne.ws_protocol import WebSocketProtocol
+
+    return {"Server": Server, "WebSocketProtocol": WebSocketProtocol}[name]
+
+
+def _source_digest(function):
+    try:
+        return hashlib.sha256(inspect.getsource(function).encode()).hexdigest()[:16]
+    except (OSError, TypeError):  # no source to read: not the code we know
+        return None
 
 
 _checked = False
@@ -115,6 +172,8 @@ def check_server():
     if missing:
         raise ImproperlyConfigured(f"daphne internals changed ({', '.join(missing)}): port apps/streams/transport.py")
     _install_pong_hook()
+    install_upkeep()
+    _shared_protocol_options()
     _checked = True
 
 
@@ -137,6 +196,201 @@ def _install_pong_hook():
     WebSocketProtocol._stk_pong_hook = True
 
 
+def _shared_protocol_options():
+    """Autobahn copies its ~30 protocol options from the factory onto every
+    connection (the copy pushes the protocol's __dict__ past 85 keys: 1.7 KB
+    more per socket) and pretty-prints them for a debug line (~0.15 ms per
+    connect, even with debug logging off). daphne has one factory whose
+    options are set before it listens: they are put on daphne's protocol
+    class once instead; instances then read them from the class."""
+    from daphne.ws_protocol import WebSocketProtocol
+
+    if "_stk_options" in WebSocketProtocol.__dict__:
+        return
+    names = tuple(WebSocketProtocol.CONFIG_ATTRS)
+    WebSocketProtocol._stk_options = {"names": names, "factory": None}
+    original = WebSocketProtocol._connectionMade
+
+    def _connectionMade(self):
+        cls, options = WebSocketProtocol, WebSocketProtocol._stk_options
+        if options["factory"] is None:
+            for name in names:
+                value = getattr(self.factory, name)
+                # A function (perMessageCompressionAccept) must not become a method of the class.
+                setattr(cls, name, staticmethod(value) if inspect.isfunction(value) else value)
+            options["factory"] = self.factory
+            cls.CONFIG_ATTRS = ()
+        elif options["factory"] is not self.factory:
+            for name in names:  # a second factory (not daphne's way): per-instance copies, as autobahn does
+                if name not in self.__dict__:
+                    setattr(self, name, getattr(self.factory, name))
+        original(self)
+
+    WebSocketProtocol._connectionMade = _connectionMade
+
+
+FULL_SWEEP_MAX = 30.0  # seconds between visits of every connection
+
+
+def full_sweep_interval(server):
+    """Often enough for daphne's keepalive pings and --websocket_timeout to be
+    at most a quarter of their interval late; never more often than daphne's
+    own 2 s, never less often than FULL_SWEEP_MAX."""
+    bounds = [FULL_SWEEP_MAX, server.ping_interval / 4]
+    if server.websocket_timeout is not None and server.websocket_timeout >= 0:
+        bounds.append(server.websocket_timeout / 4)
+    return max(2.0, min(bounds))
+
+
+def _upkeep(server):
+    """This server's watch lists: `changed` (disconnected, or application
+    done: the application checker has work) and `opening` (not an open
+    WebSocket yet: the timeout checker has work)."""
+    found = server.__dict__.get("_stk_upkeep")
+    if found is None:
+        found = {"changed": set(), "opening": set(), "app_sweep": 0.0, "timeout_sweep": 0.0}
+        server.__dict__["_stk_upkeep"] = found
+    return found
+
+
+def _check_application(server, protocol, details):
+    """daphne's application_checker rules, for one connection (daphne 4.2.3,
+    server.py; UPKEEP_SOURCES pins that source)."""
+    import asyncio
+    from concurrent.futures import CancelledError
+
+    from daphne.server import logger
+
+    disconnected = details.get("disconnected", None)
+    application_instance = details.get("application_instance", None)
+    if disconnected and time.time() - disconnected > server.application_close_timeout:
+        if application_instance and not application_instance.done():
+            logger.warning(
+                "Application instance %r for connection %s took too long to shut down and was killed.",
+                application_instance,
+                repr(protocol),
+            )
+            application_instance.cancel()
+    if application_instance and application_instance.done():
+        try:
+            exception = application_instance.exception()
+        except (CancelledError, asyncio.CancelledError):
+            pass
+        else:
+            if exception:
+                if isinstance(exception, KeyboardInterrupt):
+                    server.stop()
+                else:
+                    logger.error("Exception inside application: %s", exception, exc_info=exception)
+                    if not disconnected:
+                        protocol.handle_exception(exception)
+        del server.connections[protocol]["application_instance"]
+        application_instance = None
+    if not application_instance and disconnected:
+        del server.connections[protocol]
+
+
+def _application_checker(self):
+    from daphne.server import reactor
+
+    upkeep = _upkeep(self)
+    changed, opening = upkeep["changed"], upkeep["opening"]
+    now = time.monotonic()
+    if now >= upkeep["app_sweep"]:
+        upkeep["app_sweep"] = now + full_sweep_interval(self)
+        visit = list(self.connections)
+    else:
+        visit = list(changed)
+    connections = self.connections
+    for protocol in visit:
+        details = connections.get(protocol)
+        if details is not None:
+            _check_application(self, protocol, details)
+            details = connections.get(protocol)
+        if details is None:
+            changed.discard(protocol)
+            opening.discard(protocol)
+        elif "disconnected" not in details and "application_instance" not in details:
+            changed.discard(protocol)  # reaped; its disconnect puts it back
+    reactor.callLater(1, self.application_checker)
+
+
+def _timeout_checker(self):
+    from daphne.server import reactor
+
+    upkeep = _upkeep(self)
+    opening = upkeep["opening"]
+    now = time.monotonic()
+    if now >= upkeep["timeout_sweep"]:
+        upkeep["timeout_sweep"] = now + full_sweep_interval(self)
+        visit = list(self.connections)
+    else:
+        visit = list(opening)
+    connections = self.connections
+    for protocol in visit:
+        if protocol not in connections:
+            opening.discard(protocol)
+            continue
+        protocol.check_timeouts()
+    reactor.callLater(2, self.timeout_checker)
+
+
+def _wrap(cls, name, make):
+    original = getattr(cls, name)
+    if getattr(original, "_stk_original", None) is not None:
+        return  # installed already
+    wrapper = make(original)
+    wrapper._stk_original = original
+    wrapper.__name__, wrapper.__qualname__ = original.__name__, original.__qualname__
+    setattr(cls, name, wrapper)
+
+
+def install_upkeep():
+    """Replace daphne's sweeps over every connection (see the module docstring).
+    Installed before daphne's Server.run() schedules its checkers."""
+    from daphne.server import Server
+    from daphne.ws_protocol import WebSocketProtocol
+
+    def connected(original):
+        def protocol_connected(self, protocol):
+            original(self, protocol)
+            _upkeep(self)["opening"].add(protocol)
+
+        return protocol_connected
+
+    def disconnected(original):
+        def protocol_disconnected(self, protocol):
+            original(self, protocol)
+            _upkeep(self)["changed"].add(protocol)
+
+        return protocol_disconnected
+
+    def created(original):
+        def create_application(self, protocol, scope):
+            queue = original(self, protocol, scope)
+            instance = self.connections.get(protocol, {}).get("application_instance")
+            if instance is not None:
+                changed = _upkeep(self)["changed"]
+                instance.add_done_callback(lambda _done: changed.add(protocol))
+            return queue
+
+        return create_application
+
+    def opened(original):
+        def onOpen(self):
+            original(self)
+            _upkeep(self.server)["opening"].discard(self)
+
+        return onOpen
+
+    _wrap(Server, "protocol_connected", connected)
+    _wrap(Server, "protocol_disconnected", disconnected)
+    _wrap(Server, "create_application", created)
+    _wrap(WebSocketProtocol, "onOpen", opened)
+    _wrap(Server, "application_checker", lambda original: _application_checker)
+    _wrap(Server, "timeout_checker", lambda original: _timeout_checker)
+
+
 def _daphne_protocol(send):
     if isinstance(send, functools.partial) and send.args:
         protocol = send.args[0]
@@ -144,6 +398,22 @@ def _daphne_protocol(send):
         if hasattr(protocol, "sendCloseFrame") and hasattr(getattr(protocol, "transport", None), "dataBuffer"):
             return protocol
     return None
+
+
+def _drop_http_channel(protocol):
+    """After daphne's upgrade the HTTP channel the handshake came in on stays
+    registered as the TCP transport's producer for the socket's lifetime,
+    holding its request, headers and body buffer (~3 KB per socket). It has
+    nothing left to do: unregister it so it is freed. (As a producer it only
+    stopped reading from a client whose send buffer was full; delivery bounds
+    that buffer itself and still wants the client's pongs.)"""
+    from twisted.web.http import HTTPChannel
+
+    transport = protocol.transport
+    channel = getattr(transport, "producer", None)
+    if isinstance(channel, HTTPChannel) and transport.protocol is protocol:
+        transport.unregisterProducer()
+        channel.requests.clear()
 
 
 def expose_transport(app):
@@ -156,7 +426,8 @@ def expose_transport(app):
         if scope["type"] == "websocket":
             protocol = _daphne_protocol(send)
             if protocol is not None:
-                scope = {**scope, SCOPE_KEY: Link(protocol)}
+                _drop_http_channel(protocol)
+                scope[SCOPE_KEY] = Link(protocol)  # daphne's own scope dict: no copy kept per socket
         return await app(scope, receive, send)
 
     return middleware

@@ -374,8 +374,12 @@ class MemoryState:
         return self._generations.get(key)
 
     async def generation_init(self, key, ttl):
-        """Give `key` a generation if it has none (never changes an existing one)."""
-        self._generations.setdefault(key, _new_generation())
+        """Give `key` a generation if it has none (never changes an existing
+        one); returns the new generation, or None if `key` already had one."""
+        if key in self._generations:
+            return None
+        value = self._generations[key] = _new_generation()
+        return value
 
     async def generation_bump(self, keys, ttl):
         """Give every key a new generation: caches holding an older one reload."""
@@ -617,8 +621,11 @@ class RedisState:
         return await self._call(self.redis.get(f"{PREFIX}gen:{key}"))
 
     async def generation_init(self, key, ttl):
-        """Give `key` a generation if it has none (never changes an existing one)."""
-        await self._call(self.redis.set(f"{PREFIX}gen:{key}", _new_generation(), nx=True, ex=max(1, int(ttl))))
+        """Give `key` a generation if it has none (never changes an existing
+        one); returns the new generation, or None if `key` already had one."""
+        value = _new_generation()
+        created = await self._call(self.redis.set(f"{PREFIX}gen:{key}", value, nx=True, ex=max(1, int(ttl))))
+        return value if created else None
 
     async def generation_bump(self, keys, ttl):
         """Give every key a new generation: caches holding an older one reload."""

@@ -239,7 +239,6 @@ def test_a_flood_of_forged_tokens_never_pushes_a_real_token_out_of_the_cache(own
     _, raw = owner_token
     cache = TokenCache(max_entries=10, max_unknown=5)
     assert run_check(raw, cache=cache).ok
-    assert run_check(raw, cache=cache).ok  # cached from the second check on (first use creates the generation)
     forged = [tokens.generate() for _ in range(200)]  # well-formed, checksummed, unknown
     assert all(run_check(fake, cache=cache).reason == "bad" for fake in forged)
     with CaptureQueriesContext(connection) as queries:
@@ -259,3 +258,59 @@ def test_a_cache_only_check_answers_known_tokens_and_declines_the_rest(owner_tok
         assert check(tokens.generate(), "market", load=False) is None
         assert check("stk_not-even-well-formed", "market", load=False).reason == "bad"
     assert len(queries) == 0
+
+
+def _forget_generation(token):
+    """What Redis looks like after a restart or the generation's expiry: no generation for the token."""
+    from apps.accounts.signals import generation_key
+
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    client.delete(f"stk:gen:{generation_key(token.prefix)}")
+    client.close()
+
+
+def _token_lookups(queries):
+    return [q["sql"] for q in queries if q["sql"].startswith("SELECT") and "accounts_apitoken" in q["sql"]]
+
+
+def test_a_connect_storm_of_one_unseen_token_reads_it_once(owner_token):
+    import asyncio
+
+    token, raw = owner_token
+    _forget_generation(token)
+    cache = TokenCache()
+
+    async def storm():
+        results = await asyncio.gather(*(cache.check(raw, "market", "127.0.0.1") for _ in range(200)))
+        later = [await cache.check(raw, "market", "127.0.0.1") for _ in range(50)]
+        await cache.settle()
+        return results + later
+
+    with CaptureQueriesContext(connection) as queries:
+        results = async_to_sync(storm)()
+    assert all(result.ok for result in results)
+    assert len(_token_lookups(queries)) == 1, _token_lookups(queries)
+
+
+def test_a_change_announced_while_a_first_use_loads_is_seen_by_the_next_check(owner_token, monkeypatch):
+    from apps.accounts import auth
+    from apps.accounts.signals import GENERATION_TTL, generation_key
+    from stocktracker.lib.state import get_state
+
+    token, raw = owner_token
+    _forget_generation(token)
+    cache = TokenCache()
+    load = auth._load_snapshot_async
+
+    async def load_then_another_process_revokes(**lookup):
+        snapshot = await load(**lookup)
+        # Another process revokes the token right after our read and announces it
+        # before this process could create the generation.
+        await auth.database_sync_to_async(type(token).objects.filter(pk=token.pk).update)(revoked_at=token.created_at)
+        await get_state().generation_bump([generation_key(token.prefix)], GENERATION_TTL)
+        return snapshot
+
+    monkeypatch.setattr(auth, "_load_snapshot_async", load_then_another_process_revokes)
+    assert run_check(raw, cache=cache).ok  # what was read before the revocation
+    monkeypatch.setattr(auth, "_load_snapshot_async", load)
+    assert run_check(raw, cache=cache).reason == "revoked"

@@ -2,16 +2,22 @@
 and Twisted. These tests fail when those internals change (a new release) and
 check that an unsupported server stops start-up with a clear message."""
 
+import asyncio
+import base64
+import json
 import os
+import socket
 import subprocess
 import sys
+import time
 
 import pytest
+from websockets.exceptions import InvalidHandshake
 from websockets.frames import Frame, Opcode
 
 from apps.streams import transport
 
-from .clients import connect, recv_json
+from .clients import close_code, connect, recv_json
 from .conftest import publish
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
@@ -76,3 +82,112 @@ async def test_frames_written_by_the_hub_reach_daphne_clients_intact(processes, 
                 seen.append(frame["data"])
         assert seen[-1] == big
     assert "Traceback" not in server.log_path.read_text()
+
+
+# --- daphne's connection upkeep (transport.install_upkeep) ----------------------------
+
+PROBE_APP = "apps.streams.tests.daphne_probe:application"
+# With --ping-interval 600 every connection is visited only every 30 s: anything
+# seen within a few seconds below came from the per-change upkeep.
+QUIET = ("--ping-interval", "600", "--application-close-timeout", "1", "--websocket_connect_timeout", "2")
+
+
+async def quiet_daphne(processes, *args):
+    """A probe daphne past its first visit of every connection: the next one is 30 s away."""
+    server = processes.daphne(*QUIET, *args, app=PROBE_APP)
+    await asyncio.sleep(2.5)
+    return server
+
+
+def test_a_changed_daphne_checker_stops_start_up():
+    code = (
+        "import daphne.server as s; s.Server.application_checker = lambda self: None;"
+        "import os; os.environ.setdefault('DJANGO_SETTINGS_MODULE', 'stocktracker.settings');"
+        "import stocktracker.asgi"
+    )
+    env = {**os.environ, "SECRET_KEY": "x" * 60, "DEBUG": "false"}
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode != 0
+    assert "daphne internals changed" in done.stderr and "Server.application_checker (changed)" in done.stderr
+
+
+def test_the_full_sweep_follows_daphnes_ping_interval():
+    class Server:
+        ping_interval, websocket_timeout = 600, -1
+
+    assert transport.full_sweep_interval(Server) == transport.FULL_SWEEP_MAX
+    Server.ping_interval = 20  # daphne's default
+    assert transport.full_sweep_interval(Server) == 5
+    Server.websocket_timeout = 4
+    assert transport.full_sweep_interval(Server) == 2
+
+
+async def test_an_application_that_fails_is_reaped_and_its_socket_closed_within_seconds(processes):
+    server = await quiet_daphne(processes)
+    async with connect(server.ws_url + "/raise") as ws:
+        code, _ = await close_code(ws, timeout=4)
+    assert code == 1011
+    assert "Exception inside application: probe failure" in server.log_path.read_text()
+
+
+async def test_an_application_that_outlives_its_disconnect_is_killed(processes):
+    server = await quiet_daphne(processes)
+    async with connect(server.ws_url + "/linger"):
+        pass
+    assert await _eventually(lambda: "took too long to shut down and was killed" in server.log_path.read_text(), 5)
+
+
+async def test_a_handshake_the_application_never_accepts_times_out(processes):
+    server = await quiet_daphne(processes)
+    started = time.monotonic()
+    with pytest.raises(InvalidHandshake):  # daphne drops the handshake
+        async with connect(server.ws_url + "/never", open_timeout=10):
+            pass
+    assert time.monotonic() - started < 6  # --websocket_connect_timeout 2, checked every 2 s
+
+
+async def test_closed_connections_are_forgotten(processes):
+    server = await quiet_daphne(processes)
+    for _ in range(30):
+        async with connect(server.ws_url + "/echo"):
+            pass
+
+    async def counts():
+        async with connect(server.ws_url + "/count") as ws:
+            return json.loads(await asyncio.wait_for(ws.recv(), 3))
+
+    await asyncio.sleep(2.5)  # daphne reaps every second; everything visited every 30 s
+    found = await counts()
+    # Left: the /count socket itself and, for up to a second, the HTTP request it was upgraded from.
+    assert found["connections"] <= 2 and found["changed"] <= 1 and found["opening"] <= 1, found
+
+
+def test_daphne_still_sends_its_keepalive_pings(processes):
+    server = processes.daphne("--ping-interval", "2", "--ping-timeout", "30", app=PROBE_APP)
+    sock = socket.create_connection(("127.0.0.1", server.port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    sock.sendall(
+        f"GET /echo HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    sock.settimeout(1)
+    data = b""
+    deadline = time.monotonic() + 8
+    while time.monotonic() < deadline and not data.partition(b"\r\n\r\n")[2]:
+        try:
+            data += sock.recv(4096)
+        except TimeoutError:
+            pass
+    sock.close()
+    head, _, frames = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 101"), head
+    assert frames[:1] == b"\x89", frames  # a ping frame (FIN + opcode 9) from daphne
+
+
+async def _eventually(check, timeout):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        await asyncio.sleep(0.1)
+    return check()

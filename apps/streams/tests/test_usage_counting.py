@@ -109,3 +109,21 @@ async def test_frames_held_back_from_a_slow_client_are_not_counted_as_sent(owner
     assert written == [latest["published_ms"]] and consumer.sent == 1
     consumer.link = None
     await comm.disconnect()
+
+
+async def test_a_tokens_peak_counts_its_sockets_on_every_process(owner_token):
+    from django.conf import settings
+
+    from stocktracker.lib.state import get_state
+
+    token, raw = owner_token
+    # Another process holds two sockets of the token: their leases are all this process sees of them.
+    for conn_id in ("elsewhere-1", "elsewhere-2"):
+        assert not await get_state().lease_acquire(conn_id, [(f"token:{token.pk}", None)], settings.WS_LEASE_TTL)
+    comm = communicator(token=raw)
+    await comm.connect()
+    assert (await frame(comm))["type"] == "welcome"
+    await accounting().flush()
+    await comm.disconnect()
+    usage = await sync_to_async(TokenUsage.objects.get)(token=token)
+    assert usage.peak_concurrent == 3
