@@ -245,4 +245,6 @@ def test_a_leader_resumed_after_sigstop_past_its_ttl_writes_no_feed_state(proces
     assert after_release == standby_record, "the old leader's late write replaced the new leader's feed state"
     assert final["since_ms"] >= standby_record["since_ms"], "the old leader wrote its feed state after it resumed"
     assert not late, f"clients got {len(late)} feed frame(s) from the old leader after the standby took over"
-    assert "another process took the feed leader lock" in log_of(leader)
+    # Fenced at its write, or (its Redis call timed out meanwhile) at its next lock renewal.
+    stepped_down = ("another process took the feed leader lock", "lost the feed leader lock")
+    assert any(line in log_of(leader) for line in stepped_down), "the old leader did not step down"
