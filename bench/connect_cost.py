@@ -21,6 +21,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 import websockets
@@ -51,12 +52,17 @@ async def one(url, token):
 
 
 def monitor(redis_url):
-    return subprocess.Popen(
+    """redis-cli MONITOR, read as it goes (a full pipe would stall it and lose lines)."""
+    proc = subprocess.Popen(
         ["stdbuf", "-oL", "redis-cli", "-u", redis_url, "MONITOR"],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
     )
+    proc.lines = []
+    proc.reader = threading.Thread(target=lambda: proc.lines.extend(proc.stdout), daemon=True)
+    proc.reader.start()
+    return proc
 
 
 def counted(lines):
@@ -77,8 +83,13 @@ async def hold(url, token, n):
                 for _ in range(min(100, n - start))
             )
         )
+    refused = collections.Counter()
     for ws in socks:
-        assert json.loads(await asyncio.wait_for(ws.recv(), 30))["type"] == "welcome"
+        first = json.loads(await asyncio.wait_for(ws.recv(), 30))
+        if first["type"] != "welcome":
+            refused[first.get("code")] += 1
+    if refused:
+        print(json.dumps({"refused_while_opening": refused}))
     return socks
 
 
@@ -109,10 +120,11 @@ async def main():
                 await one(url, token)
             await asyncio.sleep(1.5)
             mon.terminate()
-            out, _ = mon.communicate(timeout=10)
+            mon.wait(10)
+            mon.reader.join(10)
             for ws in keep:
                 await ws.close()
-            names = counted(out.splitlines())
+            names = counted(mon.lines)
             total = sum(names.values())
             print(
                 json.dumps(
