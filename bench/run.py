@@ -714,7 +714,7 @@ def generated_part(results, info, command, started):
         "so N clients should receive about N frames per second. *bare*: `bench/bare.py`, a plain `websockets` "
         "server calling `websockets.broadcast()` for the same frames from the same channel layer, no auth "
         "(the yardstick). *daphne*: the Procfile's `web:` line with production settings (every timer at its "
-        "default: 30 s heartbeat, 90 s lease TTL, 30 s token re-check; PubSub layer), only the per-IP cap "
+        "default: 30 s heartbeat, 90 s lease TTL, 30 s token re-check; PubSub layer), only the per-IP caps "
         "raised (all clients are 127.0.0.1).\n"
     )
     for server, command in commands.items():
