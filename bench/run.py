@@ -194,6 +194,7 @@ def base_env(args):
         DEBUG="false",
         SECRET_KEY=os.environ.get("SECRET_KEY") or "bench-only-secret-key-0123456789-abcdefghijklmnopqrstuvwxyz",
         WS_MAX_CONNECTIONS_PER_IP=str(BIG),
+        WS_MAX_UNAUTHENTICATED_PER_IP=str(BIG),  # per-IP too: a storm from one address is all handshakes
         LOG_LEVEL=args.log_level,
         FEED_SOURCE="simulator",
         SIMULATOR_CLOCK="demo",
@@ -713,7 +714,7 @@ def generated_part(results, info, command, started):
         "so N clients should receive about N frames per second. *bare*: `bench/bare.py`, a plain `websockets` "
         "server calling `websockets.broadcast()` for the same frames from the same channel layer, no auth "
         "(the yardstick). *daphne*: the Procfile's `web:` line with production settings (every timer at its "
-        "default: 30 s heartbeat, 90 s lease TTL, 30 s token re-check; PubSub layer), only the per-IP cap "
+        "default: 30 s heartbeat, 90 s lease TTL, 30 s token re-check; PubSub layer), only the per-IP caps "
         "raised (all clients are 127.0.0.1).\n"
     )
     for server, command in commands.items():
@@ -864,7 +865,8 @@ def main():
         json.dump(summary, f, indent=1)
     print(table(results))
     if not args.no_report and results:
-        write_results(args.results, results, info, "make bench", started)
+        command = "make bench" if len(sys.argv) == 1 else "python bench/run.py " + " ".join(sys.argv[1:])
+        write_results(args.results, results, info, command, started)
         log(f"wrote {os.path.relpath(args.results, ROOT)}")
     log(f"raw JSON in {os.path.relpath(RAW, ROOT)}/{stamp}-*.json; process logs in {logdir}")
 
