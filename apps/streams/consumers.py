@@ -204,6 +204,7 @@ class StreamConsumer(AsyncWebsocketConsumer):
         self.claimed_token_id = None  # a known token that was refused (usage rejections)
         self.claimed_prefix = None
         self.ready = False  # taking frames from the hub
+        self.has_position = None  # (epoch, seq) of the snapshot sent with `welcome`
         self.pending = {}  # kind -> newest frame held back (not ready, or not reading)
         self.backlogged_since = None
         self.ping_nonce = None

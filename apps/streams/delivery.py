@@ -95,9 +95,11 @@ class Hub:
                 if kind == "snapshot" and latest is not None and not protocol.is_newer(item.text, latest):
                     continue
                 await consumer.write(item.text, item.frame, item.size)
-        if latest is not None:
-            for topic in getattr(consumer, "topics", ()):
-                self._advance(topic, protocol.snapshot_position(latest))
+        # What this socket already has: a frame at or before it is not written
+        # to it again. Per socket, not per topic: the topic's own frame at that
+        # position may still be on its way to the process, and the other
+        # sockets need it.
+        consumer.has_position = protocol.snapshot_position(latest) if latest is not None else None
         consumer.ready = True
 
     def _advance(self, topic, position):
@@ -147,12 +149,17 @@ class Hub:
         now = time.monotonic()
         wrote = False
         later = []
+        position = (message.get("epoch"), message.get("seq"))
         for consumer in list(members):
             if consumer.closing:
                 continue
             if not consumer.ready:
                 consumer.pending[kind] = Held(text, frame, size)
                 continue
+            if consumer.has_position is not None and kind == "snapshot":
+                if _not_after(position, consumer.has_position):
+                    continue  # sent with its welcome
+                consumer.has_position = None
             link = consumer.link
             if link is None:
                 later.append(consumer)
@@ -251,6 +258,11 @@ class Hub:
                     consumer.ping_nonce = None
                 else:
                     consumer.too_slow("no pong")
+
+
+def _not_after(position, known):
+    """True when snapshot `position` (epoch, seq) is at or before `known` in the same epoch."""
+    return position[1] is not None and known[1] is not None and position[0] == known[0] and position[1] <= known[1]
 
 
 def topic_stream(topic):

@@ -109,3 +109,34 @@ def test_the_feed_state_of_a_snapshot_is_read_without_parsing_its_data(state, mo
     assert protocol.snapshot_feed('{"type":"snapshot","data":{},"feed":"stale"}') == "stale"  # other shapes parse
     assert protocol.snapshot_feed("not json") is None
     assert json.loads(text)["feed"] == state
+
+
+async def test_a_socket_that_joins_between_a_frames_store_and_its_send_does_not_make_it_late_for_the_others(
+    owner_token, monkeypatch
+):
+    first = communicator(token=owner_token[1])
+    await first.connect()
+    assert (await frame(first))["type"] == "welcome"
+    await publish(data={"n": 1})
+    assert (await frame(first))["seq"] == 1
+    layer = get_channel_layer()
+    send, held = layer.group_send, []
+
+    async def hold(group, message):
+        held.append((group, message))
+
+    monkeypatch.setattr(layer, "group_send", hold)
+    await publish(data={"n": 2})  # stored as the latest; its send still on its way
+    monkeypatch.setattr(layer, "group_send", send)
+    second = communicator(token=owner_token[1])
+    await second.connect()
+    assert (await frame(second))["type"] == "welcome"
+    assert (await frame(second))["seq"] == 2  # with its welcome
+    for group, message in held:
+        await send(group, message)
+    assert (await frame(first))["seq"] == 2  # not dropped as late
+    assert await second.receive_nothing(0.3)  # not sent twice
+    await publish(data={"n": 3})
+    assert (await frame(first))["seq"] == 3 and (await frame(second))["seq"] == 3
+    await first.disconnect()
+    await second.disconnect()
