@@ -83,6 +83,7 @@ class Soak:
             SECRET_KEY=os.environ.get("SECRET_KEY") or "soak-only-secret-key-0123456789-abcdefghijklmnopqrstuvwxyz",
             REDIS_URL=f"redis://127.0.0.1:{self.redis_port}/0",
             WS_MAX_CONNECTIONS_PER_IP=str(CLIENTS * 2),
+            WS_MAX_UNAUTHENTICATED_PER_IP=str(CLIENTS * 2),  # every client is 127.0.0.1
             FEED_SOURCE="simulator",
             SIMULATOR_CLOCK="demo",
             FEED_INTERVAL="1",
