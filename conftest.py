@@ -116,6 +116,15 @@ def wait_for_port(port, proc, timeout=30.0, log_path=None):
 
 ASGI_APP = "stocktracker.asgi:application"
 
+# A runworker on the simulator, stepping fast enough for a test to see changes.
+WORKER_ENV = {
+    "FEED_SOURCE": "simulator",
+    "SIMULATOR_CLOCK": "demo",
+    "SIMULATOR_SPEED": "60",
+    "FEED_INTERVAL": "0.5",
+    "FEED_PUBLISH_INTERVAL": "0.5",
+}
+
 
 class Processes:
     """Starts real daphne / runworker processes against the test database and

@@ -11,16 +11,9 @@ import websockets
 
 from apps.accounts.models import ApiToken
 from apps.streams.protocol import STREAMS
+from conftest import WORKER_ENV
 
 pytestmark = pytest.mark.e2e
-
-WORKER_ENV = {
-    "FEED_SOURCE": "simulator",
-    "SIMULATOR_CLOCK": "demo",
-    "SIMULATOR_SPEED": "60",
-    "FEED_INTERVAL": "0.5",
-    "FEED_PUBLISH_INTERVAL": "0.5",
-}
 
 
 async def first_snapshot(url, token):

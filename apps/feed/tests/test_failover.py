@@ -11,17 +11,11 @@ import redis
 from django.conf import settings
 
 from apps.feed.runner import LOCK_KEY
+from conftest import WORKER_ENV
 from stocktracker.lib.state import get_state
 
 pytestmark = pytest.mark.e2e
 
-WORKER_ENV = {
-    "FEED_SOURCE": "simulator",
-    "SIMULATOR_CLOCK": "demo",
-    "SIMULATOR_SPEED": "60",
-    "FEED_INTERVAL": "0.5",
-    "FEED_PUBLISH_INTERVAL": "0.5",
-}
 TOOK = "took the feed leader lock"
 
 

@@ -20,19 +20,13 @@ from asgiref.sync import sync_to_async
 from websockets.exceptions import ConnectionClosed
 
 from apps.accounts.models import ApiToken
+from conftest import WORKER_ENV
 
 from .clients import connect, recv_json
 from .test_faults import own_redis  # noqa: F401 - a redis-server of the test's own
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.e2e]
 
-WORKER_ENV = {
-    "FEED_SOURCE": "simulator",
-    "SIMULATOR_CLOCK": "demo",
-    "SIMULATOR_SPEED": "60",
-    "FEED_INTERVAL": "0.5",
-    "FEED_PUBLISH_INTERVAL": "0.5",
-}
 SILENT_MAX = 30.0
 REFUSED_WITHIN = 5.0
 BACK_WITHIN = 30.0
