@@ -65,6 +65,7 @@ class Stats:
 
 st = Stats()
 lat = array.array("d")
+pubs = array.array("d")  # each latency's frame (published_ms): shows whether a tail is a few slow frames
 seqs = {stream: set() for stream in STREAMS}  # (stream -> seqs seen during the window)
 
 
@@ -171,7 +172,9 @@ class Conn(asyncio.Protocol):
             if pub is None:
                 st.bad_frames += 1
                 return
-            lat.append(now_ms - int(pub.group(1)))
+            published = int(pub.group(1))
+            lat.append(now_ms - published)
+            pubs.append(published)
             self.cnt += 1
             st.snapshot_bytes += end - start
             stream = STREAM_RE.search(head)
@@ -261,6 +264,8 @@ async def main():
     w1 = time.monotonic()
     with open(args.raw, "wb") as f:
         lat.tofile(f)
+    with open(args.raw + ".pub", "wb") as f:
+        pubs.tofile(f)
     counts = [c.cnt for c in conns]
     per_stream = {s: sum(1 for c in conns if c.stream == s) for s in STREAMS}
     cpu = (ru1.ru_utime + ru1.ru_stime - ru0.ru_utime - ru0.ru_stime) / (w1 - w0)

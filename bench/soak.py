@@ -6,7 +6,7 @@ restart and a daphne restart in the middle; writes bench/SOAK.md.
 
 Loopback only, bounded in time. Runs under scripts/with_services.py for
 PostgreSQL; starts its own redis-server (so that it can restart it on the
-same port), one feed worker and one daphne with the Procfile's flags and the
+same port), one feed worker and the Procfile's `web:` daphne with the
 production timers. The clients (bench/soak_client.py, two processes) follow
 one stream each; a tenth of them reconnect every 10 s.
 
@@ -39,10 +39,14 @@ SECONDS = float(os.environ.get("SOAK_SECONDS", "600"))
 PROCS = 2
 WINDOW_BEFORE, WINDOW_AFTER = 1.0, 20.0
 OUT = ROOT / "bench" / "SOAK.md"
-DAPHNE_FLAGS = (
-    "--ping-interval 20 --ping-timeout 20 --websocket_connect_timeout 10 --websocket-max-message-size 65536 "
-    "--websocket-max-frame-size 65536 --websocket_timeout -1 --application-close-timeout 5 --access-log /dev/null"
-).split()
+
+
+def procfile_web(port):
+    """The Procfile's `web:` command (the flags production runs), on `port`."""
+    line = next(x for x in (ROOT / "Procfile").read_text().splitlines() if x.startswith("web:"))
+    words = [w.replace("${PORT:-8000}", str(port)) for w in line[4:].split()]
+    assert words[0] == "daphne", words
+    return [PY, "-m", "daphne", *words[1:]]
 
 
 def log(message):
@@ -120,8 +124,7 @@ class Soak:
         return proc
 
     def daphne(self):
-        args = [PY, "-m", "daphne", "-b", "127.0.0.1", "-p", str(self.web_port), *DAPHNE_FLAGS]
-        proc = self.start([*args, "stocktracker.asgi:application"], "daphne")
+        proc = self.start(procfile_web(self.web_port), "daphne")
         wait_port(self.web_port)
         return proc
 

@@ -288,6 +288,18 @@ def _check_application(server, protocol, details):
         application_instance = None
     if not application_instance and disconnected:
         del server.connections[protocol]
+        _forget(protocol)
+
+
+def _forget(protocol):
+    """autobahn resolves `is_closed` with the protocol itself: a reference cycle
+    per closed socket, which only a full collection frees, and the watchdog
+    freezes the survivors of those (watchdog._on_gc), so closed sockets piled
+    up until the next thaw (RSS +25 % over a soak). Once daphne forgets the
+    connection, that back-reference goes: refcounting frees the socket."""
+    closed = getattr(protocol, "is_closed", None)
+    if getattr(closed, "called", False) and getattr(closed, "result", None) is protocol:
+        closed.result = None
 
 
 def _application_checker(self):
