@@ -283,7 +283,7 @@ def start_profile(srv, runlog, phase, seconds=None):
         log("py-spy not installed in the venv: no profile (pip install py-spy; not a project requirement)")
         return None
     out = os.path.join(runlog, f"profile-{phase}.txt")
-    cmd = [exe, "record", "-p", str(srv.popen.pid), "-r", "100", "-f", "raw", "-o", out]
+    cmd = [exe, "record", "-p", str(srv.popen.pid), "-r", "100", "-f", "raw", "-o", out] + (["--native"] if os.environ.get("PYSPY_NATIVE") else [])
     if seconds is not None:
         cmd += ["-d", str(max(1, int(seconds)))]
     return Proc(f"py-spy-{phase}", cmd, dict(os.environ), logdir=runlog), out
@@ -499,13 +499,15 @@ def run_one(args, token, r, *, server, layer, n, logdir):
         result["open_after_idle"] = sum(x["open_at_end"] for x in idle)
         result["close_codes_by_end"] = merge_counts(x["close_codes"] for x in idle)
 
-        lat = array.array("d")
+        lat, pubs = array.array("d"), array.array("d")
         for i in range(len(clients)):
             path = os.path.join(runlog, f"lat_{i}.bin")
             with open(path, "rb") as f:
                 lat.frombytes(f.read())
-            os.remove(path)
+            with open(path + ".pub", "rb") as f:
+                pubs.frombytes(f.read())
         values = sorted(lat)
+        result["slowest_frames"] = slowest_frames(lat, pubs) if len(pubs) == len(lat) else None
         published = {s: q1[s] - q0[s] for s in STREAMS}
         on_stream = {s: sum(x["per_stream"].get(s, 0) for x in res) for s in STREAMS}
         expected = sum(on_stream[s] * published[s] for s in STREAMS)
@@ -581,6 +583,22 @@ def token_scans():
             return (int(row[0]), int(row[1])) if row else None
     except Exception:  # noqa: BLE001 - reported as unknown
         return None
+
+
+def slowest_frames(lat, pubs, top=5):
+    """Per published frame (its published_ms), the latency of its last delivery:
+    tells a tail made of a few stalled frames from one spread over all of them."""
+    last = {}
+    for value, published in zip(lat, pubs):
+        if value > last.get(published, -1.0):
+            last[published] = value
+    worst = sorted(last.items(), key=lambda item: -item[1])[:top]
+    start = min(last) if last else 0
+    return {
+        "frames": len(last),
+        "last_delivery_ms_p50": pct(sorted(last.values()), 0.50),
+        "worst": [{"at_s": round((at - start) / 1000, 1), "last_delivery_ms": round(ms, 1)} for at, ms in worst],
+    }
 
 
 def merge_counts(dicts):
