@@ -403,9 +403,11 @@ def _on_gc(phase, info):
     """A full collection walks every object of every open socket (about 2 s
     at 10,000 sockets) and, while sockets keep arriving, runs every few
     seconds. Survivors of one are long-lived: they are frozen (left out of
-    later collections) at the next lag probe. Every GC_THAW seconds they are
-    thawed instead, so that reference cycles left by closed sockets are still
-    collected: one full-length collection per GC_THAW. Long ones are logged."""
+    later collections) at the next lag probe. A frozen object is still freed
+    by refcounting, but not when it sits in a reference cycle: a closed
+    socket's cycle is broken when daphne forgets it (transport._forget);
+    whatever other cycles were frozen go at the next thaw, every GC_THAW
+    seconds (one full-length collection per GC_THAW). Long ones are logged."""
     if info.get("generation") != 2:
         return
     now = time.monotonic()

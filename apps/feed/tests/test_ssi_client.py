@@ -150,7 +150,10 @@ async def test_the_request_budget_is_never_exceeded(fake_ssi):
         await client.daily_index("VN30", DAY)
     starts = [r.at for r in fake_ssi.requests]  # token request included
     gaps = [b - a for a, b in itertools.pairwise(starts)]
-    assert len(starts) == 7 and min(gaps) >= 0.2 - 0.03
+    # Arrival times at the fake carry the machine's scheduling jitter (one
+    # late arrival shortens the next gap): the seven starts span the budget's
+    # 6 x 0.2 s, and no two come back to back (without the budget: ~1 ms apart).
+    assert len(starts) == 7 and starts[-1] - starts[0] >= 6 * 0.2 - 0.03 and min(gaps) >= 0.05, gaps
     await client.aclose()
 
 
