@@ -283,7 +283,9 @@ def start_profile(srv, runlog, phase, seconds=None):
         log("py-spy not installed in the venv: no profile (pip install py-spy; not a project requirement)")
         return None
     out = os.path.join(runlog, f"profile-{phase}.txt")
-    cmd = [exe, "record", "-p", str(srv.popen.pid), "-r", "100", "-f", "raw", "-o", out] + (["--native"] if os.environ.get("PYSPY_NATIVE") else [])
+    cmd = [exe, "record", "-p", str(srv.popen.pid), "-r", "100", "-f", "raw", "-o", out]
+    if os.environ.get("PYSPY_NATIVE"):
+        cmd.append("--native")  # C frames too: shows time spent in send()
     if seconds is not None:
         cmd += ["-d", str(max(1, int(seconds)))]
     return Proc(f"py-spy-{phase}", cmd, dict(os.environ), logdir=runlog), out
@@ -589,7 +591,7 @@ def slowest_frames(lat, pubs, top=5):
     """Per published frame (its published_ms), the latency of its last delivery:
     tells a tail made of a few stalled frames from one spread over all of them."""
     last = {}
-    for value, published in zip(lat, pubs):
+    for value, published in zip(lat, pubs, strict=True):
         if value > last.get(published, -1.0):
             last[published] = value
     worst = sorted(last.items(), key=lambda item: -item[1])[:top]
