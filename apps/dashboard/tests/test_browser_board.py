@@ -54,14 +54,18 @@ def test_columns_sort_by_a_click_and_stay_sorted_through_updates(server, feed, o
     assert page.get_attribute("#quotes th[data-sort=change_pct]", "aria-sort") == "descending"
 
     def pcts():
+        # One read of the table (one evaluate): two reads could straddle an update.
         return [float(r["change_pct"]) for r in rows(page) if r["change_pct"] not in ("", None)]
 
-    assert pcts() == sorted(pcts(), reverse=True)
+    values = pcts()
+    assert values == sorted(values, reverse=True)
     page.wait_for_function("window.stkMetrics.firstUpdate !== null")
     page.wait_for_timeout(1200)
-    assert pcts() == sorted(pcts(), reverse=True)
+    values = pcts()
+    assert values == sorted(values, reverse=True)
     page.click("#quotes th[data-sort=change_pct]")
-    assert pcts() == sorted(pcts())
+    values = pcts()
+    assert values == sorted(values)
     page.click("#quotes th[data-sort=symbol]")
     symbols = [r["symbol"] for r in rows(page)]
     assert symbols == sorted(symbols)
