@@ -335,17 +335,33 @@ class TokenCache:
         self._forget(prefix)
         if snapshot is not None and generation is None:
             return snapshot  # first use, and the generation could not be created: cache nothing
+        self._remember(prefix, snapshot, generation)
+        return snapshot
+
+    def _remember(self, prefix, snapshot, generation):
         known = snapshot is not None
         entries, bound = (self._entries, self.max_entries) if known else (self._unknown, self.max_unknown)
+        entries.pop(prefix, None)
         entries[prefix] = (snapshot, generation, time.monotonic())
         while len(entries) > bound:
             entries.popitem(last=False)
-        return snapshot
 
     async def _shared_load(self, prefix, generation, allowed=True):
         """(snapshot, the generation to cache it under); one load per
         (prefix, generation) in flight, whoever asks."""
         loop = asyncio.get_running_loop()
+        first_use = self._loading.get((loop, prefix, None, allowed))
+        if generation is not None and first_use is not None:
+            # A first-use load is in flight and this check read a generation
+            # created meanwhile, by that load if it is the one it returns: its
+            # copy is current under it (a storm of one new token: one query).
+            try:
+                snapshot, created = await asyncio.shield(first_use)
+            except AccountsUnavailable:
+                pass
+            else:
+                if created == generation:
+                    return snapshot, created
         slot = (loop, prefix, generation, allowed)
         task = self._loading.get(slot)
         if task is None:
@@ -368,6 +384,10 @@ class TokenCache:
                 generation = await get_state().generation_init(generation_key(prefix), GENERATION_TTL)
             except StateUnavailable:
                 generation = None
+            if generation is not None:
+                # Cached before this load counts as done: a check that reads the
+                # new generation after this finds the copy, not a second query.
+                self._remember(prefix, snapshot, generation)
         return snapshot, generation
 
     def _forget(self, prefix):

@@ -292,6 +292,43 @@ def test_a_connect_storm_of_one_unseen_token_reads_it_once(owner_token):
     assert len(_token_lookups(queries)) == 1, _token_lookups(queries)
 
 
+def test_a_check_that_reads_the_generation_a_first_use_just_created_shares_its_query(owner_token, monkeypatch):
+    """The storm's race, made certain: a check reads the generation the
+    first-use load has just created, before that load has cached its copy
+    (a Redis reply still on its way). It must not query again."""
+    import asyncio
+
+    from stocktracker.lib.state import get_state
+
+    token, raw = owner_token
+    _forget_generation(token)
+    cache = TokenCache()
+    created = None
+
+    async def first_use_and_a_late_check():
+        state = get_state()  # this loop's
+        init = state.generation_init
+
+        async def init_then_a_slow_reply(key, ttl):
+            nonlocal created
+            value = await init(key, ttl)
+            created = value
+            await asyncio.sleep(0.2)  # the reply to SET NX is late; the key is in Redis already
+            return value
+
+        monkeypatch.setattr(state, "generation_init", init_then_a_slow_reply)
+        first = asyncio.ensure_future(cache.check(raw, "market", "127.0.0.1"))
+        while created is None:
+            await asyncio.sleep(0.005)
+        late = await cache.check(raw, "market", "127.0.0.1")  # reads the new generation
+        return [await first, late]
+
+    with CaptureQueriesContext(connection) as queries:
+        results = async_to_sync(first_use_and_a_late_check)()
+    assert all(result.ok for result in results)
+    assert len(_token_lookups(queries)) == 1, _token_lookups(queries)
+
+
 def test_a_change_announced_while_a_first_use_loads_is_seen_by_the_next_check(owner_token, monkeypatch):
     from apps.accounts import auth
     from apps.accounts.signals import GENERATION_TTL, generation_key
