@@ -59,8 +59,15 @@ def test_columns_sort_by_a_click_and_stay_sorted_through_updates(server, feed, o
 
     values = pcts()
     assert values == sorted(values, reverse=True)
+    # Updates move some symbols past others: the rows must follow.
     page.wait_for_function("window.stkMetrics.firstUpdate !== null")
-    page.wait_for_timeout(1200)
+    before = [r["symbol"] for r in rows(page)]
+    page.wait_for_function(
+        "order => [...document.querySelectorAll('#quotes tbody tr[data-symbol]')]"
+        ".map(tr => tr.dataset.symbol).join() !== order",
+        arg=",".join(before),
+        timeout=20_000,
+    )
     values = pcts()
     assert values == sorted(values, reverse=True)
     page.click("#quotes th[data-sort=change_pct]")
