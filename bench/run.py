@@ -508,6 +508,8 @@ def run_one(args, token, r, *, server, layer, n, logdir):
                 lat.frombytes(f.read())
             with open(path + ".pub", "rb") as f:
                 pubs.frombytes(f.read())
+            os.remove(path)
+            os.remove(path + ".pub")
         values = sorted(lat)
         result["slowest_frames"] = slowest_frames(lat, pubs) if len(pubs) == len(lat) else None
         published = {s: q1[s] - q0[s] for s in STREAMS}

@@ -40,13 +40,8 @@ PROCS = 2
 WINDOW_BEFORE, WINDOW_AFTER = 1.0, 20.0
 OUT = ROOT / "bench" / "SOAK.md"
 
-
-def procfile_web(port):
-    """The Procfile's `web:` command (the flags production runs), on `port`."""
-    line = next(x for x in (ROOT / "Procfile").read_text().splitlines() if x.startswith("web:"))
-    words = [w.replace("${PORT:-8000}", str(port)) for w in line[4:].split()]
-    assert words[0] == "daphne", words
-    return [PY, "-m", "daphne", *words[1:]]
+sys.path.insert(0, str(ROOT / "bench"))
+from run import procfile_web  # noqa: E402 - the bench's reading of the Procfile's `web:` line
 
 
 def log(message):
