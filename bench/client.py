@@ -9,9 +9,13 @@ thousands of sockets on the same 2 cores as the server it measures.
 Connection i (counting from --offset) goes to stream STREAMS[i % 3] with an
 `Authorization: Bearer` header; it counts as connected once the server's
 `welcome` frame arrives. Prints one `CONNECTED {json}` line, waits for a line
-on stdin ("GO"), waits --warmup s, then for --duration s records, for every
-`snapshot` frame, receive time - `published_ms` (ms), and which (stream, seq)
-it was. Writes latencies as float64 to --raw and prints one `RESULT {json}`.
+on stdin ("GO"), and records, for every `snapshot` frame from 1 s before the end
+of --warmup to GRACE s after the --duration window, receive time -
+`published_ms` (ms), `published_ms`, its seq and its connection's index: the
+harness keeps the frames published in its own window (by seq), so a frame
+still on its way at either edge is counted once, whole. Writes them to --raw
+(float64), --raw.pub (float64), --raw.seq (int64), --raw.conn (int32), CPU
+over the --duration window only, and prints one `RESULT {json}`.
 Answers protocol pings. Then stays connected (idle phase) until a second line
 on stdin, prints `IDLE {json}` and closes. Exits by itself after --max-life seconds.
 """
@@ -44,10 +48,10 @@ args = p.parse_args()
 
 TOKEN = os.environ.get("BENCH_TOKEN", "")
 SNAPSHOT_PREFIX = b'{"type":"snapshot"'
-STREAM_RE = re.compile(rb'"stream":"(\w+)"')
 SEQ_RE = re.compile(rb'"seq":(\d+)')
 PUB_RE = re.compile(rb'"published_ms":(\d+)')
 HEAD = 400  # the envelope's fields come before `data`; look no further than this
+GRACE = 2.0  # s recorded after the window: frames published at its end are still arriving
 
 
 class Stats:
@@ -66,7 +70,8 @@ class Stats:
 st = Stats()
 lat = array.array("d")
 pubs = array.array("d")  # each latency's frame (published_ms): shows whether a tail is a few slow frames
-seqs = {stream: set() for stream in STREAMS}  # (stream -> seqs seen during the window)
+frame_seqs = array.array("q")  # each latency's frame seq (per stream): the harness selects its window by it
+frame_conns = array.array("i")  # each latency's connection (global index: its stream is index % 3)
 
 
 def note(table, key):
@@ -74,13 +79,13 @@ def note(table, key):
 
 
 class Conn(asyncio.Protocol):
-    def __init__(self, loop, stream):
+    def __init__(self, loop, index, stream):
+        self.index = index
         self.stream = stream
         self.buf = bytearray()
         self.upgraded = False
         self.ready = loop.create_future()  # set at `welcome`
         self.tr = None
-        self.cnt = 0
         self.closed = False
         self.frag = None
 
@@ -172,15 +177,16 @@ class Conn(asyncio.Protocol):
             if pub is None:
                 st.bad_frames += 1
                 return
+            seq = SEQ_RE.search(head)
+            if seq is None:
+                st.bad_frames += 1
+                return
             published = int(pub.group(1))
             lat.append(now_ms - published)
             pubs.append(published)
-            self.cnt += 1
+            frame_seqs.append(int(seq.group(1)))
+            frame_conns.append(self.index)
             st.snapshot_bytes += end - start
-            stream = STREAM_RE.search(head)
-            seq = SEQ_RE.search(head)
-            if stream and seq:
-                seqs.setdefault(stream.group(1).decode(), set()).add(int(seq.group(1)))
             return
         head = bytes(buf[start : min(end, start + 40)])
         if head.startswith(b'{"type":"heartbeat"'):
@@ -207,7 +213,8 @@ async def main():
     deadline = time.monotonic() + args.connect_timeout
 
     async def one(i):
-        stream = STREAMS[(args.offset + i) % len(STREAMS)]
+        index = args.offset + i
+        stream = STREAMS[index % len(STREAMS)]
         for attempt in range(5):
             if time.monotonic() > deadline:
                 return False
@@ -218,7 +225,7 @@ async def main():
                 conn = None
                 try:
                     _, conn = await asyncio.wait_for(
-                        loop.create_connection(lambda: Conn(loop, stream), args.host, args.port), min(15, left)
+                        loop.create_connection(lambda: Conn(loop, index, stream), args.host, args.port), min(15, left)
                     )
                     await asyncio.wait_for(conn.ready, max(0.1, min(30, deadline - time.monotonic())))
                     conns.append(conn)
@@ -254,19 +261,20 @@ async def main():
     line = await loop.run_in_executor(None, sys.stdin.readline)
     if line.strip() != "GO":
         return
-    await asyncio.sleep(args.warmup)
+    early = min(1.0, args.warmup)
+    await asyncio.sleep(args.warmup - early)
+    st.measuring = True
+    await asyncio.sleep(early)
     ru0 = resource.getrusage(resource.RUSAGE_SELF)
     w0 = time.monotonic()
-    st.measuring = True
     await asyncio.sleep(args.duration)
-    st.measuring = False
     ru1 = resource.getrusage(resource.RUSAGE_SELF)
     w1 = time.monotonic()
-    with open(args.raw, "wb") as f:
-        lat.tofile(f)
-    with open(args.raw + ".pub", "wb") as f:
-        pubs.tofile(f)
-    counts = [c.cnt for c in conns]
+    await asyncio.sleep(GRACE)
+    st.measuring = False
+    for suffix, values in (("", lat), (".pub", pubs), (".seq", frame_seqs), (".conn", frame_conns)):
+        with open(args.raw + suffix, "wb") as f:
+            values.tofile(f)
     per_stream = {s: sum(1 for c in conns if c.stream == s) for s in STREAMS}
     cpu = (ru1.ru_utime + ru1.ru_stime - ru0.ru_utime - ru0.ru_stime) / (w1 - w0)
     result = {
@@ -278,9 +286,7 @@ async def main():
         "errors": st.errors,
         "msgs": len(lat),
         "window_s": round(w1 - w0, 3),
-        "per_conn_min": min(counts) if counts else 0,
-        "per_conn_max": max(counts) if counts else 0,
-        "seqs": {s: sorted(v) for s, v in seqs.items()},
+        "conns": sorted(c.index for c in conns),
         "heartbeats": st.heartbeats,
         "feed_frames": st.feed_frames,
         "other_frames": st.other_frames,

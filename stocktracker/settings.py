@@ -271,6 +271,9 @@ WS_TRUSTED_PROXIES = _read("WS_TRUSTED_PROXIES", "list", [])
 # Bytes that may wait for one client before it gets only the newest frame of
 # each kind (conflation); a client stuck above it for WS_HEARTBEAT_TIMEOUT is closed 4103.
 WS_SEND_BUFFER_BYTES = _positive("WS_SEND_BUFFER_BYTES", "int", 65536, minimum=4096)
+# Threads that write one frame to a process's sockets (send() releases the GIL): a
+# fan-out to thousands of sockets is kernel work, which then uses a second core.
+WS_SEND_THREADS = _positive("WS_SEND_THREADS", "int", 2, minimum=1)
 # On SIGTERM, sockets close with 4200 at random moments over this many seconds,
 # so that clients do not all reconnect in the same instant.
 WS_DRAIN_SECONDS = _positive("WS_DRAIN_SECONDS", "float", 3.0)

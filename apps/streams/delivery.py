@@ -6,7 +6,9 @@ a watchlist would add one per symbol and subscribe a socket to several). The
 hub holds one channel per topic it serves, joined to that group; one task per
 topic receives each published frame once, frames it once
 (`transport.text_frame`) and writes the same bytes to every local socket with
-no task and no queue per socket. Consumers never see stream frames.
+no task and no queue per socket (`transport.send_many`: the sockets with
+nothing queued, split over WS_SEND_THREADS threads). Consumers never see
+stream frames.
 
 Slow readers: a socket whose send buffer holds more than WS_SEND_BUFFER_BYTES
 gets nothing new; only the newest frame of each kind is kept for it
@@ -35,12 +37,13 @@ from stocktracker.lib.aio import PerLoop, running
 from . import protocol
 from .metrics import fanout
 from .publish import FRAME
-from .transport import ping_frame, text_frame
+from .transport import ping_frame, send_many, text_frame
 
 log = logging.getLogger("apps.streams")
 
 RETRY = 1.0  # seconds before a failed topic receive is retried
 PING_MARK = b"stk"  # our pings' payloads start with it (daphne sends its own)
+TICK_SLICE = 1000  # sockets per heartbeat slice (~20 ms of writes)
 
 
 class Held:
@@ -149,6 +152,7 @@ class Hub:
         now = time.monotonic()
         wrote = False
         later = []
+        ready, socks = [], []  # nothing queued for them: written together below
         position = (message.get("epoch"), message.get("seq"))
         for consumer in list(members):
             if consumer.closing:
@@ -170,6 +174,11 @@ class Hub:
                     self._backlogged(consumer, now, "send buffer full")
                     continue
                 self._flush_held(consumer, kind)
+            sock = link.ready_socket()
+            if sock is not None:
+                ready.append(consumer)
+                socks.append(sock)
+                continue
             outcome = link.offer(frame, limit)
             if outcome > 0:
                 consumer.sent += 1
@@ -179,6 +188,13 @@ class Hub:
             elif outcome < 0:
                 consumer.pending[kind] = Held(text, frame, size)
                 self._backlogged(consumer, now, "send buffer full")
+        if socks:
+            _send_ready(ready, socks, frame)
+            for consumer in ready:
+                consumer.sent += 1
+                consumer.sent_bytes += size
+                consumer.backlogged_since = None
+            wrote = True
         for consumer in later:  # no Link: the server's ASGI send, in turn
             if not consumer.closing:
                 await consumer.write(text, frame, size)
@@ -217,33 +233,48 @@ class Hub:
                 log.exception("heartbeat tick failed")
 
     async def tick(self):
-        """One heartbeat frame and one protocol ping for every socket."""
+        """One heartbeat frame and one protocol ping for every socket, in
+        slices of TICK_SLICE sockets: a fan-out waits for one slice at most."""
         text = protocol.heartbeat_frame()
         frame = text_frame(text.encode())
         nonce = PING_MARK + secrets.token_bytes(8)
-        ping = ping_frame(nonce)
+        both = frame + ping_frame(nonce)  # one write for the heartbeat and the ping
         limit = settings.WS_SEND_BUFFER_BYTES
-        now = time.monotonic()
+        members = [consumer for group in self.topics.values() for consumer in group]
         later = []
-        for members in self.topics.values():
-            for consumer in list(members):
+        pinged = False
+        for start in range(0, len(members), TICK_SLICE):
+            if start:
+                await asyncio.sleep(0)
+            now = time.monotonic()
+            plain, with_ping = ([], []), ([], [])  # (consumers, their sockets) written together
+            for consumer in members[start : start + TICK_SLICE]:
                 if consumer.closing or not consumer.ready:
                     continue
                 link = consumer.link
                 if link is None:
                     later.append(consumer)
                     continue
+                pinged = True
                 if link.backlog() > limit:
                     self._backlogged(consumer, now, "not reading")
                     continue
                 consumer.backlogged_since = None
                 if consumer.pending:
                     self._flush_held(consumer, None)
-                link.write(frame)
+                out, data = plain, frame
                 if consumer.ping_nonce is None:
                     consumer.ping_nonce = nonce
-                    link.write(ping)
-        if any(consumer.link is not None for members in self.topics.values() for consumer in members):
+                    out, data = with_ping, both
+                sock = link.ready_socket()
+                if sock is None:
+                    link.write(data)
+                else:
+                    out[0].append(consumer)
+                    out[1].append(sock)
+            _send_ready(*plain, frame)
+            _send_ready(*with_ping, both)
+        if pinged:
             asyncio.get_running_loop().call_later(settings.WS_HEARTBEAT_TIMEOUT, self._pongs_due, nonce)
         for consumer in later:
             if not consumer.closing:
@@ -258,6 +289,17 @@ class Hub:
                     consumer.ping_nonce = None
                 else:
                     consumer.too_slow("no pong")
+
+
+def _send_ready(consumers, socks, data):
+    """Write `data` to sockets that had nothing queued; what the kernel did not
+    take goes to Twisted's buffer after the others got theirs."""
+    if not socks:
+        return
+    whole = len(data)
+    for consumer, took in zip(consumers, send_many(socks, data, settings.WS_SEND_THREADS), strict=True):
+        if took < whole:
+            consumer.link.write_rest(data[took:])
 
 
 def _not_after(position, known):

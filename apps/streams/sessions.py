@@ -5,7 +5,7 @@ periodic work done for all of them at once.
   process and that process's control channel: the admin's live-sessions page
   and its "disconnect", sent to that channel with the socket's id).
 - Every WS_HEARTBEAT_INTERVAL the process renews all of its sockets' leases and
-  entries in batches (`state.renew`, one round trip per 1,000 sockets); nothing
+  entries in batches (`state.renew`, one round trip per RENEW_SLICE sockets); nothing
   is renewed per socket.
   A killed process stops renewing, so its slots and entries expire within
   WS_LEASE_TTL. A renewal that fails is retried sooner; a socket is closed
@@ -38,7 +38,7 @@ from .protocol import Refusal
 log = logging.getLogger("apps.streams")
 
 PROCESS = f"{socket.gethostname()}:{os.getpid()}"
-RENEW_SLICE = 1000  # sockets per renewal round trip
+RENEW_SLICE = 250  # sockets per renewal round trip (~10 ms of the event loop each)
 RENEW_RETRY = 2.0  # first retry of a failed renewal; doubles up to WS_HEARTBEAT_INTERVAL
 RECHECK_RETRY = 1.0  # first retry of a failed re-check; doubles up to TOKEN_RECHECK_INTERVAL
 

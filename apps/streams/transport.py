@@ -10,6 +10,9 @@ protocol)`) and gives the streams a `Link` per socket:
 - `write(frame)`: writes an already framed WebSocket message (built once per
   process by `text_frame`) straight to the TCP socket, no task, no per-socket
   encoding; what the kernel does not take goes to Twisted's buffer;
+- `ready_socket()` + `send_many()`: the same for thousands of sockets at once,
+  split over threads (send() runs outside the GIL) while the event loop's
+  thread waits, then `write_rest()` for what the kernel did not take;
 - protocol pings (`ping_frame` + `pong_seen`), answered by every client library;
 - `close(code)`: closes with RFC codes such as 1013, which daphne's ASGI close
   (autobahn's sendClose) rejects; `abort()` drops the TCP connection.
@@ -470,6 +473,43 @@ def ping_frame(nonce: bytes) -> bytes:
     return _frame(0x9, nonce)
 
 
+_SPLIT_MIN = 512  # sockets: below this one thread writes them all
+_pool = None
+
+
+def _send_part(socks, frame, sent, start, stop):
+    for i in range(start, stop):
+        try:
+            sent[i] = socks[i].send(frame)
+        except OSError:
+            sent[i] = 0
+
+
+def send_many(socks, frame: bytes, threads: int):
+    """Write `frame` to every socket in `socks`; how much each took, in order.
+    send() releases the GIL, so with `threads` > 1 the writes share the cores;
+    the calling thread writes one share and waits for the others, so nothing
+    else on the event loop touches these sockets meanwhile."""
+    global _pool
+    n = len(socks)
+    sent = [0] * n
+    if threads <= 1 or n < _SPLIT_MIN:
+        _send_part(socks, frame, sent, 0, n)
+        return sent
+    if _pool is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _pool = ThreadPoolExecutor(max_workers=threads - 1, thread_name_prefix="stk-send")
+    share = -(-n // threads)
+    futures = [
+        _pool.submit(_send_part, socks, frame, sent, start, min(n, start + share)) for start in range(share, n, share)
+    ]
+    _send_part(socks, frame, sent, 0, min(n, share))
+    for future in futures:
+        future.result()
+    return sent
+
+
 class Link:
     """A thin view of one daphne WebSocket connection."""
 
@@ -493,8 +533,8 @@ class Link:
     def offer(self, frame: bytes, limit) -> int:
         """Write a framed message unless more than `limit` bytes already wait
         for this client: 1 written, -1 held back (backlogged), 0 not open.
-        Frames are whole messages and every write happens on the event loop's
-        thread, so they never interleave with daphne's own."""
+        Frames are whole messages and every write happens while the event
+        loop's thread is in our code, so they never interleave with daphne's own."""
         protocol = self.protocol
         if protocol.state != protocol.STATE_OPEN or protocol.send_queue:
             return 0
@@ -515,6 +555,22 @@ class Link:
             return -1
         transport.write(frame)
         return 1
+
+    def ready_socket(self):
+        """The TCP socket, when the connection is open and nothing waits for it
+        in user space: the frame can go to the kernel now (`send_many`)."""
+        protocol = self.protocol
+        if protocol.state != protocol.STATE_OPEN or protocol.send_queue:
+            return None
+        transport = protocol.transport
+        waiting = len(transport.dataBuffer) - transport.offset + transport._tempDataLen
+        if waiting or transport.TLS or not transport.connected or transport.disconnecting:
+            return None
+        return transport.socket
+
+    def write_rest(self, rest: bytes):
+        """What the kernel did not take of a frame `send_many` wrote: Twisted buffers it."""
+        self.protocol.transport.write(rest)
 
     def pong_seen(self, nonce: bytes) -> bool:
         return self.protocol.__dict__.get("stk_pong") == nonce

@@ -91,6 +91,9 @@ async def test_frames_held_back_from_a_slow_client_are_not_counted_as_sent(owner
                 return -1
             return 1 if self.write(frame) else 0
 
+        def ready_socket(self):
+            return None  # never the direct path: every frame goes through `offer`
+
     monkeypatch.setattr(delivery, "fanout", Clock())
     comm = communicator(token=owner_token[1])
     await comm.connect()
