@@ -240,7 +240,8 @@ class Hub:
         nonce = PING_MARK + secrets.token_bytes(8)
         both = frame + ping_frame(nonce)  # one write for the heartbeat and the ping
         limit = settings.WS_SEND_BUFFER_BYTES
-        members = [consumer for group in self.topics.values() for consumer in group]
+        # Once per socket, however many topics it follows.
+        members = list(dict.fromkeys(consumer for group in self.topics.values() for consumer in group))
         later = []
         pinged = False
         for start in range(0, len(members), TICK_SLICE):
