@@ -93,6 +93,6 @@ async def metrics(request):
 
     if not _metrics_allowed(request, await request.auser()):
         return HttpResponse("forbidden\n", status=403, content_type="text/plain")
-    accounting().fold()  # this process's sockets are exact; others fold every few seconds
+    await accounting().fold()  # this process's sockets are exact; others fold every few seconds
     body = await sync_to_async(stream_metrics.exposition, thread_sensitive=False)()
     return HttpResponse(body, content_type=CONTENT_TYPE_LATEST)

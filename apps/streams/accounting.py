@@ -135,18 +135,11 @@ class Accounting:
             row[2] += messages
             row[3] += size
 
-    def fold(self):
-        """Move every socket's new counts into the metrics and pending usage."""
-        streams, tokens = {}, {}
-        for consumer in list(self.sockets):
-            self._fold(consumer, streams, tokens)
-        self._apply(streams, tokens)
-        metrics.fanout.settle()
-
-    async def fold_in_slices(self):
-        """`fold`, yielding to the event loop every FOLD_SLICE sockets so that a
-        fan-out never waits for more than one slice. A socket that closes
-        meanwhile folds itself (`closed`); nothing is counted twice."""
+    async def fold(self):
+        """Move every socket's new counts into the metrics and pending usage,
+        yielding to the event loop every FOLD_SLICE sockets so that a fan-out
+        never waits for more than one slice. A socket that closes meanwhile
+        folds itself (`closed`); nothing is counted twice."""
         streams, tokens = {}, {}
         sockets = list(self.sockets)
         for start in range(0, len(sockets), FOLD_SLICE):
@@ -175,7 +168,7 @@ class Accounting:
         """Fold, then write the pending usage to the database (one batch)."""
         async with self.lock:
             await self.read_peaks()
-            await self.fold_in_slices()
+            await self.fold()
             if not self.pending:
                 return 0
             batch, self.pending = self.pending, {}
@@ -221,7 +214,7 @@ class Accounting:
                 await self.flush()
             else:
                 await self.read_peaks()
-                await self.fold_in_slices()
+                await self.fold()
 
 
 @database_sync_to_async

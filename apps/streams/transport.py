@@ -538,22 +538,21 @@ class Link:
         protocol = self.protocol
         if protocol.state != protocol.STATE_OPEN or protocol.send_queue:
             return 0
-        transport = protocol.transport
-        waiting = len(transport.dataBuffer) - transport.offset + transport._tempDataLen
-        if waiting == 0 and not transport.TLS and transport.connected and not transport.disconnecting:
+        sock = self.ready_socket()
+        if sock is not None:
             # Nothing queued: hand the bytes to the kernel now, as asyncio's
             # own transports do (Twisted would buffer them and wait for the
             # next writable event: two epoll changes per socket per frame).
             try:
-                sent = transport.socket.send(frame)
+                sent = sock.send(frame)
             except OSError:
                 sent = 0  # EAGAIN, or an error Twisted's write finds and closes on
             if sent == len(frame):
                 return 1
             frame = frame[sent:]
-        elif limit is not None and waiting > limit:
+        elif limit is not None and self.backlog() > limit:
             return -1
-        transport.write(frame)
+        protocol.transport.write(frame)
         return 1
 
     def ready_socket(self):
@@ -563,8 +562,7 @@ class Link:
         if protocol.state != protocol.STATE_OPEN or protocol.send_queue:
             return None
         transport = protocol.transport
-        waiting = len(transport.dataBuffer) - transport.offset + transport._tempDataLen
-        if waiting or transport.TLS or not transport.connected or transport.disconnecting:
+        if self.backlog() or transport.TLS or not transport.connected or transport.disconnecting:
             return None
         return transport.socket
 

@@ -89,3 +89,14 @@ def issue(owner):
         return ApiToken.issue(owner, **kwargs)
 
     return make
+
+
+def set_caps(owner, token, n):
+    """Raise `owner`'s and `token`'s connection caps to `n` (many sockets from one test)."""
+    from apps.accounts.models import UserLimits
+
+    limits = UserLimits.for_user(owner)
+    limits.max_connections = n
+    limits.save()
+    token.max_connections = n
+    token.save()

@@ -12,11 +12,10 @@ import time
 import pytest
 from asgiref.sync import sync_to_async
 
-from apps.accounts.models import UserLimits
 from apps.streams import transport
 
 from .clients import raw_non_reader
-from .conftest import publish
+from .conftest import publish, set_caps
 
 
 class Recorded:
@@ -69,14 +68,6 @@ def test_send_many_writes_every_socket_and_says_how_much_each_took(monkeypatch, 
                 sock.close()
 
 
-def _caps(owner, token, n):
-    limits = UserLimits.for_user(owner)
-    limits.max_connections = n
-    limits.save()
-    token.max_connections = n
-    token.save()
-
-
 def _frames(data):
     """Parse unmasked server frames; (text messages, bytes left over)."""
     texts, i = [], 0
@@ -105,7 +96,7 @@ SMALL_BUFFERS_APP = "apps.streams.tests.small_buffers_app:application"
 @pytest.mark.django_db(transaction=True)
 async def test_every_socket_of_a_split_fan_out_gets_every_frame_whole_and_in_order(processes, owner, owner_token):
     token, raw = owner_token
-    await sync_to_async(_caps)(owner, token, N + 10)
+    await sync_to_async(set_caps)(owner, token, N + 10)
     # A large WS_SEND_BUFFER_BYTES: the slow sockets get every frame (conflation is tested elsewhere).
     server = processes.daphne(
         app=SMALL_BUFFERS_APP, WS_MAX_CONNECTIONS_PER_IP=N + 10, WS_SEND_THREADS=2, WS_SEND_BUFFER_BYTES=1 << 20

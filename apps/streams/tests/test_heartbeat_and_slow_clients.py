@@ -8,10 +8,8 @@ import time
 import pytest
 from asgiref.sync import sync_to_async
 
-from apps.accounts.models import UserLimits
-
 from .clients import connect, established, raw_non_reader, recv_json, rss_mb
-from .conftest import publishing
+from .conftest import publishing, set_caps
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -24,14 +22,6 @@ BIG = {"rows": [{"s": f"S{i:03d}", "p": 12345 + i, "v": 9_000_000 + i} for i in 
 def flowing(hz=10):
     """Publishes a ~20 KB market snapshot `hz` times a second."""
     return publishing(hz, data=BIG)
-
-
-def _caps(owner, token, n):
-    limits = UserLimits.for_user(owner)
-    limits.max_connections = n
-    limits.save()
-    token.max_connections = n
-    token.save()
 
 
 async def test_a_silent_well_behaved_client_gets_heartbeats_and_stays_open(processes, owner_token):
@@ -54,7 +44,7 @@ async def test_a_hundred_clients_that_stop_reading_are_closed_in_time_and_rss_st
     processes, owner, owner_token
 ):
     token, raw = owner_token
-    await sync_to_async(_caps)(owner, token, 1000)
+    await sync_to_async(set_caps)(owner, token, 1000)
     server = processes.daphne(**ENV)
     async with connect(server.ws_url + "/ws/market", raw) as healthy:
         await recv_json(healthy)
