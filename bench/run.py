@@ -179,6 +179,11 @@ def machine_busy_s():
     return sum(t) - t.idle - getattr(t, "iowait", 0)
 
 
+def steal_s():
+    """CPU time the hypervisor gave to other guests (part of machine_busy_s): a noisy host, not our load."""
+    return getattr(psutil.cpu_times(), "steal", 0.0)
+
+
 def pct(sorted_values, q):
     if not sorted_values:
         return None
@@ -464,7 +469,7 @@ def run_one(args, token, r, *, server, layer, n, logdir):
         time.sleep(args.warmup)
         watched = {"server": srv.ps, "feed": feed.ps} | ({"redis": rps} if rps else {})
         c0 = {k: cpu_s(v) for k, v in watched.items()}
-        m0 = machine_busy_s()
+        m0, st0 = machine_busy_s(), steal_s()
         q0 = seqs(r)
         w0 = time.monotonic()
         peak = rss_connected
@@ -474,7 +479,7 @@ def run_one(args, token, r, *, server, layer, n, logdir):
             peak = max(peak, rss_mb(srv.ps))
         w1 = time.monotonic()
         c1 = {k: cpu_s(v) for k, v in watched.items()}
-        m1 = machine_busy_s()
+        m1, st1 = machine_busy_s(), steal_s()
         q1 = seqs(r)
         window = w1 - w0
         res = [json.loads(c.wait_line("RESULT", 60)) for c in clients]
@@ -538,6 +543,7 @@ def run_one(args, token, r, *, server, layer, n, logdir):
                 "cpu_s_per_s": cpu,
                 "client_cpu_s_per_s": client_cpu,
                 "machine_busy_s_per_s": machine,
+                "steal_s_per_s": round((st1 - st0) / window, 3),
                 "other_load_s_per_s": round(machine - sum(cpu.values()) - client_cpu, 3),
                 "server_us_per_msg": round(cpu["server"] / rate * 1e6, 1) if rate else None,
                 "server_rss_mb": {
@@ -891,7 +897,7 @@ def main():
                     f"  -> {res['delivered_per_s']} msg/s ({res['delivery_ratio']}), p50 {res['lat_ms_p50']} / "
                     f"p99 {res['lat_ms_p99']} ms, server {res['cpu_s_per_s']['server']} s/s "
                     f"({res['server_us_per_msg']} µs/msg), {res['server_rss_mb_per_1k_conns']} MB/1k conns, "
-                    f"other load {res['other_load_s_per_s']} s/s"
+                    f"other load {res['other_load_s_per_s']} s/s (of it stolen by the host {res['steal_s_per_s']})"
                 )
     except KeyboardInterrupt:
         log("interrupted: stopping everything")
