@@ -43,6 +43,9 @@ import psutil
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)
+from stocktracker.lib import keys  # noqa: E402 - the names in Redis (no Django needed)
+
 RAW = os.path.join(HERE, "raw")
 PY = sys.executable
 STREAMS = ("market", "foreign", "index")
@@ -241,7 +244,7 @@ def clear_redis(r):
 def seqs(r):
     out = {}
     for stream in STREAMS:
-        value = r.hget(f"stk:seq:{stream}", "seq")
+        value = r.hget(keys.seq(stream), "seq")
         out[stream] = int(value) if value is not None else 0
     return out
 
@@ -266,9 +269,11 @@ PROFILE_FRAMES = {  # label -> substring of a collapsed py-spy frame "function (
     "aclose_old_connections hop": "aclose_old_connections",
     "SyncToAsync (any thread hop)": "__call__ (asgiref/sync.py",
     "executor worker thread": "_worker (concurrent/futures/thread.py",
-    "stream_frame / _send_frame": "_send_frame (apps/streams/consumers.py",
-    "heartbeat loop": "_heartbeat (apps/streams/consumers.py",
-    "token re-check loop": "_recheck_loop (apps/streams/consumers.py",
+    "fan-out (delivery.Hub.fan_out)": "fan_out (apps/streams/delivery.py",
+    "heartbeat tick (delivery.Hub.tick)": "tick (apps/streams/delivery.py",
+    "send threads (links.send_many)": "_send_part (apps/streams/links.py",
+    "token re-check loop": "_recheck_loop (apps/streams/sessions.py",
+    "lease renewal": "renew (apps/streams/sessions.py",
     "Django ORM (db/models)": "django/db/models/",
     "psycopg": "psycopg/",
     "redis-py": "redis/",

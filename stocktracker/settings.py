@@ -299,10 +299,10 @@ LOG_FORMAT = _choice("LOG_FORMAT", "text", ("text", "json"))
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "filters": {"redact": {"()": "apps.streams.logs.RedactSecrets"}},
+    "filters": {"redact": {"()": "stocktracker.lib.logs.RedactSecrets"}},
     "formatters": {
         "text": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
-        "json": {"()": "apps.streams.logs.JsonFormatter"},
+        "json": {"()": "stocktracker.lib.logs.JsonFormatter"},
     },
     "handlers": {
         "console": {

@@ -50,8 +50,10 @@ from django.conf import settings
 from django.db import DatabaseError
 from django.utils import timezone
 
+from stocktracker.lib import keys
+
 from . import tokens
-from .signals import GENERATION_TTL, generation_key, pending_bumps
+from .signals import GENERATION_TTL, pending_bumps
 
 log = logging.getLogger("apps.accounts")
 
@@ -213,7 +215,6 @@ class TokenCache:
         self._prefixes = OrderedDict()  # token_id -> lookup prefix (never changes), for re-checks
         self._touched = {}  # token_id -> monotonic time of this process's last last_used attempt
         self._loading = {}  # (loop, prefix, generation) -> the load in flight
-        self.hits = self.misses = 0
         self._touching = set()  # background last_used writes (kept referenced until done)
 
     def clear(self):
@@ -244,7 +245,6 @@ class TokenCache:
         after that, re-checks are answered like connects. No last_used write."""
         prefix = self._prefixes.get(token_id)
         if prefix is None:
-            self.misses += 1
             snapshot = await self._load(pk=token_id)
         else:
             snapshot = await self._snapshot(prefix)
@@ -264,7 +264,7 @@ class TokenCache:
 
             entry = self._entries.get(known.token_prefix)
             try:
-                if await get_state().generation_get(generation_key(known.token_prefix)) == entry[1]:
+                if await get_state().generation_get(keys.token_generation(known.token_prefix)) == entry[1]:
                     return known  # no change since the copy was loaded
             except StateUnavailable:
                 pass
@@ -297,17 +297,15 @@ class TokenCache:
         from stocktracker.lib.state import StateUnavailable, get_state
 
         state = get_state()
-        key = generation_key(prefix)
+        key = keys.token_generation(prefix)
         try:
             generation = await state.generation_get(key)
         except StateUnavailable:
             # Cannot tell whether a cached copy is current: ask the database.
-            self.misses += 1
             return await self._load(prefix=prefix, allowed=load)
         if prefix in pending_bumps:
             # This process changed the token but could not give it a new
             # generation yet: other copies may be stale, ours too. Ask the database.
-            self.misses += 1
             self._forget(prefix)
             return await self._load(prefix=prefix, allowed=load)
         entry = self._entries.get(prefix) or self._unknown.get(prefix)
@@ -320,9 +318,7 @@ class TokenCache:
             # takes a copy past TOKEN_CACHE_TTL: its generation is unchanged.
             if (fresh or not load) and cached_generation == generation and (generation is not None or snapshot is None):
                 (self._entries if snapshot is not None else self._unknown).move_to_end(prefix)
-                self.hits += 1
                 return snapshot
-        self.misses += 1
         # The generation was read before the load: a change committed during
         # the load has replaced it, so the next check reloads. Concurrent
         # misses under one generation (a connect storm) share one query.
@@ -381,7 +377,7 @@ class TokenCache:
             # under it. Found already there: a change may have raced the
             # load, so the copy is not cached (the next check loads again).
             try:
-                generation = await get_state().generation_init(generation_key(prefix), GENERATION_TTL)
+                generation = await get_state().generation_init(keys.token_generation(prefix), GENERATION_TTL)
             except StateUnavailable:
                 generation = None
             if generation is not None:
@@ -406,7 +402,7 @@ class TokenCache:
             return  # this process recorded (or tried to) within the minute
         self._touched[token_id] = now
         try:
-            if not await get_state().claim(f"last-used:{token_id}", interval):
+            if not await get_state().claim(keys.last_used_claim(token_id), interval):
                 return  # another process recorded a use within the minute
         except StateUnavailable:
             pass  # the conditional UPDATE alone still keeps it to once a minute
@@ -450,15 +446,6 @@ async def recheck_token(token_id, stream) -> TokenCheck:
     had its generation bumped is always seen; expiry and rotation grace are
     evaluated now. A deleted token answers 'revoked'."""
     return await token_cache.recheck_or_known(token_id, stream)
-
-
-@database_sync_to_async
-def user_max_connections(user_id) -> int:
-    from django.contrib.auth import get_user_model
-
-    from .models import UserLimits
-
-    return UserLimits.for_user(get_user_model().objects.get(pk=user_id)).max_connections
 
 
 async def session_user_check(user_id):

@@ -9,6 +9,7 @@ import logging
 from channels.exceptions import ChannelFull
 from channels.layers import get_channel_layer
 
+from stocktracker.lib import catalogue, keys
 from stocktracker.lib.state import Fenced, get_state
 
 from . import metrics, protocol
@@ -32,7 +33,7 @@ async def publish_snapshot(stream, data, *, epoch, source_ms, feed="live", simul
     raised and nothing is sent. The frame carries its (epoch, seq) so sockets
     drop a frame that is not newer than the last one they forwarded (one sent
     by a leader that was paused between storing it and sending it)."""
-    if stream not in protocol.STREAMS:
+    if stream not in catalogue.STREAMS:
         raise ValueError(f"unknown stream {stream!r}")
     published_ms = protocol.now_ms()
     head, tail = protocol.snapshot_frame_parts(
@@ -55,7 +56,7 @@ async def publish_snapshot(stream, data, *, epoch, source_ms, feed="live", simul
         "epoch": epoch,
         "seq": seq,
     }
-    await get_channel_layer().group_send(protocol.stream_group(stream), message)
+    await get_channel_layer().group_send(keys.stream_group(stream), message)
     metrics.PUBLISHED.labels(stream).inc()
     metrics.PUBLISHED_BYTES.labels(stream).inc(size)
     return seq
@@ -73,9 +74,9 @@ async def publish_feed_state(state_name, *, detail="", simulated=False, fence=No
     text = protocol.feed_frame(state_name, since_ms=since_ms, detail=detail, simulated=simulated)
     layer = get_channel_layer()
     size = len(text.encode())
-    for stream in protocol.STREAMS:
+    for stream in catalogue.STREAMS:
         message = {"type": FRAME, "kind": "feed", "text": text, "bytes": size}
-        await layer.group_send(protocol.stream_group(stream), message)
+        await layer.group_send(keys.stream_group(stream), message)
         metrics.PUBLISHED.labels(stream).inc()
         metrics.PUBLISHED_BYTES.labels(stream).inc(size)
 
@@ -87,6 +88,6 @@ async def wake_feed():
     if layer is None:
         return
     try:
-        await layer.send(protocol.WAKE_CHANNEL, {"type": "feed.wake"})
+        await layer.send(keys.WAKE_CHANNEL, {"type": "feed.wake"})
     except ChannelFull:
-        log.debug("feed wake dropped: nobody is reading %s", protocol.WAKE_CHANNEL)
+        log.debug("feed wake dropped: nobody is reading %s", keys.WAKE_CHANNEL)

@@ -1,9 +1,9 @@
 from django.urls import re_path
 
-from . import consumers
+from stocktracker.lib import catalogue
+
+from .consumers import StreamConsumer
 
 websocket_urlpatterns = [
-    re_path(r"^ws/market/?$", consumers.MarketConsumer.as_asgi()),
-    re_path(r"^ws/foreign/?$", consumers.ForeignConsumer.as_asgi()),
-    re_path(r"^ws/index/?$", consumers.IndexConsumer.as_asgi()),
+    re_path(rf"^ws/{stream}/?$", StreamConsumer.as_asgi(stream=stream)) for stream in catalogue.STREAMS
 ]

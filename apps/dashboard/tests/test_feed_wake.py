@@ -3,7 +3,7 @@ import threading
 
 from channels.layers import get_channel_layer
 
-from apps.streams.protocol import WAKE_CHANNEL
+from stocktracker.lib.keys import WAKE_CHANNEL
 
 from . import samples
 

@@ -8,10 +8,11 @@ from unittest.mock import ANY
 import pytest
 
 from apps.feed import payloads
+from apps.feed.leadership import LOCK_KEY
 from apps.feed.payloads import FeedData
-from apps.feed.runner import LOCK_KEY, Feed
+from apps.feed.runner import Feed
 from apps.feed.simulator import SimulatorSource
-from apps.streams.protocol import WAKE_CHANNEL
+from stocktracker.lib.keys import WAKE_CHANNEL
 from stocktracker.lib.state import get_state
 
 from .conftest import ssi_client, subscribe, unsubscribe
@@ -322,7 +323,7 @@ async def test_a_cycle_leaves_lock_and_heartbeat_to_the_keeper_and_counts_subscr
     monkeypatch.setattr(state, "feed_touch", counting("touch", state.feed_touch))
     monkeypatch.setattr(state, "lease_counts", counting("lease_counts", state.lease_counts))
     monkeypatch.setattr(state, "lease_count", one_by_one)
-    monkeypatch.setattr(feed.leader.lock, "reacquire", counting("reacquire", feed.leader.lock.reacquire))
+    monkeypatch.setattr(feed.leader.lock, "extend", counting("reacquire", feed.leader.lock.extend))
     for _ in range(3):
         clock.advance(minutes=5)
         assert await feed.cycle() == {"index": ANY}

@@ -11,7 +11,8 @@ import redis.asyncio as aioredis
 from asgiref.sync import sync_to_async
 from django.conf import settings
 
-from apps.streams import admin, protocol
+from apps.streams import admin
+from stocktracker.lib import keys
 from stocktracker.lib.state import get_state
 
 from .clients import connect, recv_json
@@ -49,13 +50,13 @@ async def test_one_subscription_per_group_per_process_and_none_per_socket(proces
         for ws in socks:
             assert (await recv_json(ws))["type"] == "welcome"
         assert len(await client.pubsub_channels("stk*")) == channels_with_one  # nothing per socket
-        assert await _subscribers(client, protocol.token_group(token.id)) == 1
-        assert await _subscribers(client, protocol.user_group(owner.pk)) == 1
+        assert await _subscribers(client, keys.token_group(token.id)) == 1
+        assert await _subscribers(client, keys.user_group(owner.pk)) == 1
         for ws in [first, *socks]:
             await ws.close()
         await asyncio.sleep(1)
-        assert await _subscribers(client, protocol.token_group(token.id)) == 0
-        assert await _subscribers(client, protocol.user_group(owner.pk)) == 0
+        assert await _subscribers(client, keys.token_group(token.id)) == 0
+        assert await _subscribers(client, keys.user_group(owner.pk)) == 0
     finally:
         await client.aclose()
 
