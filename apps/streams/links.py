@@ -13,7 +13,9 @@ A `Link` is a thin view of one daphne WebSocket connection (made by
   loop's thread waits, then `write_rest()` for what the kernel did not take;
 - protocol pings (`ping_frame` + `pong_seen`), answered by every client library;
 - `close(code)`: any close code, 1013 included (daphne's ASGI close cannot
-  send it); `abort()` drops the TCP connection.
+  send it); `abort()` drops the TCP connection;
+- `deny(status)`: refuses the handshake with a plain HTTP status (daphne's
+  ASGI close before accept always answers 403).
 """
 
 import struct
@@ -164,6 +166,19 @@ class Link:
         codes above 1000 (1013 "try again later" among them); the frame itself
         is valid, so send it the way daphne sends 1011."""
         self.protocol.sendCloseFrame(code=code, isReply=False)
+
+    def deny(self, status: int, reason: str) -> bool:
+        """Refuse the handshake with a plain HTTP `status`, as daphne's
+        serverReject() does with 403; False when it is past the handshake."""
+        from autobahn.websocket.types import ConnectionDeny
+
+        protocol = self.protocol
+        deferred = protocol.__dict__.pop("handshake_deferred", None)
+        if deferred is None:
+            return False
+        deferred.errback(ConnectionDeny(code=status, reason=reason))
+        protocol.server.protocol_disconnected(protocol)
+        return True
 
     def abort(self):
         """Drop the TCP connection now (frees its buffers); used once a close

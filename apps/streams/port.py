@@ -17,7 +17,11 @@ It also patches, once per process:
 - protocol options: autobahn copies its ~30 options onto every connection;
   daphne has one factory, so they are set once on the class;
 - closed connections: `_forget` breaks the cycle autobahn leaves behind, so
-  refcounting frees a closed socket.
+  refcounting frees a closed socket;
+- the close handshake: autobahn aborts a connection whose peer has not
+  answered our close frame in time, discarding what Twisted still buffers
+  for it; `_install_close_flush` writes that first, so a reading client gets
+  everything sent before the close.
 
 `check_server()` stops the process with a message naming the supported
 versions when the installed daphne / autobahn / Twisted are not the ones
@@ -88,6 +92,9 @@ def missing_internals():
         (Server, "handle_reply"),
         (WebSocketProtocol, "handle_reply"),
         (WebSocketServerProtocol, "sendCloseFrame"),
+        (WebSocketServerProtocol, "onCloseHandshakeTimeout"),
+        (WebSocketProtocol, "serverReject"),
+        (abstract.FileDescriptor, "doWrite"),
         (WebSocketServerProtocol, "_onPong"),
         (WebSocketServerProtocol, "STATE_OPEN"),
         (abstract.FileDescriptor, "dataBuffer"),
@@ -96,6 +103,10 @@ def missing_internals():
         (tcp.Connection, "TLS"),
     ]
     missing = [f"{cls.__module__}.{cls.__qualname__}.{name}" for cls, name in wanted if not hasattr(cls, name)]
+    # Link.deny() answers the handshake the way serverReject() does.
+    reject = getattr(WebSocketProtocol, "serverReject", None)
+    if reject is not None and "self.handshake_deferred.errback(" not in inspect.getsource(reject):
+        missing.append("daphne.ws_protocol.WebSocketProtocol.serverReject (changed)")
     if not hasattr(abstract.FileDescriptor, "unregisterProducer"):
         missing.append("twisted.internet.abstract.FileDescriptor.unregisterProducer")
     # Instance attributes, set in __init__.
@@ -165,6 +176,7 @@ def check_server():
     if missing:
         raise ImproperlyConfigured(f"daphne internals changed ({', '.join(missing)}): port apps/streams/port.py")
     _install_pong_hook()
+    _install_close_flush()
     install_upkeep()
     _shared_protocol_options()
     _checked = True
@@ -187,6 +199,42 @@ def _install_pong_hook():
 
     WebSocketProtocol._onPong = _onPong
     WebSocketProtocol._stk_pong_hook = True
+
+
+def _install_close_flush():
+    """autobahn aborts a connection whose peer has not answered our close
+    frame within closeHandshakeTimeout (1 s on txaio's batched timer, which
+    rounds down to the whole second: 0 to 1 s after the close), and an abort
+    discards what Twisted still buffers. While the event loop is behind (a
+    connect storm) that can be all of a refused socket's answer: 101, `error`
+    frame and close frame. Write what is buffered first, as the reactor would
+    have; once the kernel has taken it all, the peer gets a whole timeout to
+    answer. A peer that does not read is still aborted."""
+    from daphne.ws_protocol import WebSocketProtocol
+    from twisted.internet import reactor
+
+    if getattr(WebSocketProtocol, "_stk_close_flush", False):
+        return
+    original = WebSocketProtocol.onCloseHandshakeTimeout
+
+    def onCloseHandshakeTimeout(self):
+        transport, link = self.transport, Link(self)
+        if (
+            self.state == self.STATE_CLOSING
+            and hasattr(transport, "dataBuffer")
+            and not transport.disconnecting
+            and link.backlog()
+        ):
+            transport.doWrite()  # as much as the kernel takes now; an error leaves it buffered
+            if not link.backlog():
+                self.closeHandshakeTimeoutCall = reactor.callLater(
+                    self.closeHandshakeTimeout, self.onCloseHandshakeTimeout
+                )
+                return
+        original(self)
+
+    WebSocketProtocol.onCloseHandshakeTimeout = onCloseHandshakeTimeout
+    WebSocketProtocol._stk_close_flush = True
 
 
 def _shared_protocol_options():
