@@ -205,7 +205,7 @@ def guard(app):
             await _refuse_handshake(scope, receive, send, *refused)
             return
         if links.link_for(scope) is not None:
-            drain.install()
+            drain.install(lambda: gate.sockets)
         scope[TICKET] = ticket
         try:
             await app(scope, receive, send)

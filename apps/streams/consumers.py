@@ -420,23 +420,34 @@ class StreamConsumer(AsyncWebsocketConsumer):
         except (ValueError, RecursionError):
             raise ClientError("bad_message", "not JSON") from None
         kind = message.get("type") if isinstance(message, dict) else None
-        if kind == "auth":
-            if self.grant is not None or self.authenticating:
-                raise ClientError("already_authenticated", "this socket is already authenticated")
-            raw = message.get("token")
-            await self.sign_in(signin.Token(raw if isinstance(raw, str) else ""))
-        elif self.grant is None:
+        if kind != "auth" and self.grant is None:
             await self.refuse(Refusal.AUTH_REQUIRED)
-        elif kind == "ping":
-            await self._say(protocol.pong_frame())
-        elif kind == "pong":
-            pass
-        elif kind == "resync":
-            try:
-                latest = await get_state().latest_get(self.stream)
-            except StateUnavailable:
-                raise ClientError("unavailable", "snapshot store unavailable; retry later") from None
-            if latest:
-                await self.subscriber.write(latest)
-        else:
+            return
+        handler = CLIENT_MESSAGES.get(kind)
+        if handler is None:
             raise ClientError("unknown_type", "unknown message type")
+        await getattr(self, handler)(message)
+
+    async def client_auth(self, message):
+        if self.grant is not None or self.authenticating:
+            raise ClientError("already_authenticated", "this socket is already authenticated")
+        raw = message.get("token")
+        await self.sign_in(signin.Token(raw if isinstance(raw, str) else ""))
+
+    async def client_ping(self, message):
+        await self._say(protocol.pong_frame())
+
+    async def client_pong(self, message):
+        pass  # an answer to a `heartbeat`: optional, nothing to do
+
+    async def client_resync(self, message):
+        try:
+            latest = await get_state().latest_get(self.stream)
+        except StateUnavailable:
+            raise ClientError("unavailable", "snapshot store unavailable; retry later") from None
+        if latest:
+            await self.subscriber.write(latest)
+
+
+# A client message's `type` -> its handler.
+CLIENT_MESSAGES = {"auth": "client_auth", "ping": "client_ping", "pong": "client_pong", "resync": "client_resync"}

@@ -33,8 +33,9 @@ def draining():
     return _draining
 
 
-def install():
-    """Once per process, from the server's event loop (main thread)."""
+def install(open_sockets):
+    """Once per process, from the server's event loop (main thread).
+    `open_sockets()`: the consumers to close when SIGTERM comes."""
     global _installed
     if _installed or threading.current_thread() is not threading.main_thread():
         return
@@ -46,7 +47,9 @@ def install():
         global _draining
         _draining = True  # first of all: /readyz says 503 from now on
         signal.signal(signal.SIGTERM, previous)  # a second SIGTERM stops at once
-        loop.call_soon_threadsafe(lambda: asyncio.ensure_future(_drain_then(previous, signum, frame)))
+        loop.call_soon_threadsafe(
+            lambda: asyncio.ensure_future(_drain_then(list(open_sockets()), previous, signum, frame))
+        )
 
     signal.signal(signal.SIGTERM, on_sigterm)
 
@@ -56,11 +59,9 @@ async def _close_at(consumer, delay):
     await consumer.shutdown()
 
 
-async def _drain_then(previous, signum, frame):
+async def _drain_then(consumers, previous, signum, frame):
     from .accounting import accounting
-    from .admission import admission
 
-    consumers = list(admission().sockets)
     spread = settings.WS_DRAIN_SECONDS
     log.warning("SIGTERM: draining; closing %d sockets with 4200 over %.1f s", len(consumers), spread)
     try:

@@ -37,7 +37,7 @@ async def _nothing_held(token_id):
     state = get_state()
     assert await state.lease_count(f"token:{token_id}") == 0
     assert await state.lease_count(keys.subscribers("market")) == 0
-    assert await state.sessions() == []
+    assert await state.entries() == []
 
 
 async def _no_control_groups():
@@ -51,7 +51,7 @@ async def _no_control_groups():
     assert [group for group, members in local.groups.items() if ctl.channel in members] == []
 
 
-@pytest.mark.parametrize("gated", ["lease_acquire", "session_put", "latest_get"])
+@pytest.mark.parametrize("gated", ["lease_acquire", "entry_put", "latest_get"])
 async def test_redis_lost_while_connecting_releases_what_the_connect_took(owner_token, monkeypatch, gated):
     token, raw = owner_token
     state = get_state()

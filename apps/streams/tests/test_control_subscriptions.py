@@ -67,7 +67,7 @@ async def test_a_kick_closes_the_socket_it_names_and_not_its_neighbour(owner_tok
     for comm in (kept, kicked):
         await comm.connect()
         assert (await frame(comm))["type"] == "welcome"
-    entries = sorted(await get_state().sessions(), key=lambda info: info["id"])
+    entries = sorted(await get_state().entries(), key=lambda info: info["id"])
     assert len({info["channel"] for info in entries}) == 1  # one address: the process
     assert await admin._disconnect({entries[1]["id"]}, "staff") == 1
     code, frames = await closed_with(kicked)

@@ -131,7 +131,7 @@ return failed
 
 # KEYS: [released set, sessions index, session entry]; ARGV: ttl_ms, member,
 # entry (JSON). Writes a live-session entry unless the member was released.
-_SESSION_PUT = (
+_ENTRY_PUT = (
     NOW
     + """
 local gone = redis.call('ZSCORE', KEYS[1], ARGV[2])
@@ -234,7 +234,7 @@ class MemoryLeases:
             if await self.lease_acquire(conn_id, limits, ttl):
                 failed.append(conn_id)
             else:
-                await self.session_put(conn_id, info, ttl)
+                await self.entry_put(conn_id, info, ttl)
         return failed
 
     async def lease_count(self, name):
@@ -247,15 +247,15 @@ class MemoryLeases:
         """Live lease holders of `name`, sorted (connection ids sort by connect time)."""
         return sorted(self._live(name))
 
-    async def session_put(self, conn_id, info, ttl):
+    async def entry_put(self, conn_id, info, ttl):
         """Write the entry of a lease holder, unless it was released."""
         if not self._is_released(conn_id):
             self._entries[conn_id] = (time.monotonic() + ttl, dict(info))
 
-    async def session_drop(self, conn_id):
+    async def entry_drop(self, conn_id):
         self._entries.pop(conn_id, None)
 
-    async def sessions(self):
+    async def entries(self):
         """Every live entry."""
         now = time.monotonic()
         for conn_id in [c for c, (exp, _) in self._entries.items() if exp <= now]:
@@ -330,18 +330,18 @@ class RedisLeases:
         """Live lease holders of `name`, sorted (connection ids sort by connect time)."""
         return sorted(await self._call(self.script(_MEMBERS)(keys=[keys.lease_set(name)])))
 
-    async def session_put(self, conn_id, info, ttl):
+    async def entry_put(self, conn_id, info, ttl):
         """Write the entry of a lease holder, unless it was released."""
         script_keys = [keys.RELEASED, keys.ENTRIES, keys.entry(conn_id)]
-        await self._call(self.script(_SESSION_PUT)(keys=script_keys, args=[int(ttl * 1000), conn_id, json.dumps(info)]))
+        await self._call(self.script(_ENTRY_PUT)(keys=script_keys, args=[int(ttl * 1000), conn_id, json.dumps(info)]))
 
-    async def session_drop(self, conn_id):
+    async def entry_drop(self, conn_id):
         async with self.redis.pipeline(transaction=True) as pipe:
             pipe.delete(keys.entry(conn_id))
             pipe.zrem(keys.ENTRIES, conn_id)
             await self._call(pipe.execute())
 
-    async def sessions(self):
+    async def entries(self):
         """Every live entry, on every process."""
         await self._call(self.redis.zremrangebyscore(keys.ENTRIES, "-inf", time.time() * 1000))
         ids = await self._call(self.redis.zrange(keys.ENTRIES, 0, -1))
