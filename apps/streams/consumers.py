@@ -420,6 +420,8 @@ class StreamConsumer(AsyncWebsocketConsumer):
         except (ValueError, RecursionError):
             raise ClientError("bad_message", "not JSON") from None
         kind = message.get("type") if isinstance(message, dict) else None
+        if not isinstance(kind, str):
+            kind = None
         if kind != "auth" and self.grant is None:
             await self.refuse(Refusal.AUTH_REQUIRED)
             return
