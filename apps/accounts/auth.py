@@ -24,8 +24,9 @@ storm nor thousands of open sockets re-checking become a query storm:
   use from the cached timestamps, so they hold to the second.
 - If shared state cannot be reached the check falls back to the database.
 - If the database cannot answer (down, hung, past DATABASE_CONNECT_TIMEOUT /
-  DATABASE_STATEMENT_TIMEOUT) a check raises `AccountsUnavailable` ("retry
-  later"), except where the cache still knows enough: a copy whose
+  DATABASE_STATEMENT_TIMEOUT, or the process's database thread stuck on an
+  earlier call for STALLED_AFTER) a check raises `AccountsUnavailable`
+  ("retry later"), except where the cache still knows enough: a copy whose
   generation is unchanged is used past TOKEN_CACHE_TTL (no change went
   through accounts, and none can commit while the database is down), and a
   known expiry or end of rotation grace refuses the token on time.
@@ -45,12 +46,12 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime
 
-from channels.db import database_sync_to_async
 from django.conf import settings
 from django.db import DatabaseError
 from django.utils import timezone
 
-from stocktracker.lib import keys
+from stocktracker.lib import dbthread, keys
+from stocktracker.lib.dbthread import database_call
 
 from . import tokens
 from .signals import GENERATION_TTL, pending_bumps
@@ -87,9 +88,16 @@ class AccountsUnavailable(Exception):
 
 
 def _database_wait():
-    # A hung server may swallow the whole connect attempt and then a statement.
-    return settings.DATABASE_CONNECT_TIMEOUT + (settings.DATABASE_STATEMENT_TIMEOUT or 30) + 1
+    # A hung server may swallow a connect attempt to each listed host, then a statement.
+    return settings.DATABASE_CONNECT_TIMEOUT * settings.DATABASE_HOSTS + (settings.DATABASE_STATEMENT_TIMEOUT or 30) + 1
 
+
+# An accounts query takes milliseconds. A database thread that has waited this
+# long on one step of a call (a connect, a query) is stuck: the database hung
+# or vanished mid-call. Calls queued behind it would each wait out their whole
+# budget, so they answer "retry later" instead, and so do new ones.
+STALLED_AFTER = 2.0
+_STALL_POLL = 0.25
 
 # Monotonic time before which the database is not asked again after a failure:
 # database calls share one thread per process, so a hung database would
@@ -98,17 +106,35 @@ _database_down_until = 0.0
 
 
 async def _from_database(call, *args, **kwargs):
-    """`await call(...)` (a database_sync_to_async function), with database
+    """`await call(...)` (a `dbthread.database_call` function), with database
     failures and stalls turned into AccountsUnavailable."""
     global _database_down_until
     if time.monotonic() < _database_down_until:
         raise AccountsUnavailable("database failed moments ago")
+    if dbthread.stalled_for() > STALLED_AFTER:
+        raise AccountsUnavailable("database thread stalled")
+    me = object()
+    token = dbthread.caller.set(me)
     try:
-        return await asyncio.wait_for(call(*args, **kwargs), _database_wait())
+        task = asyncio.ensure_future(call(*args, **kwargs))
+    finally:
+        dbthread.caller.reset(token)
+    deadline = time.monotonic() + _database_wait()
+    try:
+        while not task.done():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"no answer in {_database_wait()} s")
+            await asyncio.wait({task}, timeout=min(_STALL_POLL, left))
+            if not task.done() and dbthread.stalled_for(other_than=me) > STALLED_AFTER:
+                raise AccountsUnavailable("queued behind a stalled database call")
+        return task.result()
     except (DatabaseError, TimeoutError) as exc:
         _database_down_until = time.monotonic() + settings.DATABASE_CONNECT_TIMEOUT
         log.warning("accounts database unavailable: %s", f"{type(exc).__name__}: {exc}".strip()[:200])
         raise AccountsUnavailable(type(exc).__name__) from exc
+    finally:
+        task.cancel()  # a call still queued never runs; one the thread is on finishes there
 
 
 @dataclass(frozen=True)
@@ -185,10 +211,10 @@ def _load_snapshot(**lookup):
     return _Snapshot.of(token) if token is not None else None
 
 
-_load_snapshot_async = database_sync_to_async(_load_snapshot)
+_load_snapshot_async = database_call(_load_snapshot)
 
 
-@database_sync_to_async
+@database_call
 def _touch(token_id, ip, at):
     from .models import ApiToken
 
@@ -456,7 +482,7 @@ async def session_user_check(user_id):
     return await _from_database(_session_user_check, user_id)
 
 
-@database_sync_to_async
+@database_call
 def _session_user_check(user_id):
     from django.contrib.auth import get_user_model
 

@@ -20,12 +20,12 @@ import asyncio
 import logging
 import weakref
 
-from channels.db import database_sync_to_async
 from django.conf import settings
 from django.utils import timezone
 
 from stocktracker.lib import keys
 from stocktracker.lib.aio import PerLoop, running
+from stocktracker.lib.dbthread import database_call
 from stocktracker.lib.state import StateUnavailable, get_state
 
 from . import metrics
@@ -219,7 +219,7 @@ class Accounting:
                 await self.fold()
 
 
-@database_sync_to_async
+@database_call
 def _record(rows):
     from apps.accounts.models import TokenUsage
 

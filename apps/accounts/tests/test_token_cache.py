@@ -330,6 +330,8 @@ def test_a_check_that_reads_the_generation_a_first_use_just_created_shares_its_q
 
 
 def test_a_change_announced_while_a_first_use_loads_is_seen_by_the_next_check(owner_token, monkeypatch):
+    from channels.db import database_sync_to_async
+
     from apps.accounts import auth
     from apps.accounts.signals import GENERATION_TTL
     from stocktracker.lib import keys
@@ -344,7 +346,7 @@ def test_a_change_announced_while_a_first_use_loads_is_seen_by_the_next_check(ow
         snapshot = await load(**lookup)
         # Another process revokes the token right after our read and announces it
         # before this process could create the generation.
-        await auth.database_sync_to_async(type(token).objects.filter(pk=token.pk).update)(revoked_at=token.created_at)
+        await database_sync_to_async(type(token).objects.filter(pk=token.pk).update)(revoked_at=token.created_at)
         await get_state().generation_bump([keys.token_generation(token.prefix)], GENERATION_TTL)
         return snapshot
 
