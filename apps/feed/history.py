@@ -9,6 +9,7 @@ from collections import deque
 
 from stocktracker.lib.catalogue import FOREIGN, INDEX
 from stocktracker.lib.state import get_state
+from stocktracker.lib.state.frames import epoch_day
 
 from . import market
 from .payloads import board_flow, index_value
@@ -21,23 +22,23 @@ FLOW_WINDOW_MS = 120_000  # foreign-flow samples kept for the speed
 
 class IntradayHistory:
     def __init__(self):
-        self.epoch = None
+        self.day = None
         self.flow = deque()  # (source_ms, board foreign buy value, sell value)
         self.points = {}  # index code -> [[ms, value], ...] on the POINT_EVERY_S grid
 
-    async def start_day(self, epoch):
+    async def start_day(self, day):
         """Forget the previous day; a restarted or new leader picks up today's
         sparkline from the latest index frame."""
-        if epoch == self.epoch:
+        if day == self.day:
             return
-        self.epoch = epoch
+        self.day = day
         self.flow.clear()
         self.points = {}
         raw = await get_state().latest_get(INDEX)
         if raw:
             try:
                 frame = json.loads(raw)
-                if frame.get("epoch") == epoch:
+                if epoch_day(str(frame.get("epoch"))) == day:
                     for entry in frame["data"]["indices"]:
                         points = entry["points"]
                         # The last point is the then-current value unless it lies on the grid.

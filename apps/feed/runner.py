@@ -62,6 +62,7 @@ class Feed:
         self.source = source or make_source()
         self.leader = Leadership(elect)
         self.fingerprints = {}
+        self.positions = {}  # stream -> (epoch, seq) this process last published: the floor of the next
         self.term = 0
         self.feed_state = None  # (state, detail) last published by this process
         self.history = IntradayHistory()
@@ -109,8 +110,8 @@ class Feed:
             return {}  # zero-cost idle: no upstream request, nothing built or serialized
         data = await self.source.fetch(needs)
         self.stats["fetches"] += 1
-        epoch = data.trading_date.isoformat()
-        await self.history.start_day(epoch)
+        day = data.trading_date.isoformat()
+        await self.history.start_day(day)
         take = getattr(self.source, "take_backfill", None)
         if take is not None:
             self.history.seed(take())
@@ -140,18 +141,21 @@ class Feed:
                 log.warning("not publishing %s: no longer the leader", stream)
                 return None
             try:
-                published[stream] = await publish_snapshot(
+                position = await publish_snapshot(
                     stream,
                     payload,
-                    epoch=epoch,
+                    day=day,
                     source_ms=data.source_ms,
                     feed=feed,
                     simulated=data.simulated,
                     fence=self.leader.fence(),
+                    floor=self.positions.get(stream),
                 )
             except Fenced:
                 self._fenced(stream)
                 return None
+            self.positions[stream] = position
+            published[stream] = position[1]
             self.fingerprints[stream] = mark
             self.stats["published"] += 1
         self.failures, self.failing_since = 0, None

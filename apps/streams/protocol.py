@@ -13,6 +13,7 @@ from enum import IntEnum
 from typing import NamedTuple
 
 from stocktracker.lib import catalogue
+from stocktracker.lib.state.frames import epoch_day, epoch_of  # noqa: F401 - the wire format of an epoch
 
 PROTOCOL_VERSION = 1
 STREAMS = catalogue.STREAMS
@@ -113,13 +114,17 @@ def snapshot_frame(
     )
 
 
-def snapshot_frame_parts(stream: str, **fields) -> tuple[str, str]:
-    """`snapshot_frame` split around its `seq`: head + str(seq) + tail is the
-    frame, so the state layer can number it in the same step that stores it.
-    The first match is the header's: inside JSON strings quotes are escaped."""
-    head, found, tail = snapshot_frame(stream, seq=0, **fields).partition(',"seq":0,')
-    assert found, "snapshot_frame writes seq before data"
-    return head + ',"seq":', "," + tail
+def snapshot_frame_parts(stream: str, **fields) -> tuple[str, str, str]:
+    """`snapshot_frame` split around its `epoch` and `seq`: head + epoch + mid
+    + str(seq) + tail is the frame, so the state layer can number it (and
+    name its epoch) in the same step that stores it. The first matches are
+    the header's: inside JSON strings quotes are escaped."""
+    text = snapshot_frame(stream, epoch="", seq=0, **fields)
+    head, found, rest = text.partition('"epoch":"",')
+    assert found, "snapshot_frame writes epoch before data"
+    between, found, tail = rest.partition('"seq":0,')
+    assert found and not between, "snapshot_frame writes seq right after epoch"
+    return head + '"epoch":"', '","seq":', "," + tail
 
 
 def snapshot_position(text: str):
