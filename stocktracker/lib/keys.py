@@ -71,6 +71,12 @@ def stream_group(stream) -> str:
     return f"stream.{stream}"
 
 
+def topic_group(topic) -> str:
+    """The group every process serving sockets of `topic` ("board:VN30") joins
+    once: "t.board.VN30" (group names allow letters, digits, '-', '_', '.')."""
+    return "t." + str(topic).replace(":", ".")
+
+
 def group_stream(group) -> str:
     """The stream of a `stream_group` name ("market" for "stream.market")."""
     return group.split(".", 1)[1] if group.startswith("stream.") else group
@@ -140,6 +146,19 @@ def latest(stream) -> str:
 
 def seq(stream) -> str:
     return f"{PREFIX}seq:{stream}"
+
+
+def topic_seq(topic) -> str:
+    return f"{PREFIX}topic:seq:{topic}"
+
+
+def topic_latest(topic) -> str:
+    return f"{PREFIX}topic:latest:{topic}"
+
+
+def topic_deltas(topic) -> str:
+    """The topic's recent delta frames, oldest first (the resume window)."""
+    return f"{PREFIX}topic:deltas:{topic}"
 
 
 FEED = f"{PREFIX}feed"
