@@ -43,6 +43,9 @@ def subscribers(stream) -> str:
     return f"stream:{stream}"
 
 
+TOPIC_SUBSCRIBERS = "topics"  # lease set of everything that follows a topic (v2 sockets, REST polls)
+
+
 def viewer(member) -> str:
     """The lease member of a page view or snapshot poll of `member` (a
     `user(...)` or `token(...)` name): one per viewer, renewed by each view."""
@@ -166,6 +169,7 @@ FEED_HEARTBEAT = f"{PREFIX}feed:heartbeat"
 FEED_LEADER = f"{PREFIX}feed:leader"  # the feed's leader lock (and publish fence)
 UNFENCED = f"{PREFIX}unfenced"  # stands for "no fence" in scripts that take one
 DEMO_ANCHOR = f"{PREFIX}demo:anchor"
+UNIVERSE = f"{PREFIX}universe"  # the last good universe (JSON)
 
 
 def generation(name) -> str:
