@@ -70,12 +70,14 @@ def _until(what, check, timeout):
 
 
 class SentinelCluster:
-    """One master, one replica, three Sentinels monitoring them as SERVICE."""
+    """One master, one replica, three Sentinels monitoring them as SERVICE
+    (`sentinels=0`: the master and the replica alone)."""
 
-    def __init__(self, root=None, sentinel_password=None):
+    def __init__(self, root=None, sentinel_password=None, sentinels=3):
         self.own_root = root is None  # removed in stop() only if made here
         self.root = Path(root or tempfile.mkdtemp(prefix="stocktracker-sentinel-"))
         self.sentinel_password = sentinel_password
+        self.sentinels = sentinels  # 0: a master and its replica alone
         self.procs = {}  # port -> Popen
         self.data_ports = []
         self.sentinel_ports = []
@@ -87,9 +89,10 @@ class SentinelCluster:
             master = self._server("master")
             self._server("replica", replicaof=master)
             _until("the replica in sync", lambda: self._linked(self.data_ports[1]), START_TIMEOUT)
-            for n in range(3):
+            for n in range(self.sentinels):
                 self._sentinel(n, master)
-            self.wait_agreed(master)
+            if self.sentinels:
+                self.wait_agreed(master)
         except BaseException:
             self.stop()
             raise
