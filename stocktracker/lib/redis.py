@@ -14,9 +14,9 @@ The Sentinels' own password, if they have one, is REDIS_SENTINEL_PASSWORD.
   wait for a free connection (shared state, the leader lock).
 - `sync_client()`: a client for a thread of its own (the watchdog's).
 - `channel_layer_host()`: the `hosts` entry for channels_redis (either layer).
+- `master_address()`: where the Sentinels say the master is now.
 - `follow_master()`, `follow_master_sync()`, `follow_master_layer()`: move a
-  client's (or a channel layer's) connections to the master the Sentinels
-  name now.
+  client's (or a channel layer's) connections to that master.
 
 Behind Sentinel every new connection asks the Sentinels where the master is.
 A server that answers a write with READONLY is a replica now: the connection
@@ -433,17 +433,27 @@ def _elsewhere(connection, address):
     return connection.is_connected and (connection.host, connection.port) != tuple(address)
 
 
-async def follow_master(client, drop_in_use=False):
-    """Ask the Sentinels where the master is; drop this client's connections
-    to any other server. Idle ones close now; ones in use close when they
-    come back to the pool, or now with `drop_in_use` (a pub/sub connection is
-    in use for ever: the channel layer's needs it). Returns the master's
-    (host, port) when connections were dropped, else None (also for a plain
-    URL). Raises MasterNotFoundError when no Sentinel names a master."""
+async def master_address(client):
+    """(host, port) of the master the Sentinels name now, or None for a plain
+    URL. Raises MasterNotFoundError when no Sentinel names one."""
     pool = client.connection_pool
     if not isinstance(pool, redis.asyncio.sentinel.SentinelConnectionPool):
         return None
-    address = await pool.sentinel_manager.discover_master(pool.service_name)
+    return await pool.sentinel_manager.discover_master(pool.service_name)
+
+
+async def follow_master(client, drop_in_use=False, address=None):
+    """Drop this client's connections to any server but the master the
+    Sentinels name now (`address`, if the caller asked them already). Idle
+    ones close now; ones in use close when they come back to the pool, or now
+    with `drop_in_use` (a pub/sub connection is in use for ever: the channel
+    layer's needs it). Returns the master's (host, port) when connections
+    were dropped, else None (also for a plain URL). Raises
+    MasterNotFoundError when no Sentinel names a master."""
+    pool = client.connection_pool
+    if not isinstance(pool, redis.asyncio.sentinel.SentinelConnectionPool):
+        return None
+    address = tuple(address or await master_address(client))
     pool.master_address = address
     idle, in_use = _connections(pool)
     stale_idle = [c for c in idle if _elsewhere(c, address)]
@@ -455,12 +465,12 @@ async def follow_master(client, drop_in_use=False):
     return address if stale_idle or stale_used else None
 
 
-def follow_master_sync(client):
+def follow_master_sync(client, address=None):
     """`follow_master` for a sync client; call it from the thread that uses it."""
     pool = client.connection_pool
     if not isinstance(pool, redis.sentinel.SentinelConnectionPool):
         return None
-    address = pool.sentinel_manager.discover_master(pool.service_name)
+    address = tuple(address or pool.sentinel_manager.discover_master(pool.service_name))
     pool.proxy.master_address = address
     idle, in_use = _connections(pool)
     stale = [c for c in idle + in_use if _elsewhere(c, address)]
@@ -469,7 +479,7 @@ def follow_master_sync(client):
     return address if stale else None
 
 
-async def follow_master_layer(layer):
+async def follow_master_layer(layer, address=None):
     """`follow_master` for a channels_redis layer's clients on this event loop.
     The pub/sub layer's subscription connections are dropped at once (redis-py
     subscribes the new connection to every channel again); the core layer's
@@ -484,5 +494,5 @@ async def follow_master_layer(layer):
         clients = [layer.connection(index) for index in range(layer.ring_size)]
         drop_in_use = False
     for client in clients:
-        moved = await follow_master(client, drop_in_use=drop_in_use) or moved
+        moved = await follow_master(client, drop_in_use=drop_in_use, address=address) or moved
     return moved
