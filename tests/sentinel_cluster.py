@@ -184,12 +184,15 @@ class SentinelCluster:
         """A plain client of one data server (not through the Sentinels)."""
         return redis.Redis(HOST, port, socket_timeout=2, decode_responses=True)
 
-    def _linked(self, port, master=None):
+    def _linked(self, port, master=None, offset=0):
+        """`port` is a replica (of `master`), linked, and has applied the
+        replication stream up to `offset`."""
         with self.data(port) as client:
             info = client.info("replication")
         if master is not None and info.get("master_port") != master[1]:
             return False
-        return info.get("role") == "slave" and info.get("master_link_status") == "up"
+        linked = info.get("role") == "slave" and info.get("master_link_status") == "up"
+        return linked and info.get("slave_repl_offset", -1) >= offset
 
     def role(self, port):
         with self.data(port) as client:
@@ -247,9 +250,12 @@ class SentinelCluster:
         old = self.master
         deadline = time.monotonic() + timeout
         # A master demoted by an earlier failover takes writes until the
-        # Sentinels reconfigure it, yet they may already promote it: wait.
+        # Sentinels reconfigure it, yet they may already promote it; and a
+        # replica promoted before it applied the test's last write loses it.
+        with self.data(old[1]) as client:
+            offset = client.info("replication")["master_repl_offset"]
         others = [port for port in self.data_ports if port != old[1]]
-        _until("every replica in sync", lambda: all(self._linked(port, old) for port in others), timeout)
+        _until("every replica in sync", lambda: all(self._linked(port, old, offset) for port in others), timeout)
 
         def start():
             with self.sentinel(self.sentinel_ports[0]) as client:

@@ -2,9 +2,15 @@
 a Sentinel URL. Failover behind Sentinel: tests/test_redis_failover.py."""
 
 import asyncio
+import os
+import shutil
+import subprocess
+import tempfile
+import time
 
 import pytest
 import redis
+from channels_redis.pubsub import RedisPubSubChannelLayer
 from django.conf import settings
 
 from stocktracker.lib import redis as redis_lib
@@ -69,9 +75,11 @@ async def test_a_server_that_turned_replica_fails_calls_as_a_lost_connection_unt
     client = redis_lib.async_client(f"redis://127.0.0.1:{master}/0", **TIMEOUTS)
     try:
         assert await client.incr("n") == 1
+        assert await client.execute_command("WAIT", 1, 2000) == 1  # the replica has it too
         with pair.data(replica) as promoted:
             promoted.execute_command("REPLICAOF", "NO", "ONE")
         pair.demote(("127.0.0.1", master), ("127.0.0.1", replica))
+        pair.wait_demoted(("127.0.0.1", master))
 
         # A connection error (callers answer 1013), not a reply to act on; and
         # the connection is closed, so the next call starts afresh.
@@ -94,3 +102,39 @@ def test_the_sync_client_reads_a_plain_url_with_the_same_timeouts():
             client.blpop(["nothing"], timeout=1)  # the reply takes 1 s, longer than the socket timeout
     finally:
         client.close()
+
+
+@pytest.fixture
+def unix_socket_server():
+    folder = tempfile.mkdtemp(prefix="stk-", dir="/tmp")  # a socket path must stay short
+    path = os.path.join(folder, "redis.sock")
+    server = subprocess.Popen(
+        ["redis-server", "--port", "0", "--unixsocket", path, "--save", "", "--dir", folder],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while not os.path.exists(path) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        yield f"unix://{path}?db=0"
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+async def test_a_unix_socket_url_serves_the_state_client_the_thread_client_and_the_channel_layer(unix_socket_server):
+    url = unix_socket_server
+    client = redis_lib.async_client(url, **TIMEOUTS)
+    thread_client = redis_lib.sync_client(url, **TIMEOUTS)
+    layer = RedisPubSubChannelLayer(hosts=[redis_lib.channel_layer_host(url, **TIMEOUTS)], prefix="stk")
+    try:
+        assert await client.incr("n") == 1
+        assert thread_client.incr("n") == 2
+        channel = await layer.new_channel("test.")
+        await layer.send(channel, {"type": "t", "n": 3})
+        assert (await asyncio.wait_for(layer.receive(channel), 2))["n"] == 3
+    finally:
+        await client.aclose()
+        thread_client.close()
+        await layer.flush()

@@ -25,7 +25,7 @@ master found then (a command refused with READONLY did not run, so sending it
 again is safe). The same holds for a plain URL whose name or address moved to
 a new master (a virtual IP, a managed endpoint). What no reply reveals is a
 demoted master that still takes writes: after SENTINEL FAILOVER the old master
-stays writable until the Sentinels reconfigure it (some ten seconds later),
+stays writable until the Sentinels reconfigure it, seconds later,
 and connections made before the failover keep writing there; those writes
 are lost. `follow_master()`, called periodically, bounds that window.
 """
@@ -295,6 +295,17 @@ def _sentinel_kwargs(socket_timeout, connect_timeout, sentinel_password, is_asyn
     return kwargs
 
 
+def _plain(target, options, is_async):
+    """(connection class, keyword arguments) for a plain URL: what the URL
+    says (host, port, db, password, TLS or a Unix socket) over our options."""
+    module = redis.asyncio.connection if is_async else redis.connection
+    url_options = module.parse_url(target.url)
+    base = url_options.pop("connection_class", module.Connection)
+    if issubclass(base, module.UnixDomainSocketConnection):
+        options = {k: v for k, v in options.items() if k != "socket_keepalive"}  # TCP only
+    return base, {**options, **url_options}
+
+
 def _resolve(url, socket_timeout, connect_timeout, sentinel_password):
     settings = _settings() if None in (url, socket_timeout, connect_timeout, sentinel_password) else None
     target = url if isinstance(url, Target) else parse_url(settings.REDIS_URL if url is None else url)
@@ -348,11 +359,8 @@ def async_client(
             **options,
         )
     else:
-        url_options = redis.asyncio.connection.parse_url(target.url)
-        base = url_options.pop("connection_class", redis.asyncio.connection.Connection)
-        pool = redis.asyncio.BlockingConnectionPool(
-            connection_class=_drop_on_readonly(base), **{**options, **url_options}
-        )
+        base, url_options = _plain(target, options, is_async=True)
+        pool = redis.asyncio.BlockingConnectionPool(connection_class=_drop_on_readonly(base), **url_options)
     return redis.asyncio.Redis.from_pool(pool)
 
 
@@ -381,9 +389,8 @@ def sync_client(url=None, *, socket_timeout=None, connect_timeout=None, sentinel
             password=target.password,
             **options,
         )
-    url_options = redis.connection.parse_url(target.url)
-    base = url_options.pop("connection_class", redis.connection.Connection)
-    pool = redis.ConnectionPool(connection_class=_drop_on_readonly(base), **{**options, **url_options})
+    base, url_options = _plain(target, options, is_async=False)
+    pool = redis.ConnectionPool(connection_class=_drop_on_readonly(base), **url_options)
     return redis.Redis.from_pool(pool)
 
 
@@ -416,9 +423,8 @@ def channel_layer_host(
             "password": target.password,
             **options,
         }
-    url_options = redis.asyncio.connection.parse_url(target.url)
-    base = url_options.pop("connection_class", redis.asyncio.connection.Connection)
-    return {**options, **url_options, "connection_class": _drop_on_readonly(base)}
+    base, url_options = _plain(target, options, is_async=True)
+    return {**url_options, "connection_class": _drop_on_readonly(base)}
 
 
 # --- following the master --------------------------------------------------------
