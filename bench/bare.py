@@ -28,6 +28,7 @@ from websockets.asyncio.server import broadcast, serve  # noqa: E402
 
 from apps.streams import protocol  # noqa: E402
 from apps.streams.publish import FRAME, wake_feed  # noqa: E402
+from stocktracker.lib import keys  # noqa: E402
 from stocktracker.lib.state import get_state  # noqa: E402
 
 clients = {stream: set() for stream in protocol.STREAMS}
@@ -48,7 +49,7 @@ async def handler(ws):
 
 async def pump(layer, stream):
     channel = await layer.new_channel()
-    await layer.group_add(protocol.stream_group(stream), channel)
+    await layer.group_add(keys.stream_group(stream), channel)
     while True:
         message = await layer.receive(channel)
         if message.get("type") == FRAME:
@@ -60,7 +61,7 @@ async def subscribed():
     state = get_state()
     while True:
         for stream in protocol.STREAMS:
-            await state.lease_acquire(f"bare-{os.getpid()}", [(protocol.subscriber_key(stream), None)], 90)
+            await state.lease_acquire(f"bare-{os.getpid()}", [(keys.subscribers(stream), None)], 90)
         await wake_feed()
         await asyncio.sleep(30)
 

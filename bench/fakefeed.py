@@ -92,7 +92,7 @@ async def main(args):
         epoch, data = build()
         source_ms = int(time.time() * 1000)
         for stream, payload in data.items():
-            await publish_snapshot(stream, payload, epoch=epoch, source_ms=source_ms, feed="live", simulated=True)
+            await publish_snapshot(stream, payload, day=epoch, source_ms=source_ms, feed="live", simulated=True)
         next_tick += args.interval
         try:
             await asyncio.wait_for(stop.wait(), max(0.0, next_tick - time.monotonic()))

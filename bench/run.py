@@ -43,6 +43,9 @@ import psutil
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
+sys.path.insert(0, ROOT)
+from stocktracker.lib import keys  # noqa: E402 - the names in Redis (no Django needed)
+
 RAW = os.path.join(HERE, "raw")
 PY = sys.executable
 STREAMS = ("market", "foreign", "index")
@@ -71,14 +74,14 @@ class Proc:
 
     registry = []
 
-    def __init__(self, name, cmd, env, *, lines=False, stdin=False, logdir):
+    def __init__(self, name, cmd, env, *, lines=False, stdin=False, logdir, cwd=ROOT):
         self.name = name
         self.log_path = os.path.join(logdir, f"{name}.log")
         self.log_file = open(self.log_path, "w")
         self.q = queue.Queue() if lines else None
         self.popen = subprocess.Popen(
             cmd,
-            cwd=ROOT,
+            cwd=cwd,
             env=env,
             stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
             stdout=subprocess.PIPE if lines else self.log_file,
@@ -241,7 +244,7 @@ def clear_redis(r):
 def seqs(r):
     out = {}
     for stream in STREAMS:
-        value = r.hget(f"stk:seq:{stream}", "seq")
+        value = r.hget(keys.seq(stream), "seq")
         out[stream] = int(value) if value is not None else 0
     return out
 
@@ -266,9 +269,11 @@ PROFILE_FRAMES = {  # label -> substring of a collapsed py-spy frame "function (
     "aclose_old_connections hop": "aclose_old_connections",
     "SyncToAsync (any thread hop)": "__call__ (asgiref/sync.py",
     "executor worker thread": "_worker (concurrent/futures/thread.py",
-    "stream_frame / _send_frame": "_send_frame (apps/streams/consumers.py",
-    "heartbeat loop": "_heartbeat (apps/streams/consumers.py",
-    "token re-check loop": "_recheck_loop (apps/streams/consumers.py",
+    "fan-out (delivery.Hub.fan_out)": "fan_out (apps/streams/delivery.py",
+    "heartbeat tick (delivery.Hub.tick)": "tick (apps/streams/delivery.py",
+    "send threads (links.send_many)": "_send_part (apps/streams/links.py",
+    "token re-check loop": "_recheck_loop (apps/streams/sessions.py",
+    "lease renewal": "renew (apps/streams/sessions.py",
     "Django ORM (db/models)": "django/db/models/",
     "psycopg": "psycopg/",
     "redis-py": "redis/",
@@ -337,9 +342,9 @@ def redis_ps(r):
 ASGI_APP = "stocktracker.asgi:application"
 
 
-def procfile_web(port):
+def procfile_web(port, root=ROOT):
     """The Procfile's `web:` command, as production runs it, on `port`."""
-    with open(os.path.join(ROOT, "Procfile")) as f:
+    with open(os.path.join(root, "Procfile")) as f:
         line = next(x for x in f if x.startswith("web:"))
     words = line[4:].split()
     words = [w.replace("${PORT:-8000}", str(port)) for w in words]
@@ -355,6 +360,8 @@ def server_cmd(server, port):
         return [PY, os.path.join(HERE, "bare.py"), "--port", str(port)]
     if server == "daphne":
         return procfile_web(port)
+    if server == "daphne-base":
+        return procfile_web(port, BASE_TREE)
     cmd = [
         PY, "-m", "uvicorn", ASGI_APP,
         "--host", "127.0.0.1", "--port", str(port),
@@ -376,6 +383,7 @@ def uvicorn_loop():
 
 
 UVICORN_LOOP = "auto"
+BASE_TREE = None  # --base-tree: another checkout whose daphne runs as "daphne-base"
 
 
 def feed_cmd(feed, life):
@@ -414,7 +422,8 @@ def run_one(args, token, r, *, server, layer, n, logdir):
     try:
         # the feed first: its demo clock starts now and reaches continuous trading while we connect
         feed = Proc("feed", feed_cmd(args.feed, life), env, logdir=runlog)
-        srv = Proc("server", server_cmd(server, port), env, logdir=runlog)
+        srv_cwd = BASE_TREE if server == "daphne-base" else ROOT
+        srv = Proc("server", server_cmd(server, port), env, logdir=runlog, cwd=srv_cwd)
         wait_port(port, srv)
         time.sleep(2.0)
         rss_idle = rss_mb(srv.ps)
@@ -806,7 +815,10 @@ def write_results(path, results, info, command, started):
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--n", default="1000,5000,10000", help="comma-separated client counts")
-    p.add_argument("--servers", default="bare,daphne", help="bare, daphne (Procfile), uvicorn")
+    p.add_argument("--servers", default="bare,daphne", help="bare, daphne (Procfile), uvicorn, daphne-base")
+    p.add_argument(
+        "--base-tree", help="a checkout of another commit: its Procfile daphne runs as server `daphne-base` (A/B)"
+    )
     p.add_argument("--layers", default="pubsub")
     p.add_argument("--duration", type=float, default=20, help="measurement window (s)")
     p.add_argument("--warmup", type=float, default=3)
@@ -835,7 +847,7 @@ def parse_args():
     args.server_list = [x for x in args.servers.split(",") if x]
     args.layer_list = [x for x in args.layers.split(",") if x]
     for s in args.server_list:
-        if s not in ("bare", "daphne", "uvicorn"):
+        if s not in ("bare", "daphne", "uvicorn", "daphne-base"):
             p.error(f"unknown server {s}")
     for layer in args.layer_list:
         if layer not in ("core", "pubsub"):
@@ -857,13 +869,16 @@ def render(summary_path, results_path):
 
 
 def main():
-    global UVICORN_LOOP, ASGI_APP
+    global UVICORN_LOOP, ASGI_APP, BASE_TREE
     if len(sys.argv) == 3 and sys.argv[1] == "--render":
         render(sys.argv[2], os.path.join(HERE, "RESULTS.md"))
         return
     args = parse_args()
     UVICORN_LOOP = args.uvicorn_loop
     ASGI_APP = args.asgi_app
+    BASE_TREE = os.path.abspath(args.base_tree) if args.base_tree else None
+    if "daphne-base" in args.servers.split(",") and not BASE_TREE:
+        sys.exit("--servers daphne-base needs --base-tree DIR")
     if not os.environ.get("REDIS_URL") or not os.environ.get("DATABASE_URL"):
         sys.exit("bench/run.py needs REDIS_URL and DATABASE_URL: run it as `make bench` "
                  "(scripts/with_services.py starts throwaway servers)")  # fmt: skip

@@ -43,6 +43,8 @@ OUT = ROOT / "bench" / "SOAK.md"
 sys.path.insert(0, str(ROOT / "bench"))
 from run import procfile_web  # noqa: E402 - the bench's reading of the Procfile's `web:` line
 
+from stocktracker.lib import keys  # noqa: E402 - run.py put the project on the path
+
 
 def log(message):
     print(f"[soak {time.strftime('%H:%M:%S')}] {message}", flush=True)
@@ -188,7 +190,7 @@ class Soak:
         import redis
 
         r = redis.Redis.from_url(self.env["REDIS_URL"])
-        leases = r.zcount("stk:lease:ip:127.0.0.1", int(time.time() * 1000), "+inf")
+        leases = r.zcount(keys.lease_set(keys.ip("127.0.0.1")), int(time.time() * 1000), "+inf")
         sockets = sum(
             1
             for conn in psutil.Process(web.pid).net_connections(kind="tcp")

@@ -22,6 +22,7 @@ TEST_PACKAGES = {
     "openssl": "tests/test_nginx.py (a self-signed certificate)",
     "nodejs": "tests/test_asyncapi_cli.py (the official AsyncAPI CLI)",
     "npm": "tests/test_asyncapi_cli.py (installs the pinned CLI)",
+    "iproute2": "apps/streams/tests/partition.py (`ip rule`: a database host that vanishes)",
 }
 # Packages whose install starts a system service that would hold a port.
 SERVICES = {"redis-server": "redis-server", "postgresql": "postgresql", "nginx": "nginx"}

@@ -12,6 +12,8 @@ from pathlib import Path
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
+from stocktracker.database import database, host_count
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env()
@@ -121,20 +123,24 @@ TEMPLATES = [
 
 DATABASE_CONNECT_TIMEOUT = _positive("DATABASE_CONNECT_TIMEOUT", "int", 3, minimum=1)
 DATABASE_STATEMENT_TIMEOUT = _positive("DATABASE_STATEMENT_TIMEOUT", "float", 5.0)
-DATABASES = {"default": _read("DATABASE_URL", "db_url", f"sqlite:///{BASE_DIR / 'var' / 'db.sqlite3'}")}
+# A database that is down, hung or gone must turn into a quick "retry later",
+# never a stalled connect or query: stocktracker/database.py bounds the
+# connection attempt, each statement, and a connection whose host vanished.
+DATABASES = {
+    "default": database(
+        env.str("DATABASE_URL", default=f"sqlite:///{BASE_DIR / 'var' / 'db.sqlite3'}"),
+        connect_timeout=DATABASE_CONNECT_TIMEOUT,
+        statement_timeout=DATABASE_STATEMENT_TIMEOUT,
+    )
+}
+# A new connection may wait DATABASE_CONNECT_TIMEOUT on each listed host in turn.
+DATABASE_HOSTS = host_count(DATABASES["default"])
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     Path(DATABASES["default"]["NAME"]).parent.mkdir(parents=True, exist_ok=True)
 else:
     # Web processes are async; persistent connections only help sync workers.
     DATABASES["default"]["CONN_MAX_AGE"] = _positive("DATABASE_CONN_MAX_AGE", "int", 0)
     DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
-    # A database that is down or hung must turn into a quick "retry later",
-    # never a stalled connect: bound the connection attempt and each statement.
-    _db_options = DATABASES["default"].setdefault("OPTIONS", {})
-    _db_options["connect_timeout"] = DATABASE_CONNECT_TIMEOUT
-    if DATABASE_STATEMENT_TIMEOUT:
-        _server_options = f"-c statement_timeout={int(DATABASE_STATEMENT_TIMEOUT * 1000)}"
-        _db_options["options"] = f"{_db_options.get('options', '')} {_server_options}".strip()
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [
@@ -324,10 +330,10 @@ LOG_FORMAT = _choice("LOG_FORMAT", "text", ("text", "json"))
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "filters": {"redact": {"()": "apps.streams.logs.RedactSecrets"}},
+    "filters": {"redact": {"()": "stocktracker.lib.logs.RedactSecrets"}},
     "formatters": {
         "text": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
-        "json": {"()": "apps.streams.logs.JsonFormatter"},
+        "json": {"()": "stocktracker.lib.logs.JsonFormatter"},
     },
     "handlers": {
         "console": {

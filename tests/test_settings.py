@@ -1,5 +1,6 @@
 """Start-up refuses bad configuration with a message that names the variable."""
 
+import json
 import os
 import subprocess
 import sys
@@ -152,3 +153,55 @@ def test_a_sentinel_password_without_a_sentinel_url_stops_start_up():
     assert result.returncode != 0
     assert "REDIS_SENTINEL_PASSWORD is set but REDIS_URL is not a redis+sentinel:// URL" in result.stderr
     assert "sentinel-secret" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("postgres://app:s3cret-pw@db1:5432,db2:x/app", "'x' as the port of 'db2'"),
+        ("postgres://app:s3cret-pw@db1,,db2/app", "an empty host"),
+        ("postgres://app:s3cret-pw@[::1:5432/app", "not a valid database URL"),
+        ("postgres://app:s3cret-pw@db1/app?target_session_attrs=readwrite", "target_session_attrs='readwrite'"),
+        ("postgres://app:s3cret-pw@db1/app?keepalives_idle=0", "keepalives_idle=0"),
+        ("postgres://app:s3cret-pw@db1/app?tcp_user_timeout=soon", "tcp_user_timeout='soon'"),
+        ("postgress://app:s3cret-pw@db1/app", "names no database"),
+    ],
+)
+def test_a_malformed_database_url_stops_start_up_naming_it_without_its_password(url, says):
+    result = manage("check", DATABASE_URL=url)
+    assert result.returncode != 0
+    assert "ImproperlyConfigured: DATABASE_URL='postgres" in result.stderr
+    assert says in result.stderr
+    assert "s3cret-pw" not in result.stderr
+    assert "app:***@" in result.stderr
+
+
+def _database_settings(**env):
+    code = (
+        "import json; from django.conf import settings as s; d = s.DATABASES['default'];"
+        "print(json.dumps([d['HOST'], d['PORT'], d['OPTIONS'], s.DATABASE_HOSTS]))"
+    )
+    result = manage("shell", "-v", "0", "-c", code, **env)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_a_multi_host_database_url_keeps_each_host_with_its_own_port():
+    url = "postgres://app:pw@db1.internal:5432,[fd00::2]:5433,db3/app?target_session_attrs=read-write"
+    host, port, options, hosts = _database_settings(DATABASE_URL=url)
+    assert (host, port, hosts) == ("db1.internal,fd00::2,db3", "5432,5433,", 3)
+    assert options["target_session_attrs"] == "read-write"
+
+
+def test_postgresql_connections_get_keepalives_and_a_tcp_user_timeout_that_the_url_may_override():
+    url = "postgres://app:pw@db1:5432/app"
+    _, port, options, hosts = _database_settings(DATABASE_URL=url, DATABASE_STATEMENT_TIMEOUT="4")
+    assert (port, hosts) == (5432, 1)
+    assert options["keepalives"] == 1
+    assert (options["keepalives_idle"], options["keepalives_interval"], options["keepalives_count"]) == (5, 2, 3)
+    # Nothing acknowledged for a connect plus a whole statement: the host is gone.
+    assert options["tcp_user_timeout"] == (3 + 4) * 1000
+    assert options["connect_timeout"] == 3
+    assert options["options"] == "-c statement_timeout=4000"
+    _, _, options, _ = _database_settings(DATABASE_URL=f"{url}?keepalives_idle=30&tcp_user_timeout=20000")
+    assert (options["keepalives_idle"], options["tcp_user_timeout"]) == (30, 20000)

@@ -27,6 +27,8 @@ from django.utils.html import format_html, format_html_join
 from django.utils.http import urlencode
 from django.utils.safestring import mark_safe
 
+from stocktracker.lib import keys
+
 from .forms import ApiTokenChangeForm, IssueTokenForm, RotateTokenForm, UserLimitsForm
 from .models import STATUSES, STREAM_CHOICES, ApiToken, TokenStateError, TokenUsage, UserLimits
 
@@ -43,9 +45,9 @@ def live_counts(token_ids):
     token_ids = list(token_ids)
     if not token_ids:
         return {}
-    keys = [f"token:{token_id}" for token_id in token_ids]
+    names = [keys.token(token_id) for token_id in token_ids]
     try:
-        counts = run_on_state(lambda state: state.lease_counts(keys))
+        counts = run_on_state(lambda state: state.lease_counts(names))
     except StateUnavailable:
         return dict.fromkeys(token_ids)
     return dict(zip(token_ids, counts, strict=True))

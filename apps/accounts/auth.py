@@ -24,8 +24,9 @@ storm nor thousands of open sockets re-checking become a query storm:
   use from the cached timestamps, so they hold to the second.
 - If shared state cannot be reached the check falls back to the database.
 - If the database cannot answer (down, hung, past DATABASE_CONNECT_TIMEOUT /
-  DATABASE_STATEMENT_TIMEOUT) a check raises `AccountsUnavailable` ("retry
-  later"), except where the cache still knows enough: a copy whose
+  DATABASE_STATEMENT_TIMEOUT, or the process's database thread stuck on an
+  earlier call for STALLED_AFTER) a check raises `AccountsUnavailable`
+  ("retry later"), except where the cache still knows enough: a copy whose
   generation is unchanged is used past TOKEN_CACHE_TTL (no change went
   through accounts, and none can commit while the database is down), and a
   known expiry or end of rotation grace refuses the token on time.
@@ -45,13 +46,15 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime
 
-from channels.db import database_sync_to_async
 from django.conf import settings
 from django.db import DatabaseError
 from django.utils import timezone
 
+from stocktracker.lib import dbthread, keys
+from stocktracker.lib.dbthread import database_call
+
 from . import tokens
-from .signals import GENERATION_TTL, generation_key, pending_bumps
+from .signals import GENERATION_TTL, pending_bumps
 
 log = logging.getLogger("apps.accounts")
 
@@ -85,9 +88,16 @@ class AccountsUnavailable(Exception):
 
 
 def _database_wait():
-    # A hung server may swallow the whole connect attempt and then a statement.
-    return settings.DATABASE_CONNECT_TIMEOUT + (settings.DATABASE_STATEMENT_TIMEOUT or 30) + 1
+    # A hung server may swallow a connect attempt to each listed host, then a statement.
+    return settings.DATABASE_CONNECT_TIMEOUT * settings.DATABASE_HOSTS + (settings.DATABASE_STATEMENT_TIMEOUT or 30) + 1
 
+
+# An accounts query takes milliseconds. A database thread that has waited this
+# long on one step of a call (a connect, a query) is stuck: the database hung
+# or vanished mid-call. Calls queued behind it would each wait out their whole
+# budget, so they answer "retry later" instead, and so do new ones.
+STALLED_AFTER = 2.0
+_STALL_POLL = 0.25
 
 # Monotonic time before which the database is not asked again after a failure:
 # database calls share one thread per process, so a hung database would
@@ -96,17 +106,35 @@ _database_down_until = 0.0
 
 
 async def _from_database(call, *args, **kwargs):
-    """`await call(...)` (a database_sync_to_async function), with database
+    """`await call(...)` (a `dbthread.database_call` function), with database
     failures and stalls turned into AccountsUnavailable."""
     global _database_down_until
     if time.monotonic() < _database_down_until:
         raise AccountsUnavailable("database failed moments ago")
+    if dbthread.stalled_for() > STALLED_AFTER:
+        raise AccountsUnavailable("database thread stalled")
+    me = object()
+    token = dbthread.caller.set(me)
     try:
-        return await asyncio.wait_for(call(*args, **kwargs), _database_wait())
+        task = asyncio.ensure_future(call(*args, **kwargs))
+    finally:
+        dbthread.caller.reset(token)
+    deadline = time.monotonic() + _database_wait()
+    try:
+        while not task.done():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"no answer in {_database_wait()} s")
+            await asyncio.wait({task}, timeout=min(_STALL_POLL, left))
+            if not task.done() and dbthread.stalled_for(other_than=me) > STALLED_AFTER:
+                raise AccountsUnavailable("queued behind a stalled database call")
+        return task.result()
     except (DatabaseError, TimeoutError) as exc:
         _database_down_until = time.monotonic() + settings.DATABASE_CONNECT_TIMEOUT
         log.warning("accounts database unavailable: %s", f"{type(exc).__name__}: {exc}".strip()[:200])
         raise AccountsUnavailable(type(exc).__name__) from exc
+    finally:
+        task.cancel()  # a call still queued never runs; one the thread is on finishes there
 
 
 @dataclass(frozen=True)
@@ -183,10 +211,10 @@ def _load_snapshot(**lookup):
     return _Snapshot.of(token) if token is not None else None
 
 
-_load_snapshot_async = database_sync_to_async(_load_snapshot)
+_load_snapshot_async = database_call(_load_snapshot)
 
 
-@database_sync_to_async
+@database_call
 def _touch(token_id, ip, at):
     from .models import ApiToken
 
@@ -213,7 +241,6 @@ class TokenCache:
         self._prefixes = OrderedDict()  # token_id -> lookup prefix (never changes), for re-checks
         self._touched = {}  # token_id -> monotonic time of this process's last last_used attempt
         self._loading = {}  # (loop, prefix, generation) -> the load in flight
-        self.hits = self.misses = 0
         self._touching = set()  # background last_used writes (kept referenced until done)
 
     def clear(self):
@@ -244,7 +271,6 @@ class TokenCache:
         after that, re-checks are answered like connects. No last_used write."""
         prefix = self._prefixes.get(token_id)
         if prefix is None:
-            self.misses += 1
             snapshot = await self._load(pk=token_id)
         else:
             snapshot = await self._snapshot(prefix)
@@ -264,7 +290,7 @@ class TokenCache:
 
             entry = self._entries.get(known.token_prefix)
             try:
-                if await get_state().generation_get(generation_key(known.token_prefix)) == entry[1]:
+                if await get_state().generation_get(keys.token_generation(known.token_prefix)) == entry[1]:
                     return known  # no change since the copy was loaded
             except StateUnavailable:
                 pass
@@ -297,17 +323,15 @@ class TokenCache:
         from stocktracker.lib.state import StateUnavailable, get_state
 
         state = get_state()
-        key = generation_key(prefix)
+        key = keys.token_generation(prefix)
         try:
             generation = await state.generation_get(key)
         except StateUnavailable:
             # Cannot tell whether a cached copy is current: ask the database.
-            self.misses += 1
             return await self._load(prefix=prefix, allowed=load)
         if prefix in pending_bumps:
             # This process changed the token but could not give it a new
             # generation yet: other copies may be stale, ours too. Ask the database.
-            self.misses += 1
             self._forget(prefix)
             return await self._load(prefix=prefix, allowed=load)
         entry = self._entries.get(prefix) or self._unknown.get(prefix)
@@ -320,9 +344,7 @@ class TokenCache:
             # takes a copy past TOKEN_CACHE_TTL: its generation is unchanged.
             if (fresh or not load) and cached_generation == generation and (generation is not None or snapshot is None):
                 (self._entries if snapshot is not None else self._unknown).move_to_end(prefix)
-                self.hits += 1
                 return snapshot
-        self.misses += 1
         # The generation was read before the load: a change committed during
         # the load has replaced it, so the next check reloads. Concurrent
         # misses under one generation (a connect storm) share one query.
@@ -381,7 +403,7 @@ class TokenCache:
             # under it. Found already there: a change may have raced the
             # load, so the copy is not cached (the next check loads again).
             try:
-                generation = await get_state().generation_init(generation_key(prefix), GENERATION_TTL)
+                generation = await get_state().generation_init(keys.token_generation(prefix), GENERATION_TTL)
             except StateUnavailable:
                 generation = None
             if generation is not None:
@@ -406,7 +428,7 @@ class TokenCache:
             return  # this process recorded (or tried to) within the minute
         self._touched[token_id] = now
         try:
-            if not await get_state().claim(f"last-used:{token_id}", interval):
+            if not await get_state().claim(keys.last_used_claim(token_id), interval):
                 return  # another process recorded a use within the minute
         except StateUnavailable:
             pass  # the conditional UPDATE alone still keeps it to once a minute
@@ -452,15 +474,6 @@ async def recheck_token(token_id, stream) -> TokenCheck:
     return await token_cache.recheck_or_known(token_id, stream)
 
 
-@database_sync_to_async
-def user_max_connections(user_id) -> int:
-    from django.contrib.auth import get_user_model
-
-    from .models import UserLimits
-
-    return UserLimits.for_user(get_user_model().objects.get(pk=user_id)).max_connections
-
-
 async def session_user_check(user_id):
     """(active, max_connections) for the user of a session socket, in one
     query; (False, None) when the user no longer exists. Used at connect and
@@ -469,7 +482,7 @@ async def session_user_check(user_id):
     return await _from_database(_session_user_check, user_id)
 
 
-@database_sync_to_async
+@database_call
 def _session_user_check(user_id):
     from django.contrib.auth import get_user_model
 

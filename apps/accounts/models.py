@@ -150,7 +150,7 @@ class UserLimits(models.Model):
 
 class ApiTokenQuerySet(models.QuerySet):
     def status_q(self, status, at=None):
-        """A Q selecting tokens whose status at `at` is `status` (same rule as `ApiToken.status`)."""
+        """A Q selecting tokens whose status at `at` is `status` (same rule as `ApiToken.status_at`)."""
         at = at or timezone.now()
         revoked = Q(revoked_at__isnull=False) | Q(retires_at__lte=at) | Q(user__is_active=False)
         expired = Q(expires_at__lte=at)
@@ -218,10 +218,6 @@ class ApiToken(models.Model):
         self._remember()
         # A new prefix gets a generation too: a process that cached "unknown" for it reloads.
         announce(prefixes=[self.prefix], token_changes=[(self.pk, self.user_id, change) for change in changes])
-
-    @property
-    def owner(self):
-        return self.user
 
     # --- change tracking --------------------------------------------------------------
 

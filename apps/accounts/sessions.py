@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from importlib import import_module
 
-from channels.db import database_sync_to_async
 from django.conf import settings
 from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY, user_logged_out
 from django.contrib.sessions.models import Session
@@ -22,6 +21,8 @@ from django.db import transaction
 from django.db.models.signals import post_delete, post_save
 from django.utils import timezone
 from django.utils.crypto import constant_time_compare
+
+from stocktracker.lib.dbthread import database_call
 
 from .auth import _from_database
 from .signals import announce, send_session_ended
@@ -42,7 +43,7 @@ async def session_check(session_key, user_id) -> SessionCheck:
     return await _from_database(_session_check, session_key, user_id)
 
 
-@database_sync_to_async
+@database_call
 def _session_check(session_key, user_id):
     from django.contrib.auth import get_user_model
 

@@ -1,53 +1,30 @@
 """The live-effect contract between accounts and the socket side.
 
-Accounts knows nothing of sockets. After every committed change to a token or
-to a user's limits it does two things, in this order:
+Accounts knows nothing of sockets. After every committed change to a token
+or to a user's limits it does two things, in this order, in
+`transaction.on_commit` (nothing is announced for a change rolled back):
 
 1. gives the token a new *generation* in shared state, so that every
-   process's token cache drops its copy before the next connect or re-check
-   (see `apps.accounts.auth`);
-2. sends one of the signals below. `apps.streams` connects receivers that
-   tell the open sockets, which re-check and close with the right code.
+   process's token cache drops its copy before the next connect or
+   re-check (`apps.accounts.auth`);
+2. sends one of the signals below (through `send_robust`: a failing
+   receiver cannot hide a committed change). `apps.streams` tells the open
+   sockets, which re-check and close with the right code.
 
-Both happen in `transaction.on_commit`: nothing is announced for a change that
-is rolled back, and a receiver that re-reads the database sees the change.
-Receivers run through `send_robust`: a failing receiver is logged and cannot
-undo or hide a change that is already committed.
+Caches trust a copy only while its generation is current, so a bump that
+shared state did not take (a Redis blip at commit time) must not be lost:
+until one succeeds, the token's prefix is *pending* in this process (its
+cache reads the database for it), the bump is retried at once within a
+short budget, then by a daemon thread until shared state takes it, and the
+signals are sent again then. A process that exits with bumps pending tries
+once more and logs the prefixes it could not invalidate.
 
-When shared state does not take the bump (a Redis blip at commit time)
-----------------------------------------------------------------------
-Caches trust a copy only while its generation is current, so a lost bump
-would let other processes keep accepting a revoked token from their caches.
-Therefore:
-
-- From just before the first attempt until a bump has succeeded, the token's
-  prefix is *pending* in this process (`pending_bumps`): this process's cache
-  does not answer for it, every check and re-check reads the database.
-- The bump is retried at once: up to 3 attempts, 50 ms and 200 ms apart, none
-  started later than BUMP_FOREGROUND_BUDGET (0.5 s) after the first (a
-  hanging Redis can add its 2 s socket timeout to one attempt).
-- If they all fail, the prefix stays pending and a daemon thread retries
-  after BUMP_BACKGROUND_DELAYS (0.5, 1, 2, then every 5 s) until shared state
-  takes it; then it sends the signals again, so open sockets on every process
-  re-check against the new generation. A process that exits with bumps still
-  pending makes one last attempt (atexit) and logs the prefixes it could not
-  invalidate.
-
-The window that remains, precisely: another process may accept the changed
-token from its cache (and its open sockets' re-checks may pass) only
-
-- between the commit and the successful bump: normally one Redis round-trip;
-  after a failed bump, until shared state takes the retried bump (at most
-  about 5 s after Redis is reachable again from this process), and
-- never for longer than TOKEN_CACHE_TTL after that process loaded its copy,
-  which bounds the case where no retry can ever succeed (the changing process
-  died first, or a Redis failover lost an acknowledged write). Open sockets
-  are then closed by their periodic re-check, at the latest TOKEN_CACHE_TTL +
-  TOKEN_RECHECK_INTERVAL after the commit.
-
-The process that made the change never answers from a stale copy after its
-commit callback has started. While shared state cannot be read at all, no
-process answers from its cache (checks fall back to the database).
+What remains: another process may accept the changed token from its cache
+only between the commit and the successful bump, and never for longer than
+TOKEN_CACHE_TTL after it loaded its copy (which bounds the case where no
+retry can succeed: the changing process died, or a failover lost the
+write). Open sockets are then closed by their periodic re-check, at the
+latest TOKEN_CACHE_TTL + TOKEN_RECHECK_INTERVAL after the commit.
 """
 
 import atexit
@@ -60,6 +37,8 @@ from django.conf import settings
 from django.db import transaction
 from django.db.models.signals import post_delete
 from django.dispatch import Signal
+
+from stocktracker.lib import keys
 
 log = logging.getLogger("apps.accounts")
 
@@ -77,11 +56,6 @@ CHANGES = ("revoked", "rotated", "expiry", "streams", "limits")
 # A generation key outlives any cached copy by far; when it expires, caches
 # simply reload once.
 GENERATION_TTL = 24 * 3600
-
-
-def generation_key(prefix):
-    """Shared-state key whose value changes whenever the token `prefix` changes."""
-    return f"token:{prefix}"
 
 
 def run_on_state(fn):
@@ -213,8 +187,8 @@ atexit.register(pending_bumps._at_exit)
 
 
 def _bump(prefixes):
-    keys = [generation_key(prefix) for prefix in prefixes]
-    run_on_state(lambda state: state.generation_bump(keys, GENERATION_TTL))
+    names = [keys.token_generation(prefix) for prefix in prefixes]
+    run_on_state(lambda state: state.generation_bump(names, GENERATION_TTL))
 
 
 def bump_generations(prefixes, resend=None):

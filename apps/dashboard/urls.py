@@ -5,5 +5,4 @@ from . import views
 urlpatterns = [
     path("", views.dashboard, name="dashboard"),
     path("tokens/", views.tokens, name="tokens"),
-    path("api/v1/snapshot/<str:stream>", views.snapshot, name="snapshot"),
 ]

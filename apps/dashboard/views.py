@@ -4,21 +4,16 @@ from datetime import timedelta
 
 from asgiref.sync import sync_to_async
 from django.contrib.auth.decorators import login_required
-from django.http import Http404, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.urls import reverse
 from django.utils import timezone
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
-from apps.accounts.auth import AccountsUnavailable
-from apps.streams import authlimit
-from apps.streams.credentials import LIMITED, REJECTION, budgeted_check
-from apps.streams.netaddr import request_client_ip
-from apps.streams.protocol import STREAMS, now_ms, refusal_table
+from apps.streams import snapshots
+from apps.streams.protocol import now_ms, refusal_table
+from stocktracker.lib import catalogue, keys
 from stocktracker.lib.state import StateUnavailable, get_state
-
-from . import snapshots
 
 log = logging.getLogger("apps.dashboard")
 
@@ -51,7 +46,7 @@ async def dashboard(request):
     user = await request.auser()
     frames, feed, unavailable = {}, None, False
     try:
-        texts = await snapshots.latest_texts(f"user:{user.pk}")
+        texts = await snapshots.latest_texts(keys.user(user.pk))
         frames = {stream: _parse(text) for stream, text in texts.items()}
         feed = await get_state().feed_get()
     except StateUnavailable:
@@ -69,7 +64,7 @@ async def dashboard(request):
                 "seq": (frames.get(stream) or {}).get("seq"),
                 "published_ms": (frames.get(stream) or {}).get("published_ms"),
             }
-            for stream in STREAMS
+            for stream in catalogue.STREAMS
         },
         "feed": feed and {k: feed.get(k) for k in ("state", "since_ms", "detail", "simulated")},
         # Close code -> what the page says when no `error` frame told it more.
@@ -95,57 +90,6 @@ async def dashboard(request):
         "config": config,
     }
     return await _render(request, "dashboard/board.html", context)
-
-
-def _bearer(request):
-    scheme, _, credential = request.headers.get("Authorization", "").partition(" ")
-    return credential.strip() if scheme.lower() == "bearer" else None
-
-
-def _api_error(status, code, message, **headers):
-    response = JsonResponse({"type": "error", "code": code, "message": message}, status=status)
-    for name, value in headers.items():
-        response[name.replace("_", "-")] = value
-    return response
-
-
-@never_cache
-@require_GET
-async def snapshot(request, stream):
-    """The latest snapshot of `stream`, byte for byte the socket's `snapshot` frame.
-    Auth: a logged-in session, or `Authorization: Bearer <token>` (never ?token=),
-    whose failures count against the address's failed sign-in budget, as on the sockets."""
-    if stream not in STREAMS:
-        raise Http404("unknown stream")
-    raw = _bearer(request)
-    if raw is not None:
-        try:
-            check = await budgeted_check(raw, stream, request_client_ip(request))
-        except AccountsUnavailable:
-            return _api_error(503, "unavailable", "sign-in is temporarily unavailable; retry later", Retry_After="5")
-        if check is LIMITED:  # the address used up its failed sign-in budget: no database work
-            reason = REJECTION["limited"]
-            return _api_error(reason.status, reason.error, reason.message, Retry_After=str(authlimit.retry_after()))
-        if not check.ok:
-            reason = REJECTION.get(check.reason, REJECTION["bad"])
-            return _api_error(
-                reason.status, reason.error, reason.message, WWW_Authenticate='Bearer error="invalid_token"'
-            )
-        member = f"token:{check.token_id}"
-    else:
-        user = await request.auser()
-        if not user.is_authenticated:
-            return _api_error(
-                401, "auth_required", "log in or send Authorization: Bearer <token>", WWW_Authenticate="Bearer"
-            )
-        member = f"user:{user.pk}"
-    try:
-        text = (await snapshots.latest_texts(member, [stream]))[stream]
-    except StateUnavailable:
-        return _api_error(503, "unavailable", "service temporarily unavailable", Retry_After="5")
-    if text is None:
-        return _api_error(503, "no_data", "no snapshot yet; the feed is starting", Retry_After="2")
-    return HttpResponse(text, content_type="application/json")
 
 
 USAGE_DAYS = 7  # "My tokens" shows today and the last week
@@ -215,8 +159,8 @@ async def tokens(request):
     try:
         state = get_state()
         for row in rows:
-            row["live"] = await state.lease_count(f"token:{row['id']}")
-        live_total = await state.lease_count(f"user:{user.pk}")
+            row["live"] = await state.lease_count(keys.token(row["id"]))
+        live_total = await state.lease_count(keys.user(user.pk))
     except StateUnavailable:
         unavailable = True
     context = {

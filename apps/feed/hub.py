@@ -15,7 +15,7 @@ with expires. `HubStream` runs one `HubChannel` per channel type, which is
 correct whether a second SwitchChannels adds to or replaces the first.
 
 Never logged: the bearer token and the connection URLs (they carry the
-connection token); see apps/streams/logs.py for the filter behind that.
+connection token); see stocktracker/lib/logs.py for the filter behind that.
 Shapes: ../shared/reference/ssi-fastconnect.md section 5.
 """
 
@@ -30,8 +30,9 @@ import httpx
 import websockets
 from websockets.exceptions import InvalidStatus, WebSocketException
 
-from apps.streams import metrics
 from stocktracker.lib.aio import running
+
+from . import metrics
 
 log = logging.getLogger("apps.feed.hub")
 

@@ -1,6 +1,6 @@
 """The board's state in memory, kept current from the streaming hub and REST.
 
-Rows stay SSI-shaped (CONTRACT-11: the payload builders read them through
+Rows stay SSI-shaped (the payload builders read them through
 apps/feed/rows.py), each key in one spelling only, the hub's: a REST
 DailyStockPrice row is renamed on the way in (ClosePrice -> LastPrice, ...),
 so a row never holds two spellings of one field that could disagree.

@@ -8,6 +8,8 @@ A number that is not known is None (JSON null), never 0.
 from dataclasses import dataclass, field
 from functools import cached_property
 
+from stocktracker.lib.catalogue import FOREIGN, INDEX, MARKET
+
 from . import rows as r
 from .market import INDEX_CODES, INDEX_NAMES
 
@@ -347,7 +349,7 @@ def build_index(data, points=None):
     }
 
 
-BUILDERS = {"market": build_market, "foreign": build_foreign, "index": build_index}
+BUILDERS = {MARKET: build_market, FOREIGN: build_foreign, INDEX: build_index}
 
 
 def fingerprint(value):

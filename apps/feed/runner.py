@@ -10,37 +10,32 @@ feed state follows it (live/closed) without any upstream request or payload.
 `feed-wake` channel, lock renewal and heartbeat in `_keep` (also during a long
 cycle or a long idle sleep), and a clean release of the lock on stop.
 
-Leadership is a redis-py Lock (key `stk:feed:leader`, TTL FEED_LEADER_TTL):
-a standby retries it every second, so it takes over within TTL + 1 s of a
-leader's death, at once after a clean stop. Embedded mode has one process
-and is always the leader.
-
-The feed never touches the database, so it has no connections to recycle.
+Who leads is `leadership`; the intraday history the builders need is
+`history`. The feed never touches the database, so it has no connections
+to recycle.
 """
 
 import asyncio
-import json
 import logging
 import math
 import random
 import time
-from collections import deque
 
 from channels.layers import get_channel_layer
 from django.conf import settings
 
-from apps.streams import metrics, protocol
 from apps.streams.publish import Fenced, publish_feed_state, publish_snapshot
+from stocktracker.lib import catalogue, keys
 from stocktracker.lib.aio import running
 from stocktracker.lib.state import get_state
 
-from . import market
-from .payloads import BUILDERS, board_flow, fingerprint, index_value
-from .simulator import POINT_EVERY_S
+from . import market, metrics
+from .history import IntradayHistory
+from .leadership import Leadership
+from .payloads import BUILDERS, fingerprint
 
 log = logging.getLogger("apps.feed")
 
-LOCK_KEY = "stk:feed:leader"
 SLICE_S = 0.5  # sleep granularity: how fast a stop or a wake is noticed
 STANDBY_RETRY_S = 1.0
 TOUCH_EVERY_S = 5.0
@@ -62,97 +57,15 @@ def make_source():
     return SimulatorSource()
 
 
-class Leadership:
-    """The leader lock in Redis; always held in embedded mode or when not electing."""
-
-    def __init__(self, elect):
-        self.elect = elect
-        self.lock = None
-        self.held = False
-        self.terms = 0  # times this process took the lock
-        self.renewed = -math.inf  # monotonic time the lock was last taken or renewed
-
-    def renew_every(self):
-        return min(settings.FEED_LEADER_TTL / 3, TOUCH_EVERY_S)
-
-    def _lock(self, state):
-        if self.lock is None:
-            self.lock = state.redis.lock(LOCK_KEY, timeout=settings.FEED_LEADER_TTL, thread_local=False)
-        return self.lock
-
-    async def ensure(self, renew=True):
-        """Hold (or renew) the lock if possible; True while this process leads.
-
-        `renew=False` (a cycle) trusts a lock renewed less than `renew_every()`
-        ago, which leaves it at least two thirds of its TTL: the `_keep` task
-        renews it, and `still_held()` checks it before each publish anyway."""
-        state = get_state()
-        if not self.elect or state.embedded:
-            self.terms += not self.held
-            self.held = True
-            metrics.FEED_LEADER.set(1)
-            return True
-        from redis.exceptions import LockError
-
-        if self.held and not renew and time.monotonic() - self.renewed < self.renew_every():
-            return True
-        lock = self._lock(state)
-        if self.held:
-            try:
-                await lock.reacquire()
-                self.renewed = time.monotonic()
-                return True
-            except LockError:
-                self.held = False
-                metrics.FEED_LEADER.set(0)
-                log.warning("lost the feed leader lock")
-        self.held = bool(await lock.acquire(blocking=False))
-        if self.held:
-            self.renewed = time.monotonic()
-            self.terms += 1
-            log.info("took the feed leader lock")
-        metrics.FEED_LEADER.set(1 if self.held else 0)
-        return self.held
-
-    async def still_held(self):
-        """Checked right before every publish: a leader that lost the lock must not publish."""
-        state = get_state()
-        if not self.elect or state.embedded:
-            return True
-        self.held = await self._lock(state).owned()
-        return self.held
-
-    def fence(self):
-        """This term's proof of leadership for the publish step: (lock key,
-        token), checked by Redis in the same script that numbers the frame."""
-        if self.lock is None or not self.elect:
-            return None
-        return (LOCK_KEY, self.lock.local.token)
-
-    async def release(self):
-        if self.lock is None or not self.held:
-            return
-        from redis.exceptions import LockError, RedisError
-
-        self.held = False
-        metrics.FEED_LEADER.set(0)
-        try:
-            await self.lock.release()
-            log.info("released the feed leader lock")
-        except (LockError, RedisError, OSError):
-            log.warning("could not release the feed leader lock; it expires on its own")
-
-
 class Feed:
     def __init__(self, source=None, *, elect=False):
         self.source = source or make_source()
         self.leader = Leadership(elect)
         self.fingerprints = {}
+        self.positions = {}  # stream -> (epoch, seq) this process last published: the floor of the next
         self.term = 0
         self.feed_state = None  # (state, detail) last published by this process
-        self.epoch = None
-        self.flow = deque()  # (source_ms, board foreign buy value, sell value)
-        self.points = {}  # index code -> [[ms, value], ...] on the POINT_EVERY_S grid
+        self.history = IntradayHistory()
         self.failures = 0
         self.failing_since = None
         self.touched = -math.inf  # monotonic time of the last heartbeat
@@ -180,8 +93,8 @@ class Feed:
             self.fingerprints.clear()
             self.feed_state = None
         self.stats["cycles"] += 1
-        counts = await state.lease_counts([protocol.subscriber_key(stream) for stream in protocol.STREAMS])
-        needs = {stream for stream, count in zip(protocol.STREAMS, counts, strict=True) if count > 0}
+        counts = await state.lease_counts([keys.subscribers(stream) for stream in catalogue.STREAMS])
+        needs = {stream for stream, count in zip(catalogue.STREAMS, counts, strict=True) if count > 0}
         if not needs:
             self.stats["idle"] += 1
             # From the clock alone, every idle cycle (published only when it changes):
@@ -197,10 +110,11 @@ class Feed:
             return {}  # zero-cost idle: no upstream request, nothing built or serialized
         data = await self.source.fetch(needs)
         self.stats["fetches"] += 1
-        epoch = data.trading_date.isoformat()
-        if epoch != self.epoch:
-            await self._new_epoch(epoch)
-        self._seed_points()
+        day = data.trading_date.isoformat()
+        await self.history.start_day(day)
+        take = getattr(self.source, "take_backfill", None)
+        if take is not None:
+            self.history.seed(take())
         # Any board in a session: the derivatives ATO (08:45) is live before HOSE opens.
         feed = "live" if data.phase in market.OPEN_PHASES or market.is_open(self.source.now()) else "closed"
         degraded = getattr(self.source, "degraded", "")
@@ -213,9 +127,9 @@ class Feed:
             self.failures, self.failing_since = 0, None
             return {}
         self.last_data = data
-        extras = self._track(data, needs)
+        extras = self.history.track(data, needs)
         published = {}
-        for stream in protocol.STREAMS:
+        for stream in catalogue.STREAMS:
             if stream not in needs:
                 continue
             payload = BUILDERS[stream](data, *extras.get(stream, ()))
@@ -227,79 +141,25 @@ class Feed:
                 log.warning("not publishing %s: no longer the leader", stream)
                 return None
             try:
-                published[stream] = await publish_snapshot(
+                position = await publish_snapshot(
                     stream,
                     payload,
-                    epoch=epoch,
+                    day=day,
                     source_ms=data.source_ms,
                     feed=feed,
                     simulated=data.simulated,
                     fence=self.leader.fence(),
+                    floor=self.positions.get(stream),
                 )
             except Fenced:
                 self._fenced(stream)
                 return None
+            self.positions[stream] = position
+            published[stream] = position[1]
             self.fingerprints[stream] = mark
             self.stats["published"] += 1
         self.failures, self.failing_since = 0, None
         return published
-
-    async def _new_epoch(self, epoch):
-        self.epoch = epoch
-        self.flow.clear()
-        self.points = {}
-        # A restarted or new leader picks up today's sparkline from the latest index frame.
-        raw = await get_state().latest_get("index")
-        if raw:
-            try:
-                frame = json.loads(raw)
-                if frame.get("epoch") == epoch:
-                    for entry in frame["data"]["indices"]:
-                        points = entry["points"]
-                        # The last point is the then-current value unless it lies on the grid.
-                        if len(points) >= 2 and points[-1][0] - points[-2][0] < POINT_EVERY_S * 1000:
-                            points = points[:-1]
-                        self.points[entry["code"]] = points
-            except (ValueError, KeyError, TypeError):
-                log.warning("could not read sparkline points from the latest index frame")
-
-    def _seed_points(self):
-        """Sparkline points a source back-filled (SSI: IntradayOhlc), before the ones tracked here."""
-        take = getattr(self.source, "take_backfill", None)
-        seed = take() if take is not None else None
-        for code, points in (seed or {}).items():
-            fixed = self.points.get(code, [])
-            first = fixed[0][0] if fixed else math.inf
-            self.points[code] = [list(p) for p in points if p[0] < first] + fixed
-
-    def _track(self, data, needs):
-        """Per-cycle history the pure builders need: foreign flow samples and index points."""
-        extras = {}
-        if "foreign" in needs:
-            totals = board_flow(data)
-            self.flow.append((data.source_ms, totals["buy_value"], totals["sell_value"]))
-            while self.flow and self.flow[0][0] < data.source_ms - 120_000:
-                self.flow.popleft()
-            extras["foreign"] = (list(self.flow),)
-        if "index" in needs:
-            if data.points is not None:
-                points = data.points
-            else:
-                points = {}
-                for code in market.INDEX_CODES:
-                    value = index_value(data, code)
-                    fixed = self.points.setdefault(code, [])
-                    if value is None:
-                        points[code] = list(fixed)
-                        continue
-                    if data.phase in market.OPEN_PHASES and (
-                        not fixed or data.source_ms >= fixed[-1][0] + POINT_EVERY_S * 1000
-                    ):
-                        fixed.append([data.source_ms, value])
-                    current = [data.source_ms, value]
-                    points[code] = list(fixed) if fixed and fixed[-1] == current else [*fixed, current]
-            extras["index"] = (points,)
-        return extras
 
     async def set_feed_state(self, name, detail=""):
         """Publish the feed state when it changes (live, stale, down, closed).
@@ -318,8 +178,7 @@ class Feed:
 
     def _fenced(self, what):
         # Paused past the lock's TTL: another process leads now.
-        self.leader.held = False
-        metrics.FEED_LEADER.set(0)
+        self.leader.stepped_down()
         log.warning("not publishing %s: another process took the feed leader lock", what)
 
     async def safe_cycle(self):
@@ -438,7 +297,7 @@ class Feed:
         layer = get_channel_layer()
         while running():
             try:
-                message = await layer.receive(protocol.WAKE_CHANNEL)
+                message = await layer.receive(keys.WAKE_CHANNEL)
             except asyncio.CancelledError:
                 raise
             except Exception:

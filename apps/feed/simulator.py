@@ -19,9 +19,11 @@ clock, so every worker process computes the same simulated moment.
 import datetime as dt
 import math
 import random
+import time
 
 from django.conf import settings
 
+from stocktracker.lib import keys
 from stocktracker.lib.state import get_state
 
 from . import market
@@ -666,6 +668,13 @@ class DemoClock:
         return day
 
 
+async def demo_anchor():
+    """The wall moment the demo day starts at: the first process to ask sets
+    it; every other one reads the same."""
+    raw = await get_state().first_value(keys.DEMO_ANCHOR, int(time.time() * 1000))
+    return dt.datetime.fromtimestamp(int(raw) / 1000, dt.UTC)
+
+
 class SimulatorSource:
     """FEED_SOURCE=simulator: no network, every frame marked simulated."""
 
@@ -698,7 +707,7 @@ class SimulatorSource:
             # Every process plays the demo from the same moment: the first one
             # to ask sets it (for a day), so a standby that takes over shows the
             # same simulated time, and a fresh start opens just before 09:15.
-            self.demo.anchor = await get_state().demo_anchor()
+            self.demo.anchor = await demo_anchor()
         return self.simulator.snapshot(self.now())
 
     def interval(self):

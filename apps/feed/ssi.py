@@ -20,9 +20,9 @@ import time
 import httpx
 from django.conf import settings
 
-from apps.streams import metrics
+from stocktracker.lib.catalogue import FOREIGN, INDEX, MARKET
 
-from . import market
+from . import market, metrics
 from .payloads import FeedData, Futures
 from .rows import lower_keys, pick
 
@@ -450,16 +450,16 @@ class SSISource:
 
     async def _fetch(self, now, day, needs):
         basket, contract, stocks, futures, indices = [], None, [], None, {}
-        if needs & {"market", "foreign"}:
+        if needs & {MARKET, FOREIGN}:
             basket, contract = await self.resolve_day(day)
             stocks = await self.client.daily_stock_price(day, market_code="HOSE")
             for symbol in self._extras_off_hose(day, stocks):  # one more request per symbol
                 stocks.extend(await self._extra_rows(day, symbol))
-        if "market" in needs:
+        if MARKET in needs:
             rows = await self.client.daily_stock_price(day, market_code="DER", symbol=contract.symbol, page_size=10)
             match = [row for row in rows if str(pick(lower_keys(row), ("symbol",)) or "").upper() == contract.symbol]
             futures = Futures(contract.symbol, contract.alias, contract.expiry, (match or rows or [None])[0])
-        codes = market.INDEX_CODES if "index" in needs else ("VN30",) if "market" in needs else ()
+        codes = market.INDEX_CODES if INDEX in needs else ("VN30",) if MARKET in needs else ()
         for code in codes:
             row = await self.client.daily_index(code, day)
             if row is not None:

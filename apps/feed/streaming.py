@@ -27,6 +27,7 @@ import time
 from django.conf import settings
 
 from stocktracker.lib.aio import running
+from stocktracker.lib.catalogue import FOREIGN, INDEX, MARKET, STREAMS
 
 from . import market
 from .hub import CHANNEL_TYPES, HubStream
@@ -48,16 +49,16 @@ STALE_GRACE_S = 2.0  # the hub down this long: the feed says `stale`
 START_SLACK_S = 5.0
 
 STREAM_PARTS = {
-    "market": ("board", "future", "index:VN30"),
-    "foreign": ("board",),
-    "index": tuple(f"index:{code}" for code in market.INDEX_CODES),
+    MARKET: ("board", "future", "index:VN30"),
+    FOREIGN: ("board",),
+    INDEX: tuple(f"index:{code}" for code in market.INDEX_CODES),
 }
 
 
 def parts_for(needs):
     """REST parts the subscribed streams need, in the order they need them."""
     ordered = []
-    for stream in ("market", "foreign", "index"):
+    for stream in STREAMS:
         if stream in needs:
             ordered.extend(part for part in STREAM_PARTS[stream] if part not in ordered)
     return ordered
@@ -266,7 +267,7 @@ class StreamingSource(SSISource):
             # changed while a link was down is missing from the board.
             fresh = self.fresh
             todo = [part for part in wanted if part not in fresh]
-            if not todo and "foreign" in self.needs and moment - self.last_board >= BOARD_REFRESH_S:
+            if not todo and FOREIGN in self.needs and moment - self.last_board >= BOARD_REFRESH_S:
                 todo = ["board"]
         else:
             todo = [part for part in wanted if part not in self.have]
@@ -277,7 +278,7 @@ class StreamingSource(SSISource):
                 self.last_poll = moment
         if todo:
             await self._take(day, todo)
-        if "index" in self.needs and self.backfilled_day != day and self.hub.up:
+        if INDEX in self.needs and self.backfilled_day != day and self.hub.up:
             await self._backfill(day)
 
     async def _take(self, day, parts):

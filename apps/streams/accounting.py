@@ -1,7 +1,7 @@
 """Per-process counting of what the sockets do, flushed in batches.
 
-Nothing here runs per delivered message: a socket counts `sent` and
-`sent_bytes` on itself (two integer additions). The consumer calls this
+Nothing here runs per delivered message: a socket's `Subscriber` counts
+what it was sent (two integer additions). The consumer calls this
 module once per connect (`opened`), once per refusal (`rejected`) and once
 when it goes (`closed`). A task per event loop then, every
 METRICS_FOLD_INTERVAL seconds, folds the sockets' new counts into the
@@ -20,11 +20,12 @@ import asyncio
 import logging
 import weakref
 
-from channels.db import database_sync_to_async
 from django.conf import settings
 from django.utils import timezone
 
+from stocktracker.lib import keys
 from stocktracker.lib.aio import PerLoop, running
+from stocktracker.lib.dbthread import database_call
 from stocktracker.lib.state import StateUnavailable, get_state
 
 from . import metrics
@@ -38,6 +39,7 @@ FOLD_SLICE = 2000  # sockets folded between yields (a few ms at 10,000 sockets)
 class Accounting:
     def __init__(self):
         self.sockets = weakref.WeakSet()  # streaming sockets on this loop
+        self.folded = weakref.WeakKeyDictionary()  # socket -> (sent, sent_bytes) already counted
         self.pending = {}  # (token_id, day) -> [connections, peak, messages, bytes, rejections]
         self.live = {}  # token_id -> this process's streaming sockets of it
         self.peaks_due = set()  # tokens that gained a socket since the last global peak read
@@ -53,7 +55,7 @@ class Accounting:
         metrics.CONNECTS.labels(stream).inc()
         metrics.CONNECTIONS.labels(stream).inc()
         self.sockets.add(consumer)
-        consumer.acct_folded = (0, 0)  # (sent, sent_bytes) already counted; the welcome snapshot counts too
+        self.folded[consumer] = (0, 0)  # the welcome snapshot counts too
         token_id = consumer.grant.token_id
         if token_id is None:
             return
@@ -105,12 +107,12 @@ class Accounting:
         """Move one socket's new counts into `streams` (stream -> [messages,
         bytes]) and `tokens` (token_id -> [messages, bytes]); applied at once
         when those are not given."""
-        sent, sent_bytes = consumer.sent, getattr(consumer, "sent_bytes", 0)
-        old_sent, old_bytes = getattr(consumer, "acct_folded", (0, 0))
+        sent, sent_bytes = consumer.sent, consumer.sent_bytes
+        old_sent, old_bytes = self.folded.get(consumer, (0, 0))
         messages, size = sent - old_sent, sent_bytes - old_bytes
         if not messages and not size:
             return
-        consumer.acct_folded = (sent, sent_bytes)
+        self.folded[consumer] = (sent, sent_bytes)
         apply = streams is None
         if apply:
             streams, tokens = {}, {}
@@ -157,7 +159,7 @@ class Accounting:
             return
         due, self.peaks_due = list(self.peaks_due), set()
         try:
-            counts = await get_state().lease_counts([f"token:{token_id}" for token_id in due])
+            counts = await get_state().lease_counts([keys.token(token_id) for token_id in due])
         except StateUnavailable:
             return  # this process's own counts stand
         for token_id, count in zip(due, counts, strict=True):
@@ -217,7 +219,7 @@ class Accounting:
                 await self.fold()
 
 
-@database_sync_to_async
+@database_call
 def _record(rows):
     from apps.accounts.models import TokenUsage
 

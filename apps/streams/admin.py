@@ -18,18 +18,18 @@ from .protocol import Close
 
 
 async def _sessions():
-    return await get_state().sessions()
+    return await get_state().entries()
 
 
 async def _disconnect(conn_ids, by):
     """Ask the process holding each chosen socket to close it; returns how many were found."""
     state = get_state()
     layer = get_channel_layer()
-    chosen = [info for info in await state.sessions() if info["id"] in conn_ids]
+    chosen = [info for info in await state.entries() if info["id"] in conn_ids]
     for info in chosen:
         message = {"type": "session.close", "conn": info["id"], "code": int(Close.KICKED), "by": by}
         await layer.send(info["channel"], message)
-        await state.session_drop(info["id"])
+        await state.entry_drop(info["id"])
     return len(chosen)
 
 

@@ -19,13 +19,14 @@ import time
 
 from django.conf import settings
 
+from stocktracker.lib import keys
 from stocktracker.lib.state import StateUnavailable, get_state
 
 WINDOW_S = 60
 
 
 def _key(ip):
-    return f"authfail:{ip}:{int(time.time() // WINDOW_S)}"
+    return keys.auth_failures(ip, int(time.time() // WINDOW_S))
 
 
 def retry_after() -> int:

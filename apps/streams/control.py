@@ -3,7 +3,7 @@ this process's sockets, and staff kicks addressed to this process.
 
 Senders use the channel layer as usual: `live` sends `token.recheck`,
 `user.recheck` and `session.end` to a group per token, user or signed-in
-session (`protocol.token_group` etc.), the admin sends `session.close` to the
+session (`keys.token_group` etc.), the admin sends `session.close` to the
 channel recorded in a socket's live-session entry. This module gives the
 process one channel of its own; that channel joins each control group that has
 at least one local socket (one subscription per group per process, dropped
@@ -25,6 +25,7 @@ import secrets
 
 from channels.layers import get_channel_layer
 
+from stocktracker.lib import keys
 from stocktracker.lib.aio import PerLoop, running
 
 log = logging.getLogger("apps.streams")
@@ -39,6 +40,16 @@ HANDLERS = {
     "session.end": "session_end",
     "session.close": "session_close",
 }
+
+
+def groups_of(grant):
+    """The control groups a socket of `grant` joins."""
+    groups = [keys.user_group(grant.user_id)]
+    if grant.token_id is not None:
+        groups.append(keys.token_group(grant.token_id))
+    elif grant.session is not None:
+        groups.append(keys.session_group(grant.session))
+    return groups
 
 
 class Group:
@@ -110,7 +121,7 @@ class Control:
         if self.channel is None:
             async with self.lock:
                 if self.channel is None:
-                    self.channel = await self.layer.new_channel("stk-ctl.")
+                    self.channel = await self.layer.new_channel(keys.CONTROL_CHANNEL)
         if self.receiver is None or self.receiver.done():
             self.receiver = asyncio.ensure_future(self._receive())
         return self.channel

@@ -1,20 +1,18 @@
-"""Who is on a socket: credentials from the handshake, the grant they earn,
-and the re-checks that keep it valid.
+"""Who is on a socket: the grant a token or a session earns, and the
+re-checks that keep it valid.
 
-Credentials, in order: a Bearer header, `?token=` (old clients), a Django
-session (browser pages we serve; origin-checked), or a first `auth` message.
 A grant is re-checked per token per process, never per socket: sockets of
 one token on one stream share one `recheck_token` call (`shared`), and the
-periodic re-check (`apps.streams.upkeep`) runs one check per (token, stream).
+periodic re-check (`sessions.Registry`) runs one check per (token, stream).
+What a handshake presents is read by `signin`.
 """
 
 import asyncio
-import hashlib
-from urllib.parse import parse_qs
 
 from apps.accounts import tokens
 from apps.accounts.auth import TokenCheck, check_token, recheck_token, session_user_check
 from apps.accounts.sessions import SessionCheck, session_check
+from stocktracker.lib import keys
 
 from . import authlimit
 from .protocol import Refusal
@@ -25,7 +23,7 @@ class Grant:
     `deadline`: when the token stops working on its own (expiry or end of
     rotation grace, or a session's expiry), as epoch seconds, or None.
     `session`: for a session socket, a digest of its session key
-    (`session_id`), never the key itself; `session_key`: the key, kept in
+    (`keys.session_name`), never the key itself; `session_key`: the key, kept in
     memory for the session's re-checks only."""
 
     __slots__ = (
@@ -145,14 +143,6 @@ async def token_grant(raw, stream, ip):
     )
 
 
-def session_id(session_key):
-    """A stable name for a browser session that is not its key (a credential):
-    lease sets and live-session entries in Redis carry this, never the key."""
-    if not session_key:
-        return None
-    return hashlib.sha256(f"session:{session_key}".encode()).hexdigest()[:32]
-
-
 async def session_grant(user, session_key=None):
     """A Grant for the session's user (already loaded by the auth middleware),
     with the user's cap and the session's expiry as its deadline; None if the
@@ -170,30 +160,9 @@ async def session_grant(user, session_key=None):
         username=user.get_username(),
         user_max=check.user_max,
         deadline=check.expires_at.timestamp() if check.expires_at else None,
-        session=session_id(session_key),
+        session=keys.session_name(session_key),
         session_key=session_key,
     )
-
-
-def header(scope, wanted):
-    for name, value in scope.get("headers", []):
-        if name == wanted:
-            return value.decode("latin-1")
-    return None
-
-
-def bearer_token(scope):
-    value = header(scope, b"authorization")
-    if value:
-        scheme, _, credential = value.partition(" ")
-        if scheme.lower() == "bearer":
-            return credential.strip()
-    return None
-
-
-def query_token(scope):
-    values = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("token")
-    return values[0] if values else None
 
 
 async def _check(key, grant):
@@ -253,22 +222,3 @@ def apply_check(grant, result):
     moved = deadline != grant.deadline
     grant.deadline = deadline
     return None, moved
-
-
-def session_auth_when_cookie(inner):
-    """Channels' session auth, for handshakes that carry a cookie only: API
-    clients (Bearer, `?token=`, `auth` message) skip its user lookup, a hop
-    onto the one shared sync thread per connect that queued connect storms."""
-    from channels.auth import AuthMiddlewareStack
-    from django.contrib.auth.models import AnonymousUser
-
-    with_session = AuthMiddlewareStack(inner)
-    anonymous = AnonymousUser()
-
-    async def middleware(scope, receive, send):
-        if header(scope, b"cookie") is None:
-            scope["user"] = anonymous  # in place: each copy of the scope lives as long as the socket
-            return await inner(scope, receive, send)
-        return await with_session(scope, receive, send)
-
-    return middleware

@@ -1,24 +1,28 @@
 """Per-process fan-out: one channel-layer subscription per topic, each frame
-encoded once and written to every local socket of the topic.
+framed once and written to every local socket of the topic.
 
-A topic is a channel-layer group (today one per stream, `protocol.stream_group`;
-a watchlist would add one per symbol and subscribe a socket to several). The
-hub holds one channel per topic it serves, joined to that group; one task per
-topic receives each published frame once, frames it once
-(`transport.text_frame`) and writes the same bytes to every local socket with
-no task and no queue per socket (`transport.send_many`: the sockets with
-nothing queued, split over WS_SEND_THREADS threads). Consumers never see
-stream frames.
+A topic is a channel-layer group (today one per stream,
+`keys.stream_group`); a socket may follow several. Each socket is known here
+by its `Subscriber`, which this module owns: whether it takes frames yet,
+what was held back for it, which position of each topic it already has, its
+backlog clock, its ping and what it was sent. Consumers hold one and call its
+methods; they never see stream frames.
+
+The hub holds one channel per topic it serves, joined to that group; one
+task per topic receives each published frame once, frames it once
+(`links.text_frame`) and writes the same bytes to every local socket with no
+task and no queue per socket (`links.send_many`: the sockets with nothing
+queued, split over WS_SEND_THREADS threads).
 
 Slow readers: a socket whose send buffer holds more than WS_SEND_BUFFER_BYTES
-gets nothing new; only the newest frame of each kind is kept for it
+gets nothing new; only the newest frame of each topic and kind is kept for it
 (conflation) and written when it catches up. Still backlogged after
-WS_HEARTBEAT_TIMEOUT, or silent to a protocol ping for as long, it is closed
-with 4103; the others never wait for it.
+WS_HEARTBEAT_TIMEOUT, or silent to a protocol ping for as long, it is handed
+to its `on_slow` (the consumer closes it with 4103); the others never wait.
 
-Every WS_HEARTBEAT_INTERVAL one tick sends all sockets the same `heartbeat`
-frame and a protocol ping with one nonce; WS_HEARTBEAT_TIMEOUT later the
-sockets that did not answer are closed.
+Every WS_HEARTBEAT_INTERVAL one tick sends every socket, once however many
+topics it follows, the same `heartbeat` frame and a protocol ping with one
+nonce; WS_HEARTBEAT_TIMEOUT later the sockets that did not answer are slow.
 
 Sockets without a daphne `Link` (other servers, the test communicator) get
 the same frames through their ASGI `send`, awaited in turn.
@@ -29,21 +33,23 @@ import logging
 import secrets
 import time
 
+from autobahn.exception import Disconnected
 from channels.layers import get_channel_layer
 from django.conf import settings
 
+from stocktracker.lib import keys
 from stocktracker.lib.aio import PerLoop, running
 
 from . import protocol
+from .links import ping_frame, send_many, text_frame
 from .metrics import fanout
 from .publish import FRAME
-from .transport import ping_frame, send_many, text_frame
 
 log = logging.getLogger("apps.streams")
 
 RETRY = 1.0  # seconds before a failed topic receive is retried
 PING_MARK = b"stk"  # our pings' payloads start with it (daphne sends its own)
-TICK_SLICE = 1000  # sockets per heartbeat slice (~20 ms of writes)
+TICK_SLICE = 1000  # sockets per heartbeat slice: a fan-out waits for one slice at most
 
 
 class Held:
@@ -55,10 +61,93 @@ class Held:
         self.text, self.frame, self.size = text, frame, size
 
 
+class Subscriber:
+    """One socket, as the fan-out sees it.
+
+    `link`: the daphne Link (None under other servers: frames go through
+    `send`, the ASGI send). `on_slow(why)`: called once when the socket
+    stopped reading or answering pings."""
+
+    __slots__ = (
+        "__weakref__",
+        "backlogged_since",
+        "closed",
+        "link",
+        "on_slow",
+        "pending",
+        "ping_nonce",
+        "positions",
+        "ready",
+        "send",
+        "sent",
+        "sent_bytes",
+        "slow",
+        "topics",
+    )
+
+    def __init__(self, link, send, on_slow):
+        self.link = link
+        self.send = send
+        self.on_slow = on_slow
+        self.topics = ()
+        self.ready = False  # takes frames from the hub
+        self.closed = False
+        self.pending = {}  # (topic, kind) -> newest Held frame (not ready, or not reading)
+        self.positions = {}  # topic -> (epoch, seq) it already has: not written to it again
+        self.backlogged_since = None
+        self.ping_nonce = None
+        self.slow = False
+        self.sent = 0
+        self.sent_bytes = 0
+
+    async def write(self, text, frame=None, size=None, count=True):
+        """One frame to this socket now; False if it could not be written."""
+        if self.closed:
+            return False
+        if self.link is not None:
+            written = self.link.write(frame or text_frame(text.encode()))
+        else:
+            try:
+                await self.send({"type": "websocket.send", "text": text})
+                written = True
+            except Disconnected:
+                # The client went away between our check and the write; its disconnect follows.
+                written, self.closed = False, True
+        if written and count:
+            self.sent += 1
+            self.sent_bytes += len(text.encode()) if size is None else size
+        return written
+
+    def close(self):
+        """The socket is closing: nothing more is written to it."""
+        self.closed = True
+
+    def backlogged(self, now, why):
+        """The socket did not take a frame: slow once that lasts WS_HEARTBEAT_TIMEOUT."""
+        if self.backlogged_since is None:
+            self.backlogged_since = now
+        elif now - self.backlogged_since > settings.WS_HEARTBEAT_TIMEOUT:
+            self.too_slow(why)
+
+    def too_slow(self, why):
+        if self.slow or self.closed:
+            return
+        self.slow = True
+        self.on_slow(why)
+
+    def flush_held(self, skip=None):
+        """Write what was held back (but `skip`, about to be replaced) through the Link."""
+        held, self.pending = self.pending, {}
+        for key, item in held.items():
+            if key != skip and self.link.write(item.frame):
+                self.sent += 1
+                self.sent_bytes += item.size
+
+
 class Hub:
     def __init__(self):
         self.layer = get_channel_layer()
-        self.topics = {}  # topic -> set of consumers
+        self.topics = {}  # topic -> set of Subscribers
         self.channels = {}  # topic -> this process's channel in that group
         self.receivers = {}  # topic -> receive task
         self.positions = {}  # topic -> (epoch, seq) of the newest snapshot written
@@ -67,43 +156,52 @@ class Hub:
 
     # --- membership ----------------------------------------------------------------
 
-    async def join(self, consumer, topic):
-        """Subscribe `consumer` to `topic`; frames are held for it until `ready()`.
-        Raises what the channel layer raises when the topic is new to this process."""
-        consumer.ready = False
-        if topic not in self.channels:
-            async with self.lock:
-                if topic not in self.channels:
-                    channel = await self.layer.new_channel("stk-hub.")
-                    await self.layer.group_add(topic, channel)
-                    self.channels[topic] = channel
-        task = self.receivers.get(topic)
-        if task is None or task.done():
-            self.receivers[topic] = asyncio.ensure_future(self._receive(topic))
-        self.topics.setdefault(topic, set()).add(consumer)
+    async def join(self, subscriber, topics):
+        """Subscribe to `topics`; frames are held for it until `ready()`.
+        Raises what the channel layer raises when a topic is new to this process."""
+        subscriber.ready = False
+        subscriber.topics = tuple(dict.fromkeys((*subscriber.topics, *topics)))
+        for topic in topics:
+            if topic not in self.channels:
+                async with self.lock:
+                    if topic not in self.channels:
+                        channel = await self.layer.new_channel(keys.HUB_CHANNEL)
+                        await self.layer.group_add(topic, channel)
+                        self.channels[topic] = channel
+            task = self.receivers.get(topic)
+            if task is None or task.done():
+                self.receivers[topic] = asyncio.ensure_future(self._receive(topic))
+            self.topics.setdefault(topic, set()).add(subscriber)
         self.start()
 
-    def leave(self, consumer):
-        for topic in getattr(consumer, "topics", ()):
+    def leave(self, subscriber):
+        for topic in subscriber.topics:
             members = self.topics.get(topic)
             if members is not None:
-                members.discard(consumer)
+                members.discard(subscriber)
 
-    async def ready(self, consumer, latest=None):
-        """The consumer sent `welcome` and `latest`: write what was held for it
-        meanwhile (unless `latest` already is as new), then stream."""
-        while consumer.pending and not consumer.closing:
-            held, consumer.pending = consumer.pending, {}
-            for kind, item in held.items():
-                if kind == "snapshot" and latest is not None and not protocol.is_newer(item.text, latest):
+    async def ready(self, subscriber, latest):
+        """The socket was sent `welcome` and `latest` ({topic: snapshot text or
+        None}): write what was held for it meanwhile (unless `latest` already
+        is as new), then stream."""
+        while subscriber.pending and not subscriber.closed:
+            held, subscriber.pending = subscriber.pending, {}
+            for (topic, kind), item in held.items():
+                known = latest.get(topic)
+                if kind == "snapshot" and known is not None and not protocol.is_newer(item.text, known):
                     continue
-                await consumer.write(item.text, item.frame, item.size)
+                await subscriber.write(item.text, item.frame, item.size)
         # What this socket already has: a frame at or before it is not written
         # to it again. Per socket, not per topic: the topic's own frame at that
         # position may still be on its way to the process, and the other
         # sockets need it.
-        consumer.has_position = protocol.snapshot_position(latest) if latest is not None else None
-        consumer.ready = True
+        positions = {}
+        for topic, text in latest.items():
+            position = protocol.snapshot_position(text) if text is not None else None
+            if position is not None:
+                positions[topic] = position
+        subscriber.positions = positions
+        subscriber.ready = True
 
     def _advance(self, topic, position):
         """False for a snapshot not newer than the topic's newest within its epoch
@@ -148,75 +246,62 @@ class Hub:
         frame = text_frame(payload)
         size = message.get("bytes") or len(payload)
         kind = message.get("kind", "snapshot")
+        key = (topic, kind)
         limit = settings.WS_SEND_BUFFER_BYTES
         now = time.monotonic()
         wrote = False
         later = []
         ready, socks = [], []  # nothing queued for them: written together below
         position = (message.get("epoch"), message.get("seq"))
-        for consumer in list(members):
-            if consumer.closing:
+        for sub in list(members):
+            if sub.closed:
                 continue
-            if not consumer.ready:
-                consumer.pending[kind] = Held(text, frame, size)
+            if not sub.ready:
+                sub.pending[key] = Held(text, frame, size)
                 continue
-            if consumer.has_position is not None and kind == "snapshot":
-                if _not_after(position, consumer.has_position):
-                    continue  # sent with its welcome
-                consumer.has_position = None
-            link = consumer.link
+            if kind == "snapshot" and sub.positions:
+                known = sub.positions.get(topic)
+                if known is not None:
+                    if _not_after(position, known):
+                        continue  # sent with its welcome
+                    del sub.positions[topic]
+            link = sub.link
             if link is None:
-                later.append(consumer)
+                later.append(sub)
                 continue
-            if consumer.pending:
+            if sub.pending:
                 if link.backlog() > limit:
-                    consumer.pending[kind] = Held(text, frame, size)
-                    self._backlogged(consumer, now, "send buffer full")
+                    sub.pending[key] = Held(text, frame, size)
+                    sub.backlogged(now, "send buffer full")
                     continue
-                self._flush_held(consumer, kind)
+                sub.flush_held(skip=key)
             sock = link.ready_socket()
             if sock is not None:
-                ready.append(consumer)
+                ready.append(sub)
                 socks.append(sock)
                 continue
             outcome = link.offer(frame, limit)
             if outcome > 0:
-                consumer.sent += 1
-                consumer.sent_bytes += size
-                consumer.backlogged_since = None
+                sub.sent += 1
+                sub.sent_bytes += size
+                sub.backlogged_since = None
                 wrote = True
             elif outcome < 0:
-                consumer.pending[kind] = Held(text, frame, size)
-                self._backlogged(consumer, now, "send buffer full")
+                sub.pending[key] = Held(text, frame, size)
+                sub.backlogged(now, "send buffer full")
         if socks:
             _send_ready(ready, socks, frame)
-            for consumer in ready:
-                consumer.sent += 1
-                consumer.sent_bytes += size
-                consumer.backlogged_since = None
+            for sub in ready:
+                sub.sent += 1
+                sub.sent_bytes += size
+                sub.backlogged_since = None
             wrote = True
-        for consumer in later:  # no Link: the server's ASGI send, in turn
-            if not consumer.closing:
-                await consumer.write(text, frame, size)
+        for sub in later:  # no Link: the server's ASGI send, in turn
+            if await sub.write(text, frame, size):
                 wrote = True
         published_ms = message.get("published_ms")
         if wrote and published_ms:
-            fanout.sent(topic_stream(topic), published_ms)
-
-    @staticmethod
-    def _flush_held(consumer, kind):
-        held, consumer.pending = consumer.pending, {}
-        for held_kind, item in held.items():
-            if held_kind != kind and consumer.link.write(item.frame):
-                consumer.sent += 1
-                consumer.sent_bytes += item.size
-
-    @staticmethod
-    def _backlogged(consumer, now, why):
-        if consumer.backlogged_since is None:
-            consumer.backlogged_since = now
-        elif now - consumer.backlogged_since > settings.WS_HEARTBEAT_TIMEOUT:
-            consumer.too_slow(why)
+            fanout.sent(keys.group_stream(topic), published_ms)
 
     # --- heartbeat and pings ------------------------------------------------------------
 
@@ -232,6 +317,10 @@ class Hub:
             except Exception:
                 log.exception("heartbeat tick failed")
 
+    def subscribers(self):
+        """Every socket of this process once, however many topics it follows."""
+        return list(dict.fromkeys(sub for group in self.topics.values() for sub in group))
+
     async def tick(self):
         """One heartbeat frame and one protocol ping for every socket, in
         slices of TICK_SLICE sockets: a fan-out waits for one slice at most."""
@@ -240,76 +329,69 @@ class Hub:
         nonce = PING_MARK + secrets.token_bytes(8)
         both = frame + ping_frame(nonce)  # one write for the heartbeat and the ping
         limit = settings.WS_SEND_BUFFER_BYTES
-        # Once per socket, however many topics it follows.
-        members = list(dict.fromkeys(consumer for group in self.topics.values() for consumer in group))
+        members = self.subscribers()
         later = []
         pinged = False
         for start in range(0, len(members), TICK_SLICE):
             if start:
                 await asyncio.sleep(0)
             now = time.monotonic()
-            plain, with_ping = ([], []), ([], [])  # (consumers, their sockets) written together
-            for consumer in members[start : start + TICK_SLICE]:
-                if consumer.closing or not consumer.ready:
+            plain, with_ping = ([], []), ([], [])  # (subscribers, their sockets) written together
+            for sub in members[start : start + TICK_SLICE]:
+                if sub.closed or not sub.ready:
                     continue
-                link = consumer.link
+                link = sub.link
                 if link is None:
-                    later.append(consumer)
+                    later.append(sub)
                     continue
                 pinged = True
                 if link.backlog() > limit:
-                    self._backlogged(consumer, now, "not reading")
+                    sub.backlogged(now, "not reading")
                     continue
-                consumer.backlogged_since = None
-                if consumer.pending:
-                    self._flush_held(consumer, None)
+                sub.backlogged_since = None
+                if sub.pending:
+                    sub.flush_held()
                 out, data = plain, frame
-                if consumer.ping_nonce is None:
-                    consumer.ping_nonce = nonce
+                if sub.ping_nonce is None:
+                    sub.ping_nonce = nonce
                     out, data = with_ping, both
                 sock = link.ready_socket()
                 if sock is None:
                     link.write(data)
                 else:
-                    out[0].append(consumer)
+                    out[0].append(sub)
                     out[1].append(sock)
             _send_ready(*plain, frame)
             _send_ready(*with_ping, both)
         if pinged:
             asyncio.get_running_loop().call_later(settings.WS_HEARTBEAT_TIMEOUT, self._pongs_due, nonce)
-        for consumer in later:
-            if not consumer.closing:
-                await consumer.write(text, None, None, count=False)
+        for sub in later:
+            await sub.write(text, None, None, count=False)
 
     def _pongs_due(self, nonce):
-        for members in self.topics.values():
-            for consumer in list(members):
-                if consumer.ping_nonce != nonce or consumer.closing:
-                    continue
-                if consumer.link.pong_seen(nonce):
-                    consumer.ping_nonce = None
-                else:
-                    consumer.too_slow("no pong")
+        for sub in self.subscribers():
+            if sub.ping_nonce != nonce or sub.closed:
+                continue
+            if sub.link.pong_seen(nonce):
+                sub.ping_nonce = None
+            else:
+                sub.too_slow("no pong")
 
 
-def _send_ready(consumers, socks, data):
+def _send_ready(subs, socks, data):
     """Write `data` to sockets that had nothing queued; what the kernel did not
     take goes to Twisted's buffer after the others got theirs."""
     if not socks:
         return
     whole = len(data)
-    for consumer, took in zip(consumers, send_many(socks, data, settings.WS_SEND_THREADS), strict=True):
+    for sub, took in zip(subs, send_many(socks, data, settings.WS_SEND_THREADS), strict=True):
         if took < whole:
-            consumer.link.write_rest(data[took:])
+            sub.link.write_rest(data[took:])
 
 
 def _not_after(position, known):
     """True when snapshot `position` (epoch, seq) is at or before `known` in the same epoch."""
     return position[1] is not None and known[1] is not None and position[0] == known[0] and position[1] <= known[1]
-
-
-def topic_stream(topic):
-    return topic.split(".", 1)[1] if topic.startswith("stream.") else topic
 
 
 _hubs = PerLoop(Hub)

@@ -23,10 +23,9 @@ import time
 
 from django.conf import settings
 
+from stocktracker.lib import keys
 from stocktracker.lib.aio import PerLoop, running
 from stocktracker.lib.state import StateUnavailable, get_state
-
-from . import protocol
 
 log = logging.getLogger("apps.streams")
 
@@ -41,15 +40,15 @@ def limits_for(ip, stream, grant):
     The per-IP cap is for token traffic: a session (dashboard) socket counts
     against its user's cap and its session's, so twenty staff behind one
     office address can each keep the dashboard open."""
-    limits = [(protocol.subscriber_key(stream), None)]
+    limits = [(keys.subscribers(stream), None)]
     if grant.token_id is not None:
-        limits.insert(0, (f"ip:{ip}", settings.WS_MAX_CONNECTIONS_PER_IP))
-        limits.append((f"token:{grant.token_id}", grant.token_max))
+        limits.insert(0, (keys.ip(ip), settings.WS_MAX_CONNECTIONS_PER_IP))
+        limits.append((keys.token(grant.token_id), grant.token_max))
     elif grant.session is not None:
-        limits.append((f"session:{grant.session}", settings.WS_MAX_CONNECTIONS_PER_SESSION))
+        limits.append((keys.session(grant.session), settings.WS_MAX_CONNECTIONS_PER_SESSION))
     else:  # a session socket whose session has no key: nothing narrower than the address to count by
-        limits.insert(0, (f"ip:{ip}", settings.WS_MAX_CONNECTIONS_PER_IP))
-    limits.append((f"user:{grant.user_id}", grant.user_max))
+        limits.insert(0, (keys.ip(ip), settings.WS_MAX_CONNECTIONS_PER_IP))
+    limits.append((keys.user(grant.user_id), grant.user_max))
     return limits
 
 
@@ -58,24 +57,24 @@ async def acquire(conn_id, limits):
     "token", "user"). Raises StateUnavailable. Whatever goes wrong on the way
     (a timeout, a cancellation), the connection id is released: Redis may have
     run the script after we stopped waiting for its answer."""
-    keys = [key for key, _ in limits]
+    names = [name for name, _ in limits]
     try:
         failed = await get_state().lease_acquire(conn_id, limits, settings.WS_LEASE_TTL)
     except BaseException:
-        releaser().release(conn_id, keys)
+        releaser().release(conn_id, names)
         raise
     if failed < 0:  # released meanwhile (the socket is already closing)
         raise StateUnavailable(f"connection {conn_id} was released while taking its leases")
     if failed:
-        return limits[failed - 1][0].split(":", 1)[0]
+        return keys.kind_of(limits[failed - 1][0])
     return None
 
 
-async def release(conn_id, keys):
+async def release(conn_id, names):
     """Give the leases (and the live-session entry) back, for good. Waits up
     to RELEASE_TIMEOUT; the release itself goes on in the background until
     Redis takes it or the leases would have expired anyway."""
-    done = releaser().release(conn_id, keys)
+    done = releaser().release(conn_id, names)
     try:
         await asyncio.wait_for(asyncio.shield(done), RELEASE_TIMEOUT)
     except (TimeoutError, StateUnavailable, OSError):
@@ -86,18 +85,18 @@ class Releaser:
     """One per event loop: every release of this process, batched."""
 
     def __init__(self):
-        self.pending = {}  # conn_id -> (lease keys, future, first asked, monotonic)
+        self.pending = {}  # conn_id -> (lease names, future, first asked, monotonic)
         self.wake = asyncio.Event()
         self.task = None
 
-    def release(self, conn_id, keys):
+    def release(self, conn_id, names):
         found = self.pending.get(conn_id)
         if found is not None:
-            merged = list(dict.fromkeys([*found[0], *keys]))
+            merged = list(dict.fromkeys([*found[0], *names]))
             self.pending[conn_id] = (merged, found[1], found[2])
             return found[1]
         done = asyncio.get_running_loop().create_future()
-        self.pending[conn_id] = (list(keys), done, time.monotonic())
+        self.pending[conn_id] = (list(names), done, time.monotonic())
         self.wake.set()
         if self.task is None or self.task.done():
             self.task = asyncio.ensure_future(self._run())
@@ -113,7 +112,7 @@ class Releaser:
             batch, self.pending = self.pending, {}
             try:
                 await get_state().lease_release_many(
-                    [(conn_id, keys) for conn_id, (keys, _, _) in batch.items()], settings.WS_LEASE_TTL
+                    [(conn_id, names) for conn_id, (names, _, _) in batch.items()], settings.WS_LEASE_TTL
                 )
             except asyncio.CancelledError:
                 raise
@@ -146,9 +145,9 @@ async def over_cap(grant):
     first to go: ids sort by connect time, so every process agrees on which
     sockets are over without talking to the others. One count per cap; the
     members are fetched only when over."""
-    caps = [(f"user:{grant.user_id}", grant.user_max)]
+    caps = [(keys.user(grant.user_id), grant.user_max)]
     if grant.token_id is not None:
-        caps.insert(0, (f"token:{grant.token_id}", grant.token_max))
+        caps.insert(0, (keys.token(grant.token_id), grant.token_max))
     state = get_state()
     over = {}
     for key, cap in caps:
@@ -161,5 +160,5 @@ async def over_cap(grant):
         except StateUnavailable:
             continue
         for conn_id in members[cap:]:
-            over.setdefault(conn_id, key.split(":")[0])
+            over.setdefault(conn_id, keys.kind_of(key))
     return over

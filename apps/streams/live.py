@@ -16,8 +16,7 @@ import logging
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
 
-from . import protocol
-from .credentials import session_id
+from stocktracker.lib import keys
 
 log = logging.getLogger("apps.streams")
 
@@ -49,15 +48,15 @@ def _report(task):
 
 
 def on_token_changed(sender, token_id, user_id, change, **kwargs):
-    _group_send(protocol.token_group(token_id), {"type": TOKEN_RECHECK, "change": change})
+    _group_send(keys.token_group(token_id), {"type": TOKEN_RECHECK, "change": change})
 
 
 def on_user_limits_changed(sender, user_id, **kwargs):
-    _group_send(protocol.user_group(user_id), {"type": USER_RECHECK})
+    _group_send(keys.user_group(user_id), {"type": USER_RECHECK})
 
 
 def on_session_ended(sender, session_key, **kwargs):
-    _group_send(protocol.session_group(session_id(session_key)), {"type": SESSION_END})
+    _group_send(keys.session_group(keys.session_name(session_key)), {"type": SESSION_END})
 
 
 def connect_receivers():

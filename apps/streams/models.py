@@ -3,7 +3,7 @@ from django.db import models
 
 class LiveSession(models.Model):
     """Not a table: gives the live-sessions console (read from Redis, see
-    `state.sessions()`) a place in the admin and its permissions:
+    `state.entries()`) a place in the admin and its permissions:
     `view` to list sockets, `change` to disconnect them."""
 
     class Meta:

@@ -1,7 +1,9 @@
-"""Wire protocol v1: stream names, group names, close codes and frame builders.
+"""Wire protocol v1: close codes, refusal reasons and frame builders.
 
 The feed and the admin talk to sockets only through this module and
-`apps.streams.publish`; they never build frames or group names themselves.
+`apps.streams.publish`; they never build frames themselves. Stream names
+come from `stocktracker.lib.catalogue`, group and key names from
+`stocktracker.lib.keys`.
 """
 
 import json
@@ -11,6 +13,7 @@ from enum import IntEnum
 from typing import NamedTuple
 
 from stocktracker.lib import catalogue
+from stocktracker.lib.state.frames import epoch_day, epoch_of  # noqa: F401 - the wire format of an epoch
 
 PROTOCOL_VERSION = 1
 STREAMS = catalogue.STREAMS
@@ -89,37 +92,6 @@ def now_ms() -> int:
     return int(time.time() * 1000)
 
 
-# The feed worker listens here; a stream's first subscriber sends
-# {"type": "feed.wake"} so an idle worker cycles at once.
-WAKE_CHANNEL = "feed-wake"
-
-
-def subscriber_key(stream: str) -> str:
-    """Lease set of everything subscribed to a stream (sockets, page views,
-    snapshot polls); the feed fetches only streams with a member."""
-    return f"stream:{stream}"
-
-
-def stream_group(stream: str) -> str:
-    """Channel-layer group every socket of a stream joins."""
-    return f"stream.{stream}"
-
-
-def token_group(token_id: int) -> str:
-    """Group of every socket opened with one token (revoke, narrow, limits)."""
-    return f"token.{token_id}"
-
-
-def user_group(user_id: int) -> str:
-    return f"user.{user_id}"
-
-
-def session_group(session: str) -> str:
-    """Group of every socket of one signed-in browser session, named by its
-    digest (`credentials.session_id`), never by its key."""
-    return f"session.{session}"
-
-
 def dumps(payload: dict) -> str:
     return json.dumps(payload, separators=(",", ":"), ensure_ascii=False)
 
@@ -142,13 +114,17 @@ def snapshot_frame(
     )
 
 
-def snapshot_frame_parts(stream: str, **fields) -> tuple[str, str]:
-    """`snapshot_frame` split around its `seq`: head + str(seq) + tail is the
-    frame, so the state layer can number it in the same step that stores it.
-    The first match is the header's: inside JSON strings quotes are escaped."""
-    head, found, tail = snapshot_frame(stream, seq=0, **fields).partition(',"seq":0,')
-    assert found, "snapshot_frame writes seq before data"
-    return head + ',"seq":', "," + tail
+def snapshot_frame_parts(stream: str, **fields) -> tuple[str, str, str]:
+    """`snapshot_frame` split around its `epoch` and `seq`: head + epoch + mid
+    + str(seq) + tail is the frame, so the state layer can number it (and
+    name its epoch) in the same step that stores it. The first matches are
+    the header's: inside JSON strings quotes are escaped."""
+    text = snapshot_frame(stream, epoch="", seq=0, **fields)
+    head, found, rest = text.partition('"epoch":"",')
+    assert found, "snapshot_frame writes epoch before data"
+    between, found, tail = rest.partition('"seq":0,')
+    assert found and not between, "snapshot_frame writes seq right after epoch"
+    return head + '"epoch":"', '","seq":', "," + tail
 
 
 def snapshot_position(text: str):
@@ -197,6 +173,21 @@ def is_newer(text: str, than: str) -> bool:
 
 def feed_frame(state: str, *, since_ms: int, detail: str = "", simulated: bool = False) -> str:
     return dumps({"type": "feed", "state": state, "since_ms": since_ms, "detail": detail, "simulated": simulated})
+
+
+def feed_frame_if_newer(latest, feed):
+    """A `feed` frame when the feed's state differs from the snapshot's
+    (read from the frame's header, without parsing its data)."""
+    if not feed or not feed.get("state"):
+        return None
+    if latest and snapshot_feed(latest) == feed["state"]:
+        return None
+    return feed_frame(
+        feed["state"],
+        since_ms=feed.get("since_ms") or now_ms(),
+        detail=feed.get("detail", ""),
+        simulated=bool(feed.get("simulated")),
+    )
 
 
 def welcome_frame(stream: str, *, heartbeat_s: float, limits: dict) -> str:

@@ -9,6 +9,7 @@ import logging
 from channels.exceptions import ChannelFull
 from channels.layers import get_channel_layer
 
+from stocktracker.lib import catalogue, keys
 from stocktracker.lib.state import Fenced, get_state
 
 from . import metrics, protocol
@@ -24,27 +25,28 @@ FRAME = "stream.frame"  # consumer handler: stream_frame
 # that the sockets count delivery and delay without parsing or encoding.
 
 
-async def publish_snapshot(stream, data, *, epoch, source_ms, feed="live", simulated=False, fence=None):
-    """Publish one complete snapshot of `stream`; returns its sequence number.
+async def publish_snapshot(stream, data, *, day, source_ms, feed="live", simulated=False, fence=None, floor=None):
+    """Publish one complete snapshot of `stream` for trading `day`
+    (YYYY-MM-DD); returns its position (epoch, seq).
 
     `fence` is the publisher's leader term, (lock key, token): numbering and
     storing happen only while Redis still holds that token, else `Fenced` is
-    raised and nothing is sent. The frame carries its (epoch, seq) so sockets
-    drop a frame that is not newer than the last one they forwarded (one sent
-    by a leader that was paused between storing it and sending it)."""
-    if stream not in protocol.STREAMS:
+    raised and nothing is sent. `floor`: the position this publisher last
+    published (see `state.frames`). The frame carries its (epoch, seq) so
+    sockets drop a frame that is not newer than the last one they forwarded
+    (one sent by a leader that was paused between storing it and sending it)."""
+    if stream not in catalogue.STREAMS:
         raise ValueError(f"unknown stream {stream!r}")
     published_ms = protocol.now_ms()
-    head, tail = protocol.snapshot_frame_parts(
+    parts = protocol.snapshot_frame_parts(
         stream,
-        epoch=epoch,
         published_ms=published_ms,
         source_ms=source_ms,
         feed=feed,
         data=data,
         simulated=simulated,
     )
-    seq, text = await get_state().latest_publish(stream, epoch, head, tail, fence)
+    epoch, seq, text = await get_state().latest_publish(stream, day, parts, fence, floor)
     size = len(text.encode())
     message = {
         "type": FRAME,
@@ -55,10 +57,10 @@ async def publish_snapshot(stream, data, *, epoch, source_ms, feed="live", simul
         "epoch": epoch,
         "seq": seq,
     }
-    await get_channel_layer().group_send(protocol.stream_group(stream), message)
+    await get_channel_layer().group_send(keys.stream_group(stream), message)
     metrics.PUBLISHED.labels(stream).inc()
     metrics.PUBLISHED_BYTES.labels(stream).inc(size)
-    return seq
+    return epoch, seq
 
 
 async def publish_feed_state(state_name, *, detail="", simulated=False, fence=None):
@@ -73,9 +75,9 @@ async def publish_feed_state(state_name, *, detail="", simulated=False, fence=No
     text = protocol.feed_frame(state_name, since_ms=since_ms, detail=detail, simulated=simulated)
     layer = get_channel_layer()
     size = len(text.encode())
-    for stream in protocol.STREAMS:
+    for stream in catalogue.STREAMS:
         message = {"type": FRAME, "kind": "feed", "text": text, "bytes": size}
-        await layer.group_send(protocol.stream_group(stream), message)
+        await layer.group_send(keys.stream_group(stream), message)
         metrics.PUBLISHED.labels(stream).inc()
         metrics.PUBLISHED_BYTES.labels(stream).inc(size)
 
@@ -87,6 +89,6 @@ async def wake_feed():
     if layer is None:
         return
     try:
-        await layer.send(protocol.WAKE_CHANNEL, {"type": "feed.wake"})
+        await layer.send(keys.WAKE_CHANNEL, {"type": "feed.wake"})
     except ChannelFull:
-        log.debug("feed wake dropped: nobody is reading %s", protocol.WAKE_CHANNEL)
+        log.debug("feed wake dropped: nobody is reading %s", keys.WAKE_CHANNEL)

@@ -60,12 +60,12 @@ def entry(consumer):
 
 
 async def put(consumer):
-    await get_state().session_put(consumer.conn_id, entry(consumer), settings.WS_LEASE_TTL)
+    await get_state().entry_put(consumer.conn_id, entry(consumer), settings.WS_LEASE_TTL)
 
 
 async def drop(conn_id):
     try:
-        await asyncio.wait_for(get_state().session_drop(conn_id), leases.RELEASE_TIMEOUT)
+        await asyncio.wait_for(get_state().entry_drop(conn_id), leases.RELEASE_TIMEOUT)
     except (StateUnavailable, OSError, TimeoutError):
         pass  # the entry expires on its own
 

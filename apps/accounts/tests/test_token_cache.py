@@ -262,10 +262,10 @@ def test_a_cache_only_check_answers_known_tokens_and_declines_the_rest(owner_tok
 
 def _forget_generation(token):
     """What Redis looks like after a restart or the generation's expiry: no generation for the token."""
-    from apps.accounts.signals import generation_key
+    from stocktracker.lib import keys
 
     client = redis.Redis.from_url(settings.REDIS_URL)
-    client.delete(f"stk:gen:{generation_key(token.prefix)}")
+    client.delete(f"stk:gen:{keys.token_generation(token.prefix)}")
     client.close()
 
 
@@ -330,8 +330,11 @@ def test_a_check_that_reads_the_generation_a_first_use_just_created_shares_its_q
 
 
 def test_a_change_announced_while_a_first_use_loads_is_seen_by_the_next_check(owner_token, monkeypatch):
+    from channels.db import database_sync_to_async
+
     from apps.accounts import auth
-    from apps.accounts.signals import GENERATION_TTL, generation_key
+    from apps.accounts.signals import GENERATION_TTL
+    from stocktracker.lib import keys
     from stocktracker.lib.state import get_state
 
     token, raw = owner_token
@@ -343,8 +346,8 @@ def test_a_change_announced_while_a_first_use_loads_is_seen_by_the_next_check(ow
         snapshot = await load(**lookup)
         # Another process revokes the token right after our read and announces it
         # before this process could create the generation.
-        await auth.database_sync_to_async(type(token).objects.filter(pk=token.pk).update)(revoked_at=token.created_at)
-        await get_state().generation_bump([generation_key(token.prefix)], GENERATION_TTL)
+        await database_sync_to_async(type(token).objects.filter(pk=token.pk).update)(revoked_at=token.created_at)
+        await get_state().generation_bump([keys.token_generation(token.prefix)], GENERATION_TTL)
         return snapshot
 
     monkeypatch.setattr(auth, "_load_snapshot_async", load_then_another_process_revokes)

@@ -152,9 +152,7 @@ def run_async(fn, *args, **kwargs):
 
 
 def publish(stream, data, simulated=True):
-    return run_async(
-        publish_snapshot, stream, data, epoch=EPOCH, source_ms=int(time.time() * 1000), simulated=simulated
-    )
+    return run_async(publish_snapshot, stream, data, day=EPOCH, source_ms=int(time.time() * 1000), simulated=simulated)
 
 
 def publish_all(simulated=True, **market_overrides):

@@ -3,7 +3,7 @@ import threading
 
 from channels.layers import get_channel_layer
 
-from apps.streams.protocol import WAKE_CHANNEL
+from stocktracker.lib.keys import WAKE_CHANNEL
 
 from . import samples
 
@@ -19,7 +19,7 @@ def test_a_page_view_wakes_an_idle_feed_and_shows_its_first_snapshot(client, own
         listening.set()
         woken.append(await asyncio.wait_for(receive, timeout=10))
         for stream, data in (("market", samples.market()), ("foreign", samples.foreign()), ("index", samples.index())):
-            await samples.publish_snapshot(stream, data, epoch=samples.EPOCH, source_ms=0, simulated=True)
+            await samples.publish_snapshot(stream, data, day=samples.EPOCH, source_ms=0, simulated=True)
 
     feed = threading.Thread(target=asyncio.run, args=(idle_feed(),))
     feed.start()

@@ -6,7 +6,7 @@ import pytest
 
 from apps.feed import market
 from apps.feed.ssi import SSIClient, SSISource
-from apps.streams.protocol import subscriber_key
+from stocktracker.lib.keys import subscribers as subscriber_key
 from stocktracker.lib.state import get_state
 
 from .fake_ssi import CONSUMER_ID, CONSUMER_SECRET, FakeSSI

@@ -38,7 +38,7 @@ async def redis_commands():
 
 
 async def measure(label, feed, clock, cycles, requests=lambda: 0, step_s=10):
-    from apps.streams.protocol import subscriber_key
+    from stocktracker.lib.keys import subscribers as subscriber_key
     from stocktracker.lib.state import get_state
 
     for stream in ("market", "foreign", "index"):

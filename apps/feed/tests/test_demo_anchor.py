@@ -7,8 +7,8 @@ import datetime as dt
 import pytest
 
 from apps.feed import market
-from apps.feed.simulator import SimulatorSource
-from stocktracker.lib.state import get_state, reset_state
+from apps.feed.simulator import SimulatorSource, demo_anchor
+from stocktracker.lib.state import reset_state
 
 
 @pytest.mark.parametrize("mode", ["redis", "embedded"])
@@ -30,4 +30,4 @@ async def test_two_processes_share_the_demo_moment():
     await standby.fetch({"market"})
     assert standby.demo.anchor == leader.demo.anchor
     assert abs((standby.now() - leader.now()).total_seconds()) < 60  # a second of wall time at speed 60
-    assert await get_state().demo_anchor() == leader.demo.anchor
+    assert await demo_anchor() == leader.demo.anchor

@@ -10,7 +10,7 @@ import pytest
 import redis
 from django.conf import settings
 
-from apps.feed.runner import LOCK_KEY
+from apps.feed.leadership import LOCK_KEY
 from conftest import WORKER_ENV
 from stocktracker.lib.state import get_state
 

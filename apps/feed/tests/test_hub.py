@@ -10,8 +10,8 @@ import time
 import pytest
 
 from apps.feed.hub import HubChannel, HubStream, parse_frame
-from apps.streams.logs import RedactSecrets
-from apps.streams.metrics import HUB_ERRORS
+from apps.feed.metrics import HUB_ERRORS
+from stocktracker.lib.logs import RedactSecrets
 
 from .conftest import ssi_client
 from .fake_hub import FakeHub, trade

@@ -54,7 +54,7 @@ async def session_cookie(user):
 
 async def publish(stream="market", data=None, feed="live"):
     return await publish_snapshot(
-        stream, data or {"n": 1}, epoch="2026-11-27", source_ms=1764215400950, feed=feed, simulated=True
+        stream, data or {"n": 1}, day="2026-11-27", source_ms=1764215400950, feed=feed, simulated=True
     )
 
 

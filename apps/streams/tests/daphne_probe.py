@@ -1,4 +1,4 @@
-"""A tiny ASGI app behind `transport.expose_transport` (so daphne runs with
+"""A tiny ASGI app behind `port.expose_transport` (so daphne runs with
 the streams' replacement of its connection upkeep) whose paths misbehave on
 purpose: the upkeep tests watch daphne reap, kill and time them out.
 
@@ -12,7 +12,7 @@ import json
 
 from daphne.ws_protocol import WebSocketProtocol
 
-from apps.streams.transport import _upkeep, expose_transport
+from apps.streams.port import _upkeep, expose_transport
 
 
 async def _probe(scope, receive, send):

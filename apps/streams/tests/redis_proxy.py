@@ -1,4 +1,4 @@
-"""A TCP proxy on loopback between the app and Redis, for fault tests.
+"""A TCP proxy on loopback between the app and Redis (or PostgreSQL), for fault tests.
 
     python -m apps.streams.tests.redis_proxy TARGET_PORT [--delay SECONDS]
 

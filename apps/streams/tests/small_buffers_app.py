@@ -5,7 +5,7 @@ read, so a test would never see it take part of a frame."""
 
 import socket
 
-from apps.streams.transport import _daphne_protocol
+from apps.streams.port import _daphne_protocol
 from stocktracker.asgi import application as project
 
 SNDBUF = 4096  # the kernel doubles it: 8 KB

@@ -49,7 +49,7 @@ async def test_sockets_behind_chained_proxies_count_the_real_client(owner_token,
     comm = communicator(token=owner_token[1], headers=xff, client=("10.0.0.5", 1))
     await comm.connect()
     await frame(comm)
-    assert [info["ip"] for info in await get_state().sessions()] == ["203.0.113.7"]
+    assert [info["ip"] for info in await get_state().entries()] == ["203.0.113.7"]
     assert await get_state().lease_count("ip:203.0.113.7") == 1
     await comm.disconnect()
 

@@ -8,9 +8,9 @@ import asyncio
 import pytest
 from channels.layers import get_channel_layer
 
-from apps.streams import protocol
+from apps.streams.admission import admission
 from apps.streams.control import control
-from apps.streams.watchdog import watchdog
+from stocktracker.lib import keys
 from stocktracker.lib.state import get_state
 
 from .conftest import closed_with, communicator, frame
@@ -36,8 +36,8 @@ def _gate(monkeypatch, state, name):
 async def _nothing_held(token_id):
     state = get_state()
     assert await state.lease_count(f"token:{token_id}") == 0
-    assert await state.lease_count(protocol.subscriber_key("market")) == 0
-    assert await state.sessions() == []
+    assert await state.lease_count(keys.subscribers("market")) == 0
+    assert await state.entries() == []
 
 
 async def _no_control_groups():
@@ -51,7 +51,7 @@ async def _no_control_groups():
     assert [group for group, members in local.groups.items() if ctl.channel in members] == []
 
 
-@pytest.mark.parametrize("gated", ["lease_acquire", "session_put", "latest_get"])
+@pytest.mark.parametrize("gated", ["lease_acquire", "entry_put", "latest_get"])
 async def test_redis_lost_while_connecting_releases_what_the_connect_took(owner_token, monkeypatch, gated):
     token, raw = owner_token
     state = get_state()
@@ -59,7 +59,7 @@ async def test_redis_lost_while_connecting_releases_what_the_connect_took(owner_
     comm = communicator(token=raw)
     await comm.connect()
     await asyncio.wait_for(entered.wait(), 3)
-    (consumer,) = list(watchdog().consumers)
+    (consumer,) = list(admission().sockets)
     await consumer.backend_lost()  # what the watchdog does when Redis stops answering
     gate.set()
     code, frames = await closed_with(comm)
@@ -76,7 +76,7 @@ async def test_a_sigterm_drain_while_connecting_releases_the_leases(owner_token,
     comm = communicator(token=raw)
     await comm.connect()
     await asyncio.wait_for(entered.wait(), 3)
-    (consumer,) = list(watchdog().consumers)
+    (consumer,) = list(admission().sockets)
     shutdown = asyncio.ensure_future(consumer.shutdown())
     await asyncio.sleep(0.1)
     gate.set()

@@ -71,7 +71,7 @@ async def test_forwarded_for_is_believed_only_from_a_trusted_proxy(owner_token, 
     for comm in (trusted, untrusted):
         await comm.connect()
         await frame(comm)
-    ips = sorted(info["ip"] for info in await get_state().sessions())
+    ips = sorted(info["ip"] for info in await get_state().entries())
     assert ips == ["10.10.1.1", "203.0.113.7"]
     for comm in (trusted, untrusted):
         await comm.disconnect()

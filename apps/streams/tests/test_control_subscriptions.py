@@ -11,7 +11,8 @@ import redis.asyncio as aioredis
 from asgiref.sync import sync_to_async
 from django.conf import settings
 
-from apps.streams import admin, protocol
+from apps.streams import admin
+from stocktracker.lib import keys
 from stocktracker.lib.state import get_state
 
 from .clients import connect, recv_json
@@ -49,13 +50,13 @@ async def test_one_subscription_per_group_per_process_and_none_per_socket(proces
         for ws in socks:
             assert (await recv_json(ws))["type"] == "welcome"
         assert len(await client.pubsub_channels("stk*")) == channels_with_one  # nothing per socket
-        assert await _subscribers(client, protocol.token_group(token.id)) == 1
-        assert await _subscribers(client, protocol.user_group(owner.pk)) == 1
+        assert await _subscribers(client, keys.token_group(token.id)) == 1
+        assert await _subscribers(client, keys.user_group(owner.pk)) == 1
         for ws in [first, *socks]:
             await ws.close()
         await asyncio.sleep(1)
-        assert await _subscribers(client, protocol.token_group(token.id)) == 0
-        assert await _subscribers(client, protocol.user_group(owner.pk)) == 0
+        assert await _subscribers(client, keys.token_group(token.id)) == 0
+        assert await _subscribers(client, keys.user_group(owner.pk)) == 0
     finally:
         await client.aclose()
 
@@ -66,7 +67,7 @@ async def test_a_kick_closes_the_socket_it_names_and_not_its_neighbour(owner_tok
     for comm in (kept, kicked):
         await comm.connect()
         assert (await frame(comm))["type"] == "welcome"
-    entries = sorted(await get_state().sessions(), key=lambda info: info["id"])
+    entries = sorted(await get_state().entries(), key=lambda info: info["id"])
     assert len({info["channel"] for info in entries}) == 1  # one address: the process
     assert await admin._disconnect({entries[1]["id"]}, "staff") == 1
     code, frames = await closed_with(kicked)

@@ -1,5 +1,5 @@
 """A fan-out to thousands of sockets is kernel work (send()), so the hub splits
-it over WS_SEND_THREADS threads (`transport.send_many`). Every socket still
+it over WS_SEND_THREADS threads (`links.send_many`). Every socket still
 gets every frame whole and in order: also the ones whose kernel buffer took
 only part of a frame, whose rest waits in Twisted's buffer."""
 
@@ -12,7 +12,7 @@ import time
 import pytest
 from asgiref.sync import sync_to_async
 
-from apps.streams import transport
+from apps.streams import links
 
 from .clients import raw_non_reader
 from .conftest import publish, set_caps
@@ -44,7 +44,7 @@ def _drain(sock):
 
 @pytest.mark.parametrize("threads", [1, 2])
 def test_send_many_writes_every_socket_and_says_how_much_each_took(monkeypatch, threads):
-    monkeypatch.setattr(transport, "_SPLIT_MIN", 8)  # 64 sockets are enough to split
+    monkeypatch.setattr(links, "_SPLIT_MIN", 8)  # 64 sockets are enough to split
     pairs = [socket.socketpair() for _ in range(64)]
     try:
         for ours, _ in pairs:
@@ -53,9 +53,9 @@ def test_send_many_writes_every_socket_and_says_how_much_each_took(monkeypatch, 
             ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
             theirs.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
         pairs[3][1].close()  # a client gone: its write fails and counts 0
-        frame = transport.text_frame(os.urandom(150_000))
+        frame = links.text_frame(os.urandom(150_000))
         seen = set()
-        sent = transport.send_many([Recorded(ours, seen) for ours, _ in pairs], frame, threads)
+        sent = links.send_many([Recorded(ours, seen) for ours, _ in pairs], frame, threads)
         assert len(seen) == threads  # with 2, the calling thread and one more wrote
         assert sent[3] == 0
         assert any(0 < took < len(frame) for took in sent[:16])
@@ -87,7 +87,7 @@ def _frames(data):
     return texts, data[i:]
 
 
-N = 600  # > transport._SPLIT_MIN: every fan-out below is split over two threads
+N = 600  # > links._SPLIT_MIN: every fan-out below is split over two threads
 SLOW = 40  # of them not read until the frames are out
 BIG = {"rows": ["r" * 40] * 500}  # ~21 KB: more than the kernel takes at once (small_buffers_app)
 SMALL_BUFFERS_APP = "apps.streams.tests.small_buffers_app:application"

@@ -117,4 +117,4 @@ async def test_sigterm_closes_sockets_with_4200_and_releases_the_leases(processe
     assert codes == [4200, 4200]
     server.wait(10)
     assert await get_state().lease_count(f"token:{token.id}") == 0
-    assert await get_state().sessions() == []
+    assert await get_state().entries() == []

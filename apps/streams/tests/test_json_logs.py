@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from apps.streams.logs import JsonFormatter, RedactSecrets
+from stocktracker.lib.logs import JsonFormatter, RedactSecrets
 
 TOKEN = "stk_" + "A1b2C3d4" * 5 + "zzzzzz"
 

@@ -130,7 +130,7 @@ async def test_a_released_lease_is_never_renewed_or_acquired_back():
     assert await state.renew(renewal, 30) == ["conn-a"]
     assert await state.lease_acquire("conn-a", LIMITS, 30) == -1
     assert await state.lease_count("ip:10.9.9.9") == 0
-    assert await state.sessions() == []
+    assert await state.entries() == []
 
 
 async def test_an_acquire_the_caller_gave_up_on_is_released_after_redis_ran_it(settings, own_redis):  # noqa: F811

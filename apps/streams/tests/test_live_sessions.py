@@ -23,7 +23,7 @@ async def test_the_registry_lists_open_sockets_and_the_admin_disconnects_one(pro
     first, second = processes.daphne(), processes.daphne()
     _, kept = await outcome(first.ws_url, raw)
     _, kicked = await outcome(second.ws_url, raw)
-    sessions = await get_state().sessions()
+    sessions = await get_state().entries()
     assert len(sessions) == 2
     entry = sessions[0]
     assert entry["user"] == "owner" and entry["token_prefix"] == token.prefix and entry["stream"] == "market"
@@ -41,7 +41,7 @@ async def test_the_registry_lists_open_sockets_and_the_admin_disconnects_one(pro
     assert response.status_code == 302
     code, frames = await close_code(kicked, timeout=3)
     assert code == 4009 and frames[-1]["code"] == "disconnected"
-    assert [s["id"] for s in await get_state().sessions()] != [victim["id"]]
+    assert [s["id"] for s in await get_state().entries()] != [victim["id"]]
     await kept.send('{"type":"ping"}')
     assert (await recv_json(kept))["type"] == "pong"
     await kept.close()

@@ -11,7 +11,7 @@ from asgiref.sync import sync_to_async
 from django.test import Client
 
 from apps.accounts import tokens
-from apps.streams.logs import RedactSecrets
+from stocktracker.lib.logs import RedactSecrets
 
 from .clients import close_code, connect, outcome, recv_json
 from .conftest import closed_with, communicator, frame

@@ -64,7 +64,7 @@ async def test_a_busy_process_is_not_taken_for_a_redis_outage(monkeypatch, setti
     settings.REDIS_URL = os.environ["REDIS_URL"]  # the real one: it answers the watchdog's own thread
     monkeypatch.setattr(watchdog_module, "get_state", SlowLoopState)
     dog, consumer = Watchdog(), FakeConsumer()
-    dog.consumers.add(consumer)
+    dog.on_lost.append(consumer.backend_lost)
     for _ in range(FAILURES_TO_TRIP + 2):
         await dog.check()
     assert consumer.lost == 0 and dog.healthy and dog.failures == 0
@@ -74,7 +74,7 @@ async def test_redis_really_down_still_trips(monkeypatch, settings):
     settings.REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens: the thread's ping fails too
     monkeypatch.setattr(watchdog_module, "get_state", SlowLoopState)
     dog, consumer = Watchdog(), FakeConsumer()
-    dog.consumers.add(consumer)
+    dog.on_lost.append(consumer.backend_lost)
     for _ in range(FAILURES_TO_TRIP):
         await dog.check()
     await asyncio.sleep(0)
@@ -89,7 +89,7 @@ async def test_a_saturated_event_loop_is_not_taken_for_a_stuck_channel_layer(set
 
     settings.REDIS_URL = os.environ["REDIS_URL"]
     dog, consumer = Watchdog(), FakeConsumer()
-    dog.consumers.add(consumer)
+    dog.on_lost.append(consumer.backend_lost)
     dog._start_probe_receiver()
     await asyncio.wait_for(dog.probe_ready.wait(), 5)
     assert await dog._probe() is None  # a quiet loop: back at once

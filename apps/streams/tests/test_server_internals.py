@@ -1,4 +1,4 @@
-"""apps.streams.transport is the only code that reaches into daphne, autobahn
+"""apps.streams.port is the only code that reaches into daphne, autobahn
 and Twisted. These tests fail when those internals change (a new release) and
 check that an unsupported server stops start-up with a clear message."""
 
@@ -15,7 +15,7 @@ import pytest
 from websockets.exceptions import InvalidHandshake
 from websockets.frames import Frame, Opcode
 
-from apps.streams import transport
+from apps.streams import links, port
 
 from .clients import close_code, connect, recv_json
 from .conftest import publish
@@ -24,14 +24,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.a
 
 
 def test_the_installed_server_is_supported_and_has_every_internal_we_use():
-    assert transport.unsupported_versions() == []
-    assert transport.missing_internals() == []
+    assert port.unsupported_versions() == []
+    assert port.missing_internals() == []
 
 
 def test_an_unsupported_version_is_named_with_the_supported_range():
-    bad = transport.unsupported_versions({"daphne": "5.0.1", "autobahn": "24.4.2", "Twisted": "24.3.0"})
+    bad = port.unsupported_versions({"daphne": "5.0.1", "autobahn": "24.4.2", "Twisted": "24.3.0"})
     assert bad == [("daphne", "5.0.1")]
-    assert "daphne >= 4.2.2, < 4.3" in transport.supported_text()
+    assert "daphne >= 4.2.2, < 4.3" in port.supported_text()
 
 
 def test_daphne_with_unsupported_internals_refuses_to_start():
@@ -50,7 +50,7 @@ def test_daphne_with_unsupported_internals_refuses_to_start():
 @pytest.mark.parametrize("size", [0, 125, 126, 65535, 65536, 200_000])
 def test_frames_built_once_parse_as_websocket_text_messages(size):
     payload = b"x" * size
-    parsed = _parse(transport.text_frame(payload))
+    parsed = _parse(links.text_frame(payload))
     assert parsed.opcode == Opcode.TEXT and parsed.fin and parsed.data == payload
 
 
@@ -84,7 +84,7 @@ async def test_frames_written_by_the_hub_reach_daphne_clients_intact(processes, 
     assert "Traceback" not in server.log_path.read_text()
 
 
-# --- daphne's connection upkeep (transport.install_upkeep) ----------------------------
+# --- daphne's connection upkeep (port.install_upkeep) ----------------------------
 
 PROBE_APP = "apps.streams.tests.daphne_probe:application"
 # With --ping-interval 600 every connection is visited only every 30 s: anything
@@ -115,11 +115,11 @@ def test_the_full_sweep_follows_daphnes_ping_interval():
     class Server:
         ping_interval, websocket_timeout = 600, -1
 
-    assert transport.full_sweep_interval(Server) == transport.FULL_SWEEP_MAX
+    assert port.full_sweep_interval(Server) == port.FULL_SWEEP_MAX
     Server.ping_interval = 20  # daphne's default
-    assert transport.full_sweep_interval(Server) == 5
+    assert port.full_sweep_interval(Server) == 5
     Server.websocket_timeout = 4
-    assert transport.full_sweep_interval(Server) == 2
+    assert port.full_sweep_interval(Server) == 2
 
 
 async def test_an_application_that_fails_is_reaped_and_its_socket_closed_within_seconds(processes):

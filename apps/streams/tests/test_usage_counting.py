@@ -64,7 +64,7 @@ async def test_refusals_of_a_known_token_count_as_its_rejections(owner, issue):
 
 async def test_frames_held_back_from_a_slow_client_are_not_counted_as_sent(owner_token, monkeypatch):
     from apps.streams import delivery
-    from apps.streams.watchdog import watchdog
+    from apps.streams.admission import admission
 
     written = []
 
@@ -98,9 +98,9 @@ async def test_frames_held_back_from_a_slow_client_are_not_counted_as_sent(owner
     comm = communicator(token=owner_token[1])
     await comm.connect()
     await frame(comm)
-    (consumer,) = list(watchdog().consumers)
-    consumer.link = link = SlowLink()  # the client stopped reading
-    consumer.backlogged_since = time.monotonic()
+    (consumer,) = list(admission().sockets)
+    consumer.subscriber.link = link = SlowLink()  # the client stopped reading
+    consumer.subscriber.backlogged_since = time.monotonic()
     await publish(data={"n": 1})
     await asyncio.sleep(0.3)
     assert link.frames == [] and written == [] and consumer.sent == 0
@@ -110,7 +110,7 @@ async def test_frames_held_back_from_a_slow_client_are_not_counted_as_sent(owner
     (latest,) = link.frames
     assert latest["data"] == {"n": 2}  # conflated: only the newest snapshot
     assert written == [latest["published_ms"]] and consumer.sent == 1
-    consumer.link = None
+    consumer.subscriber.link = None
     await comm.disconnect()
 
 

@@ -54,7 +54,7 @@ def fast(monkeypatch, settings):
 async def _watch(results, fast, seconds=0.3):
     state = fast(results)
     dog, consumer = Watchdog(), FakeConsumer()
-    dog.consumers.add(consumer)
+    dog.on_lost.append(consumer.backend_lost)
     dog.start()
     try:
         await asyncio.sleep(seconds)

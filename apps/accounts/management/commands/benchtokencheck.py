@@ -74,7 +74,8 @@ class Command(BaseCommand):
         return execute(sql, params, many, context)
 
     async def _run(self, token, raw, n):
-        from apps.accounts.signals import GENERATION_TTL, generation_key
+        from apps.accounts.signals import GENERATION_TTL
+        from stocktracker.lib import keys
         from stocktracker.lib.state import get_state
 
         state = get_state()
@@ -84,7 +85,7 @@ class Command(BaseCommand):
         assert (await warm.check(raw, "market")).ok
 
         async def change():
-            await state.generation_bump([generation_key(token.prefix)], GENERATION_TTL)
+            await state.generation_bump([keys.token_generation(token.prefix)], GENERATION_TTL)
 
         async def timed(case, make_call, before=None):
             count = self.queries

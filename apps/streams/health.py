@@ -10,8 +10,10 @@ from django.http import HttpResponse, JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
-from apps.streams import netaddr, watchdog
+from stocktracker.lib import metrics as collected
 from stocktracker.lib.state import StateUnavailable, get_state
+
+from . import drain, netaddr
 
 
 async def healthz(request):
@@ -37,11 +39,13 @@ async def readyz(request):
     503 with the failing checks named otherwise. From SIGTERM on, 503 at
     once with `draining`: the load balancer stops sending new clients here
     before the sockets are closed."""
-    if watchdog.draining():
+    if drain.draining():
         return JsonResponse({"status": "draining", "failed": ["draining"], "checks": {}}, status=503)
     checks = {}
     try:
-        await asyncio.wait_for(sync_to_async(_database_ok)(), timeout=3)
+        # With several hosts listed, a vanished one costs a connect timeout before the next.
+        extra_hosts = settings.DATABASE_CONNECT_TIMEOUT * (settings.DATABASE_HOSTS - 1)
+        await asyncio.wait_for(sync_to_async(_database_ok)(), timeout=3 + extra_hosts)
         checks["database"] = {"ok": True}
     except Exception as exc:  # noqa: BLE001 - report any failure, never raise
         checks["database"] = {"ok": False, "error": type(exc).__name__}
@@ -88,11 +92,10 @@ async def metrics(request):
     """Prometheus text format; staff sessions and METRICS_ALLOWED_IPS only."""
     from prometheus_client import CONTENT_TYPE_LATEST
 
-    from apps.streams import metrics as stream_metrics
-    from apps.streams.accounting import accounting
+    from .accounting import accounting
 
     if not _metrics_allowed(request, await request.auser()):
         return HttpResponse("forbidden\n", status=403, content_type="text/plain")
     await accounting().fold()  # this process's sockets are exact; others fold every few seconds
-    body = await sync_to_async(stream_metrics.exposition, thread_sensitive=False)()
+    body = await sync_to_async(collected.exposition, thread_sensitive=False)()
     return HttpResponse(body, content_type=CONTENT_TYPE_LATEST)

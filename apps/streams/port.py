@@ -1,54 +1,48 @@
-"""The one module that reaches into the ASGI server's internals (daphne).
+"""The port of daphne: the one module that reaches into the ASGI server's
+internals (daphne, autobahn, Twisted), checked at start-up.
 
 ASGI has no back-pressure, no protocol pings and no way to write the same
-bytes to many sockets. Under daphne this module reaches each connection's
-autobahn protocol object (daphne passes `send=partial(server.handle_reply,
-protocol)`) and gives the streams a `Link` per socket:
+bytes to many sockets. Under daphne, `expose_transport` (ASGI middleware,
+outermost on the websocket route) reaches each connection's autobahn
+protocol object (daphne passes `send=partial(server.handle_reply,
+protocol)`) and puts a `links.Link` for it in the scope.
 
-- `backlog()`: bytes written but not yet taken by the kernel, so delivery can
-  stop writing (and conflate) to a client that does not read;
-- `write(frame)`: writes an already framed WebSocket message (built once per
-  process by `text_frame`) straight to the TCP socket, no task, no per-socket
-  encoding; what the kernel does not take goes to Twisted's buffer;
-- `ready_socket()` + `send_many()`: the same for thousands of sockets at once,
-  split over threads (send() runs outside the GIL) while the event loop's
-  thread waits, then `write_rest()` for what the kernel did not take;
-- protocol pings (`ping_frame` + `pong_seen`), answered by every client library;
-- `close(code)`: closes with RFC codes such as 1013, which daphne's ASGI close
-  (autobahn's sendClose) rejects; `abort()` drops the TCP connection.
+It also patches, once per process:
+- pongs: autobahn's `_onPong` remembers the last payload, so delivery can
+  tell which sockets answered its ping;
+- upkeep: daphne's checkers visit every connection every 1-2 s; here they
+  visit only the connections that changed and those not yet open, with a
+  full sweep every `full_sweep_interval` (when keepalive pings and
+  --websocket_timeout are checked), keeping daphne's rules;
+- protocol options: autobahn copies its ~30 options onto every connection;
+  daphne has one factory, so they are set once on the class;
+- closed connections: `_forget` breaks the cycle autobahn leaves behind, so
+  refcounting frees a closed socket;
+- the close handshake: autobahn aborts a connection whose peer has not
+  answered our close frame in time, discarding what Twisted still buffers
+  for it; `_install_close_flush` writes that first, so a reading client gets
+  everything sent before the close.
 
-daphne's own upkeep visits every connection: `application_checker` each
-second (reap finished applications, kill ones that outlive a disconnect by
---application-close-timeout) and `timeout_checker` every 2 s (handshake
-timeout, --websocket_timeout, keepalive pings). At 10,000 idle sockets that
-was most of an idle process's CPU. `install_upkeep()` keeps daphne's rules
-but visits, each second, only the connections that changed (disconnected,
-application done) and, every 2 s, only those not yet open (HTTP requests,
-WebSocket handshakes); all connections are swept every `full_sweep_interval`
-(at most 30 s, a quarter of --ping-interval), which is when keepalive pings
-and --websocket_timeout are checked.
-
-`check_server()` runs at start-up: the internals used here are checked against
-the installed daphne / autobahn / Twisted, and unsupported versions stop the
-process with a message naming the supported ones. Under any other server (or
-the test communicator) `link_for()` is None and delivery falls back to the
-ASGI `send`, relying on that server's own keepalive flags.
+`check_server()` stops the process with a message naming the supported
+versions when the installed daphne / autobahn / Twisted are not the ones
+this was read from. Under any other server (or the test communicator) there
+is no Link and delivery falls back to the ASGI `send`, relying on that
+server's own keepalive flags.
 """
 
 import functools
 import hashlib
 import inspect
 import logging
-import struct
 import sys
 import time
 from importlib.metadata import PackageNotFoundError, version
 
 from django.core.exceptions import ImproperlyConfigured
 
-log = logging.getLogger("apps.streams")
+from .links import SCOPE_KEY, Link
 
-SCOPE_KEY = "stocktracker.ws_link"
+log = logging.getLogger("apps.streams")
 
 # (distribution, first supported, first unsupported): the internals below were
 # read from, and are tested against, these releases.
@@ -98,6 +92,9 @@ def missing_internals():
         (Server, "handle_reply"),
         (WebSocketProtocol, "handle_reply"),
         (WebSocketServerProtocol, "sendCloseFrame"),
+        (WebSocketServerProtocol, "onCloseHandshakeTimeout"),
+        (WebSocketProtocol, "serverReject"),
+        (abstract.FileDescriptor, "doWrite"),
         (WebSocketServerProtocol, "_onPong"),
         (WebSocketServerProtocol, "STATE_OPEN"),
         (abstract.FileDescriptor, "dataBuffer"),
@@ -106,6 +103,10 @@ def missing_internals():
         (tcp.Connection, "TLS"),
     ]
     missing = [f"{cls.__module__}.{cls.__qualname__}.{name}" for cls, name in wanted if not hasattr(cls, name)]
+    # Link.deny() answers the handshake the way serverReject() does.
+    reject = getattr(WebSocketProtocol, "serverReject", None)
+    if reject is not None and "self.handshake_deferred.errback(" not in inspect.getsource(reject):
+        missing.append("daphne.ws_protocol.WebSocketProtocol.serverReject (changed)")
     if not hasattr(abstract.FileDescriptor, "unregisterProducer"):
         missing.append("twisted.internet.abstract.FileDescriptor.unregisterProducer")
     # Instance attributes, set in __init__.
@@ -168,13 +169,14 @@ def check_server():
     if bad:
         have = ", ".join(f"{dist} {ver}" for dist, ver in bad)
         raise ImproperlyConfigured(
-            f"apps.streams.transport supports {supported_text()}; installed: {have}. "
-            "Install a supported version (requirements.txt) or port apps/streams/transport.py."
+            f"apps.streams.port supports {supported_text()}; installed: {have}. "
+            "Install a supported version (requirements.txt) or port apps/streams/port.py."
         )
     missing = missing_internals()
     if missing:
-        raise ImproperlyConfigured(f"daphne internals changed ({', '.join(missing)}): port apps/streams/transport.py")
+        raise ImproperlyConfigured(f"daphne internals changed ({', '.join(missing)}): port apps/streams/port.py")
     _install_pong_hook()
+    _install_close_flush()
     install_upkeep()
     _shared_protocol_options()
     _checked = True
@@ -199,13 +201,48 @@ def _install_pong_hook():
     WebSocketProtocol._stk_pong_hook = True
 
 
+def _install_close_flush():
+    """autobahn aborts a connection whose peer has not answered our close
+    frame within closeHandshakeTimeout (1 s on txaio's batched timer, which
+    rounds down to the whole second: 0 to 1 s after the close), and an abort
+    discards what Twisted still buffers. While the event loop is behind (a
+    connect storm) that can be all of a refused socket's answer: 101, `error`
+    frame and close frame. Write what is buffered first, as the reactor would
+    have; once the kernel has taken it all, the peer gets a whole timeout to
+    answer. A peer that does not read is still aborted."""
+    from daphne.ws_protocol import WebSocketProtocol
+    from twisted.internet import reactor
+
+    if getattr(WebSocketProtocol, "_stk_close_flush", False):
+        return
+    original = WebSocketProtocol.onCloseHandshakeTimeout
+
+    def onCloseHandshakeTimeout(self):
+        transport, link = self.transport, Link(self)
+        if (
+            self.state == self.STATE_CLOSING
+            and hasattr(transport, "dataBuffer")
+            and not transport.disconnecting
+            and link.backlog()
+        ):
+            transport.doWrite()  # as much as the kernel takes now; an error leaves it buffered
+            if not link.backlog():
+                self.closeHandshakeTimeoutCall = reactor.callLater(
+                    self.closeHandshakeTimeout, self.onCloseHandshakeTimeout
+                )
+                return
+        original(self)
+
+    WebSocketProtocol.onCloseHandshakeTimeout = onCloseHandshakeTimeout
+    WebSocketProtocol._stk_close_flush = True
+
+
 def _shared_protocol_options():
     """Autobahn copies its ~30 protocol options from the factory onto every
-    connection (the copy pushes the protocol's __dict__ past 85 keys: 1.7 KB
-    more per socket) and pretty-prints them for a debug line (~0.15 ms per
-    connect, even with debug logging off). daphne has one factory whose
-    options are set before it listens: they are put on daphne's protocol
-    class once instead; instances then read them from the class."""
+    connection (memory per socket) and pretty-prints them for a debug line
+    (time per connect, even with debug logging off). daphne has one factory
+    whose options are set before it listens: they are put on daphne's
+    protocol class once instead; instances then read them from the class."""
     from daphne.ws_protocol import WebSocketProtocol
 
     if "_stk_options" in WebSocketProtocol.__dict__:
@@ -295,11 +332,10 @@ def _check_application(server, protocol, details):
 
 
 def _forget(protocol):
-    """autobahn resolves `is_closed` with the protocol itself: a reference cycle
-    per closed socket, which only a full collection frees, and the watchdog
-    freezes the survivors of those (watchdog._on_gc), so closed sockets piled
-    up until the next thaw (RSS +25 % over a soak). Once daphne forgets the
-    connection, that back-reference goes: refcounting frees the socket."""
+    """autobahn resolves `is_closed` with the protocol itself: a reference
+    cycle per closed socket, which only a full collection frees, and the
+    survivors of those are frozen (`gcplan`) until the next thaw. Once daphne
+    forgets the connection, that back-reference goes: refcounting frees it."""
     closed = getattr(protocol, "is_closed", None)
     if getattr(closed, "called", False) and getattr(closed, "result", None) is protocol:
         closed.result = None
@@ -418,7 +454,7 @@ def _daphne_protocol(send):
 def _drop_http_channel(protocol):
     """After daphne's upgrade the HTTP channel the handshake came in on stays
     registered as the TCP transport's producer for the socket's lifetime,
-    holding its request, headers and body buffer (~3 KB per socket). It has
+    holding its request, headers and body buffer. It has
     nothing left to do: unregister it so it is freed. (As a producer it only
     stopped reading from a client whose send buffer was full; delivery bounds
     that buffer itself and still wants the client's pongs.)"""
@@ -446,142 +482,3 @@ def expose_transport(app):
         return await app(scope, receive, send)
 
     return middleware
-
-
-def link_for(scope):
-    return scope.get(SCOPE_KEY)
-
-
-def _frame(opcode, payload: bytes) -> bytes:
-    """One unmasked, unfragmented server frame (RFC 6455 section 5.2)."""
-    n = len(payload)
-    if n < 126:
-        head = struct.pack("!BB", 0x80 | opcode, n)
-    elif n < 65536:
-        head = struct.pack("!BBH", 0x80 | opcode, 126, n)
-    else:
-        head = struct.pack("!BBQ", 0x80 | opcode, 127, n)
-    return head + payload
-
-
-def text_frame(payload: bytes) -> bytes:
-    """A text message framed once; the same bytes go to every socket."""
-    return _frame(0x1, payload)
-
-
-def ping_frame(nonce: bytes) -> bytes:
-    return _frame(0x9, nonce)
-
-
-_SPLIT_MIN = 512  # sockets: below this one thread writes them all
-_pool = None
-
-
-def _send_part(socks, frame, sent, start, stop):
-    for i in range(start, stop):
-        try:
-            sent[i] = socks[i].send(frame)
-        except OSError:
-            sent[i] = 0
-
-
-def send_many(socks, frame: bytes, threads: int):
-    """Write `frame` to every socket in `socks`; how much each took, in order.
-    send() releases the GIL, so with `threads` > 1 the writes share the cores;
-    the calling thread writes one share and waits for the others, so nothing
-    else on the event loop touches these sockets meanwhile."""
-    global _pool
-    n = len(socks)
-    sent = [0] * n
-    if threads <= 1 or n < _SPLIT_MIN:
-        _send_part(socks, frame, sent, 0, n)
-        return sent
-    if _pool is None:
-        from concurrent.futures import ThreadPoolExecutor
-
-        _pool = ThreadPoolExecutor(max_workers=threads - 1, thread_name_prefix="stk-send")
-    share = -(-n // threads)
-    futures = [
-        _pool.submit(_send_part, socks, frame, sent, start, min(n, start + share)) for start in range(share, n, share)
-    ]
-    _send_part(socks, frame, sent, 0, min(n, share))
-    for future in futures:
-        future.result()
-    return sent
-
-
-class Link:
-    """A thin view of one daphne WebSocket connection."""
-
-    __slots__ = ("__weakref__", "protocol")
-
-    def __init__(self, protocol):
-        self.protocol = protocol
-
-    def is_open(self) -> bool:
-        return self.protocol.state == self.protocol.STATE_OPEN
-
-    def backlog(self) -> int:
-        """Bytes buffered in user space for this client."""
-        transport = self.protocol.transport
-        return len(transport.dataBuffer) - transport.offset + transport._tempDataLen
-
-    def write(self, frame: bytes) -> bool:
-        """Write a framed message; False if the socket is not open."""
-        return self.offer(frame, None) > 0
-
-    def offer(self, frame: bytes, limit) -> int:
-        """Write a framed message unless more than `limit` bytes already wait
-        for this client: 1 written, -1 held back (backlogged), 0 not open.
-        Frames are whole messages and every write happens while the event
-        loop's thread is in our code, so they never interleave with daphne's own."""
-        protocol = self.protocol
-        if protocol.state != protocol.STATE_OPEN or protocol.send_queue:
-            return 0
-        sock = self.ready_socket()
-        if sock is not None:
-            # Nothing queued: hand the bytes to the kernel now, as asyncio's
-            # own transports do (Twisted would buffer them and wait for the
-            # next writable event: two epoll changes per socket per frame).
-            try:
-                sent = sock.send(frame)
-            except OSError:
-                sent = 0  # EAGAIN, or an error Twisted's write finds and closes on
-            if sent == len(frame):
-                return 1
-            frame = frame[sent:]
-        elif limit is not None and self.backlog() > limit:
-            return -1
-        protocol.transport.write(frame)
-        return 1
-
-    def ready_socket(self):
-        """The TCP socket, when the connection is open and nothing waits for it
-        in user space: the frame can go to the kernel now (`send_many`)."""
-        protocol = self.protocol
-        if protocol.state != protocol.STATE_OPEN or protocol.send_queue:
-            return None
-        transport = protocol.transport
-        if self.backlog() or transport.TLS or not transport.connected or transport.disconnecting:
-            return None
-        return transport.socket
-
-    def write_rest(self, rest: bytes):
-        """What the kernel did not take of a frame `send_many` wrote: Twisted buffers it."""
-        self.protocol.transport.write(rest)
-
-    def pong_seen(self, nonce: bytes) -> bool:
-        return self.protocol.__dict__.get("stk_pong") == nonce
-
-    def close(self, code: int):
-        """Close with any code. Autobahn's public sendClose() refuses the RFC
-        codes above 1000 (1013 "try again later" among them); the frame itself
-        is valid, so send it the way daphne sends 1011."""
-        self.protocol.sendCloseFrame(code=code, isReply=False)
-
-    def abort(self):
-        """Drop the TCP connection now (frees its buffers); used once a close
-        frame could not be delivered to a client that stopped reading."""
-        transport = getattr(self.protocol, "transport", None)
-        if transport is not None and hasattr(transport, "abortConnection"):
-            transport.abortConnection()

@@ -1,7 +1,7 @@
 """Latest snapshots for pages and polls, and the "viewer" leases that wake the feed.
 
 The feed works only for streams with subscribers (leases under
-`protocol.subscriber_key(stream)`).
+`keys.subscribers(stream)`).
 A page view or a snapshot poll is a subscriber for a short while, so it takes
 a lease; if a stream has no latest frame yet it also nudges the feed and waits
 briefly for one, so the first page shows data rather than "waiting".
@@ -11,9 +11,11 @@ import asyncio
 import json
 import time
 
-from apps.streams.protocol import STREAMS, now_ms, subscriber_key
-from apps.streams.publish import wake_feed
+from stocktracker.lib import catalogue, keys
 from stocktracker.lib.state import get_state
+
+from .protocol import now_ms
+from .publish import wake_feed
 
 VIEWER_TTL = 30.0  # seconds a page view or poll keeps a stream "subscribed"
 FIRST_WAIT = 2.0  # seconds to wait for a first frame when none exists
@@ -21,7 +23,7 @@ WAKE_IF_OLDER_MS = 10_000  # an older latest means the feed idles: nudge it
 
 
 async def take_viewer_lease(member, streams, ttl=VIEWER_TTL):
-    await get_state().lease_acquire(f"viewer:{member}", [(subscriber_key(s), None) for s in streams], ttl)
+    await get_state().lease_acquire(keys.viewer(member), [(keys.subscribers(s), None) for s in streams], ttl)
 
 
 def published_ms(text):
@@ -31,7 +33,7 @@ def published_ms(text):
         return 0
 
 
-async def latest_texts(member, streams=STREAMS, wait=FIRST_WAIT):
+async def latest_texts(member, streams=catalogue.STREAMS, wait=FIRST_WAIT):
     """{stream: latest frame text or None} after taking a viewer lease.
     Raises StateUnavailable when Redis is down."""
     state = get_state()

@@ -1,0 +1,117 @@
+"""Small shared values with a lifetime: generations (cache invalidation),
+claims (once per interval on any process), windowed counters (budgets), and
+values set once (the first writer wins)."""
+
+import secrets
+import time
+
+from .. import keys
+
+MEMORY_BOUND = 10_000  # entries kept in memory before expired ones are swept
+
+
+def _new_generation():
+    return secrets.token_hex(8)
+
+
+def _sweep(table, expiry_of):
+    if len(table) > MEMORY_BOUND:
+        now = time.monotonic()
+        for old in [k for k, v in table.items() if expiry_of(v) <= now]:
+            del table[old]
+
+
+class MemoryCounters:
+    def __init__(self):
+        super().__init__()
+        self._generations = {}
+        self._claims = {}  # name -> expiry
+        self._counters = {}  # name -> (value, expiry)
+        self._values = {}
+
+    async def generation_get(self, name):
+        """The current generation of `name` (an opaque string), or None."""
+        return self._generations.get(name)
+
+    async def generation_init(self, name, ttl):
+        """Give `name` a generation if it has none (never changes an existing
+        one); returns the new generation, or None if it already had one."""
+        if name in self._generations:
+            return None
+        value = self._generations[name] = _new_generation()
+        return value
+
+    async def generation_bump(self, names, ttl):
+        """Give every name a new generation: caches holding an older one reload."""
+        for name in names:
+            self._generations[name] = _new_generation()
+
+    async def claim(self, name, ttl):
+        """True for the first caller in each `ttl` seconds, False for the others."""
+        now = time.monotonic()
+        if self._claims.get(name, 0) > now:
+            return False
+        _sweep(self._claims, lambda expiry: expiry)
+        self._claims[name] = now + ttl
+        return True
+
+    async def counter_incr(self, name, ttl):
+        """Add one to a counter that disappears `ttl` seconds after its first use."""
+        now = time.monotonic()
+        _sweep(self._counters, lambda item: item[1])
+        value, expiry = self._counters.get(name, (0, 0))
+        self._counters[name] = (value + 1, expiry) if expiry > now else (1, now + ttl)
+        return self._counters[name][0]
+
+    async def counter_decr(self, name):
+        value, expiry = self._counters.get(name, (0, 0))
+        if value > 0:
+            self._counters[name] = (value - 1, expiry)
+
+    async def first_value(self, key, value):
+        """Store `value` under `key` unless one is there; returns the stored one."""
+        return self._values.setdefault(key, str(value))
+
+
+class RedisCounters:
+    async def generation_get(self, name):
+        """The current generation of `name` (an opaque string), or None."""
+        return await self._call(self.redis.get(keys.generation(name)))
+
+    async def generation_init(self, name, ttl):
+        """Give `name` a generation if it has none (never changes an existing
+        one); returns the new generation, or None if it already had one."""
+        value = _new_generation()
+        created = await self._call(self.redis.set(keys.generation(name), value, nx=True, ex=max(1, int(ttl))))
+        return value if created else None
+
+    async def generation_bump(self, names, ttl):
+        """Give every name a new generation: caches holding an older one reload."""
+        if not names:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.set(keys.generation(name), _new_generation(), ex=max(1, int(ttl)))
+            await self._call(pipe.execute())
+
+    async def claim(self, name, ttl):
+        """True for the first caller in each `ttl` seconds, on any process."""
+        return bool(await self._call(self.redis.set(keys.claim(name), 1, nx=True, px=max(1, int(ttl * 1000)))))
+
+    async def counter_incr(self, name, ttl):
+        """Add one to a counter that disappears `ttl` seconds after its first
+        use (one round trip); returns the new value."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.incr(keys.counter(name))
+            pipe.expire(keys.counter(name), max(1, int(ttl)), nx=True)
+            value, _ = await self._call(pipe.execute())
+        return int(value)
+
+    async def counter_decr(self, name):
+        await self._call(self.redis.decr(keys.counter(name)))
+
+    async def first_value(self, key, value):
+        """Store `value` under `key` unless one is there; returns the stored
+        one (the same on every process)."""
+        await self._call(self.redis.set(key, value, nx=True))
+        return await self._call(self.redis.get(key))
