@@ -6,16 +6,24 @@ ping of the shared state, then a round trip through the channel layer
 itself (a probe published to this process's own probe group must come back
 within PROBE_TIMEOUT), because the layer's pub/sub connection can be stuck
 while every other connection answers. From the first failed check `healthy`
-is False (admission refuses new sockets with 1013); when FAILURES_TO_TRIP
-checks in a row fail (after a failure the next comes after RETRY_INTERVAL),
-the `on_lost` listeners run (admission closes every socket with 1013; clients
-back off and retry). The first good check makes it healthy again. A failed
-probe also drops the layer's connections, so that a stuck one is replaced
-(and re-subscribed) at once. Worst case, a hung Redis is noticed within
-CHECK_INTERVAL + FAILURES_TO_TRIP * PING_TIMEOUT + (FAILURES_TO_TRIP - 1) *
+is False (admission refuses new sockets with 1013); once checks have failed
+for REDIS_DOWN_AFTER seconds in a row (after a failure the next comes after
+RETRY_INTERVAL), the `on_lost` listeners run (admission closes every socket
+with 1013; clients back off and retry). The first good check makes it
+healthy again. A failed probe also drops the layer's connections, so that a
+stuck one is replaced (and re-subscribed) at once. Worst case, a hung Redis
+refuses new sockets within CHECK_INTERVAL + PING_TIMEOUT and closes every
+socket within CHECK_INTERVAL + REDIS_DOWN_AFTER + PING_TIMEOUT +
 RETRY_INTERVAL. Nothing ends the task but the loop closing, and
 `watchdog()` restarts it if it ever stopped. Embedded mode has nothing to
 watch.
+
+Behind Sentinel every check first asks the Sentinels where the master is and
+moves the shared state's connections, the channel layer's and the watchdog
+thread's to it: after a failover the old master takes writes until the
+Sentinels demote it, seconds later, and whatever this process wrote there
+(leases, frames it would have heard) would be lost. REDIS_DOWN_AFTER
+outlasts a failover, so one closes no socket.
 
 A busy process is not an outage. The ping is also sent from a thread of its
 own, whose socket read does not wait for the event loop: if that one
@@ -33,6 +41,7 @@ import time
 from django.conf import settings
 
 from stocktracker.lib import keys
+from stocktracker.lib import redis as redis_lib
 from stocktracker.lib.aio import PerLoop, running
 from stocktracker.lib.state import StateUnavailable, get_state
 
@@ -44,8 +53,7 @@ PING_TIMEOUT = 2.0
 PROBE_TIMEOUT = 2.0  # seconds of the loop's own time a channel-layer probe may take to come back
 PROBE_SLICE = 0.1  # the probe's wait is measured in slices; lateness beyond a slice is the loop's
 PROBE = "watchdog.probe"
-FAILURES_TO_TRIP = 3  # failed checks in a row that mean "Redis is down"
-BUSY_LOG_INTERVAL = 10.0  # "busy, not down" is logged at most this often
+BUSY_LOG_INTERVAL = 10.0  # "busy, not down" and "still failing" are logged at most this often
 
 _watchdogs = PerLoop(lambda: Watchdog())
 
@@ -57,6 +65,8 @@ class Watchdog:
         self.task = None
         self.closing = set()
         self.failures = 0  # failed checks in a row
+        self.failing_since = None  # monotonic start of the first of them
+        self.failing_logged = 0.0
         self.probe_task = None
         self.probe_ready = asyncio.Event()
         self.probe_back = asyncio.Event()
@@ -82,27 +92,31 @@ class Watchdog:
 
     async def _run(self):
         while running():
-            await asyncio.sleep(RETRY_INTERVAL if 0 < self.failures < FAILURES_TO_TRIP else CHECK_INTERVAL)
+            await asyncio.sleep(RETRY_INTERVAL if self.failures and self.up else CHECK_INTERVAL)
             try:
                 await self.check()
             except Exception:  # a bug here must not end the watch
                 log.exception("redis watchdog check failed")
 
     async def check(self):
-        """One ping and one channel-layer probe; FAILURES_TO_TRIP failed
-        checks in a row close every socket."""
+        """One ping and one channel-layer probe; checks failing for
+        REDIS_DOWN_AFTER seconds in a row close every socket."""
+        started = time.monotonic()
         exc = await self._ping()
         if exc is None:
             exc = await self._probe()
         if exc is not None:
-            self._failed(_describe(exc))
+            self._failed(_describe(exc), started)
             return
         if not self.up:
             log.warning("redis is back: accepting connections again")
         elif self.failures:
-            log.warning("redis answers again after %d failed checks", self.failures)
+            log.warning(
+                "redis answers again after %d failed checks (%.1f s)", self.failures, started - self.failing_since
+            )
         self.up = True
         self.failures = 0
+        self.failing_since = None
 
     async def _ping(self):
         """None when Redis answers this process: its event loop's pool, or
@@ -257,10 +271,9 @@ class Watchdog:
         import redis
 
         if self._pinger is None:
-            self._pinger = redis.Redis.from_url(
-                settings.REDIS_URL,
+            self._pinger = redis_lib.sync_client(
                 socket_timeout=min(PING_TIMEOUT, settings.REDIS_SOCKET_TIMEOUT),
-                socket_connect_timeout=min(PING_TIMEOUT, settings.REDIS_CONNECT_TIMEOUT),
+                connect_timeout=min(PING_TIMEOUT, settings.REDIS_CONNECT_TIMEOUT),
             )
         try:
             return self._pinger.ping()
@@ -269,13 +282,21 @@ class Watchdog:
             self._pinger = None
             return False
 
-    def _failed(self, exc):
+    def _failed(self, exc, started):
+        """A check that began at `started` (monotonic) failed."""
         self.failures += 1
-        if self.failures < FAILURES_TO_TRIP:
-            log.warning("redis check failed (%s), %d in a row: refusing new sockets", exc or "timeout", self.failures)
+        if self.failing_since is None:
+            self.failing_since = started
+        failing = time.monotonic() - self.failing_since
+        if failing < settings.REDIS_DOWN_AFTER:
+            if self.failures == 1 or time.monotonic() - self.failing_logged >= BUSY_LOG_INTERVAL:
+                self.failing_logged = time.monotonic()
+                log.warning("redis check failed (%s), %d in a row over %.1f s: refusing new sockets; "
+                            "closing them all after %g s (REDIS_DOWN_AFTER)", exc or "timeout", self.failures,
+                            failing, settings.REDIS_DOWN_AFTER)  # fmt: skip
             return
         if self.up:
-            log.error("redis unavailable (%s): closing every socket with 1013", exc or "timeout")
+            log.error("redis unavailable for %.1f s (%s): closing every socket with 1013", failing, exc or "timeout")
         self.up = False
         self.closing = {asyncio.ensure_future(lost()) for lost in list(self.on_lost)}
 
