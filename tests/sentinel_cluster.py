@@ -21,6 +21,8 @@ failover within seconds. `python -m tests.sentinel_cluster` starts one and
 prints its URL until Ctrl-C (for trying things by hand).
 """
 
+import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -296,6 +298,43 @@ class SentinelCluster:
 def sentinel_cluster(tmp_path_factory):
     with SentinelCluster(tmp_path_factory.mktemp("sentinel")) as cluster:
         yield cluster
+
+
+@contextlib.asynccontextmanager
+async def behind_sentinel(root, settings):
+    """A fresh SentinelCluster in `root`, with this process's `settings` (the
+    pytest-django fixture) on it: REDIS_URL and the channel layer reach its
+    master through the Sentinels. For async tests:
+
+        @pytest.fixture
+        async def cluster(tmp_path, settings):
+            async with behind_sentinel(tmp_path, settings) as found:
+                yield found
+    """
+    from channels.layers import channel_layers
+
+    from stocktracker.lib import redis as redis_lib
+    from stocktracker.lib.state import _redis_states, reset_state
+
+    cluster = SentinelCluster(root)
+    await asyncio.to_thread(cluster.start)
+    layer = settings.CHANNEL_LAYERS["default"]
+    hosts = [redis_lib.channel_layer_host(cluster.url)]
+    settings.REDIS_URL = cluster.url
+    settings.CHANNEL_LAYERS = {"default": {**layer, "CONFIG": {**layer["CONFIG"], "hosts": hosts}}}
+    channel_layers.backends.clear()
+    reset_state()
+    try:
+        yield cluster
+    finally:
+        # Close this loop's connections while their servers still run.
+        for backend in list(channel_layers.backends.values()):
+            await backend.flush()
+        for state in list(_redis_states.objects.values()):
+            await state.redis.aclose()
+        channel_layers.backends.clear()
+        reset_state()
+        await asyncio.to_thread(cluster.stop)
 
 
 if __name__ == "__main__":

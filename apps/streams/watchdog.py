@@ -75,6 +75,8 @@ class Watchdog:
         self.busy_logged = 0.0
         self._pinger = None
         self._thread = None
+        self._master = None  # (host, port) the Sentinels named at the last check; the thread's pinger follows it
+        self.follow_logged = 0.0
 
     @property
     def healthy(self):
@@ -102,8 +104,11 @@ class Watchdog:
         """One ping and one channel-layer probe; checks failing for
         REDIS_DOWN_AFTER seconds in a row close every socket."""
         started = time.monotonic()
+        moved = await self._follow_master()
         exc = await self._ping()
-        if exc is None:
+        # The layer's connections were just replaced (and subscribe again
+        # within a second): the next check probes them.
+        if exc is None and not moved:
             exc = await self._probe()
         if exc is not None:
             self._failed(_describe(exc), started)
@@ -141,6 +146,28 @@ class Watchdog:
                 log.warning("redis ping on the event loop failed (%s) but Redis answers: "
                             "the process is busy, not Redis down", _describe(exc))  # fmt: skip
             return None
+
+    async def _follow_master(self):
+        """Behind Sentinel: move the shared state's and the channel layer's
+        connections (and, at its next ping, the thread's) to the master the
+        Sentinels name now. True when any connection moved. When no Sentinel
+        answers, the connections stay where they are and the ping decides."""
+        if not redis_lib.behind_sentinel():
+            return False
+        client = get_state().redis
+        try:
+            self._master = address = await redis_lib.master_address(client)
+            moved = await redis_lib.follow_master(client, address=address)
+            moved = await redis_lib.follow_master_layer(self._layer(), address=address) or moved
+        except Exception as exc:  # noqa: BLE001 - no Sentinel answers, or none names a master (a failover under way)
+            now = time.monotonic()
+            if now - self.follow_logged >= BUSY_LOG_INTERVAL:
+                self.follow_logged = now
+                log.warning("could not ask the sentinels where the redis master is: %s", _describe(exc))
+            return False
+        if moved:
+            log.warning("redis master is now %s:%s (sentinel): moved this process's connections there", *address)
+        return bool(moved)
 
     # --- the channel layer's own round trip --------------------------------------------
 
@@ -276,6 +303,8 @@ class Watchdog:
                 connect_timeout=min(PING_TIMEOUT, settings.REDIS_CONNECT_TIMEOUT),
             )
         try:
+            if self._master is not None:
+                redis_lib.follow_master_sync(self._pinger, self._master)
             return self._pinger.ping()
         except (redis.RedisError, OSError):
             self._pinger.close()

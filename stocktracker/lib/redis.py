@@ -9,7 +9,8 @@ where the hosts are Sentinels (port 26379 when left out), `service_name` is
 the name in their `sentinel monitor` line, and the password is the master's.
 The Sentinels' own password, if they have one, is REDIS_SENTINEL_PASSWORD.
 
-- `parse_url()`: a `Target`, or ValueError with a message that shows no secret.
+- `parse_url()`: a `Target`, or ValueError with a message that shows no secret;
+  `behind_sentinel()`: whether REDIS_URL names a master behind Sentinel.
 - `async_client()`: the asyncio client, on a bounded pool that makes callers
   wait for a free connection (shared state, the leader lock).
 - `sync_client()`: a client for a thread of its own (the watchdog's).
@@ -129,6 +130,12 @@ def parse_url(url):
         raise ValueError(f"has {extra!r} after the service, where a database number belongs: {SENTINEL_USAGE}")
     db = int(parts[1]) if len(parts) == 2 else 0
     return Target(url=url, sentinels=sentinels, service=unquote(parts[0]), db=db, username=username, password=password)
+
+
+def behind_sentinel(url=None):
+    """True when REDIS_URL (or `url`) names a master behind Sentinel."""
+    url = _settings().REDIS_URL if url is None else url
+    return bool(url) and parse_url(url).behind_sentinel
 
 
 def _host_port(item):
