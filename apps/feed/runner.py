@@ -75,6 +75,7 @@ class Feed:
         self.wake = asyncio.Event()
         self.stats = {"cycles": 0, "idle": 0, "fetches": 0, "unchanged": 0, "builds": 0, "published": 0}
         self.last_data = None  # the FeedData the last cycle built from
+        self.master = None  # behind Sentinel: (host, port) of the master they named last
 
     # --- one cycle -------------------------------------------------------------------
 
@@ -317,14 +318,17 @@ class Feed:
                 log.debug("could not follow the redis master: %s", exc)
 
     async def follow_master(self):
-        """Move to the master the Sentinels name now; True when anything moved."""
+        """Move to the master the Sentinels name now; True when it is not the
+        one they named last time or when connections moved."""
         client = get_state().redis
         address = await redis_lib.master_address(client)
         moved = await redis_lib.follow_master(client, address=address)
         moved = await redis_lib.follow_master_layer(get_channel_layer(), address=address) or moved
-        if not moved:
+        # A master that died took its connections with it: nothing to move, but it is a new master all the same.
+        changed, self.master = self.master is not None and address != self.master, address
+        if not (moved or changed):
             return False
-        log.warning("redis master is now %s:%s (sentinel): moved the feed's connections there", *address)
+        log.warning("redis master is now %s:%s (sentinel): following it", *address)
         self.fingerprints.clear()
         self.feed_state = None
         self.wake.set()

@@ -156,7 +156,7 @@ class Watchdog:
             return False
         client = get_state().redis
         try:
-            self._master = address = await redis_lib.master_address(client)
+            address = await redis_lib.master_address(client)
             moved = await redis_lib.follow_master(client, address=address)
             moved = await redis_lib.follow_master_layer(self._layer(), address=address) or moved
         except Exception as exc:  # noqa: BLE001 - no Sentinel answers, or none names a master (a failover under way)
@@ -165,8 +165,9 @@ class Watchdog:
                 self.follow_logged = now
                 log.warning("could not ask the sentinels where the redis master is: %s", _describe(exc))
             return False
-        if moved:
-            log.warning("redis master is now %s:%s (sentinel): moved this process's connections there", *address)
+        if moved or (self._master is not None and address != self._master):
+            log.warning("redis master is now %s:%s (sentinel): following it", *address)
+        self._master = address
         return bool(moved)
 
     # --- the channel layer's own round trip --------------------------------------------
