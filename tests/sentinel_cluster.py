@@ -269,6 +269,12 @@ class SentinelCluster:
                     raise
 
         _until("SENTINEL FAILOVER accepted", start, timeout)
+        return self.wait_promoted(old, max(1.0, deadline - time.monotonic()))
+
+    def wait_promoted(self, old, timeout=FAILOVER_WAIT):
+        """Until every Sentinel names another master than `old` and it
+        answers as a master (after `failover()`, or a master killed); returns
+        its (host, port)."""
 
         def promoted():
             views = set(self.views().values())
@@ -277,7 +283,7 @@ class SentinelCluster:
             new = views.pop()
             return new if self.role(new[1]) == "master" else None
 
-        return _until(f"a new master instead of {old}", promoted, max(1.0, deadline - time.monotonic()))
+        return _until(f"a new master instead of {old}", promoted, timeout)
 
     def wait_demoted(self, address, timeout=FAILOVER_WAIT):
         """Until `address` is a replica in sync with the current master."""
