@@ -184,12 +184,14 @@ CHANNEL_LAYER = _choice("CHANNEL_LAYER", "pubsub", ("pubsub", "core"))
 # a paused or stalled Redis must become a quick 1013, never a hang.
 REDIS_SOCKET_TIMEOUT = _positive("REDIS_SOCKET_TIMEOUT", "float", 2.0, minimum=0.1)
 REDIS_CONNECT_TIMEOUT = _positive("REDIS_CONNECT_TIMEOUT", "float", 2.0, minimum=0.1)
-# Seconds Redis may fail every check before a web process closes all its
-# sockets with 1013 (new ones are refused from the first failed check). Behind
-# Sentinel the default outlasts a failover: Sentinel's default
-# down-after-milliseconds (30 s), then the election and the promotion (a few
-# seconds), with room for one slow vote. One server has no failover to wait for.
-REDIS_DOWN_AFTER = _positive("REDIS_DOWN_AFTER", "float", 45.0 if _behind_sentinel else 10.0, minimum=2)
+# Seconds Redis may fail every check (counted from the first failed one)
+# before a web process closes all its sockets with 1013 (new ones are refused
+# from the first failed check). Behind Sentinel the default outlasts a
+# failover: Sentinel's default down-after-milliseconds (30 s), then the
+# election and the promotion (a few seconds), with room for one slow vote. One
+# server has no failover to wait for: 5 s is three failed checks of a hung
+# Redis (the watchdog's 10 s worst case).
+REDIS_DOWN_AFTER = _positive("REDIS_DOWN_AFTER", "float", 45.0 if _behind_sentinel else 5.0, minimum=2)
 # The core layer's receive blocks in Redis for up to 5 s (BZPOPMIN), so its
 # replies may take that long on top of the timeout.
 _CORE_BLOCK = 5

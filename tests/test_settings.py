@@ -128,7 +128,7 @@ def test_a_sentinel_url_gives_the_channel_layer_the_sentinels_and_a_longer_watch
     shown = _show(code, REDIS_URL=url, REDIS_SENTINEL_PASSWORD="sentinel-secret", REDIS_SOCKET_TIMEOUT="1.5")
     assert shown == ("False [('10.0.0.1', 26379), ('10.0.0.2', 26380)] board 1 1.5 1.5 sentinel-secret 45.0")
     # One server: no failover to wait for.
-    assert _show("print(s.REDIS_DOWN_AFTER)", REDIS_URL="redis://127.0.0.1:1/0") == "10.0"
+    assert _show("print(s.REDIS_DOWN_AFTER)", REDIS_URL="redis://127.0.0.1:1/0") == "5.0"
     assert _show("print(s.REDIS_DOWN_AFTER)", REDIS_URL=url, REDIS_DOWN_AFTER="20") == "20.0"
 
 

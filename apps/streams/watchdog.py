@@ -6,15 +6,17 @@ ping of the shared state, then a round trip through the channel layer
 itself (a probe published to this process's own probe group must come back
 within PROBE_TIMEOUT), because the layer's pub/sub connection can be stuck
 while every other connection answers. From the first failed check `healthy`
-is False (admission refuses new sockets with 1013); once checks have failed
-for REDIS_DOWN_AFTER seconds in a row (after a failure the next comes after
-RETRY_INTERVAL), the `on_lost` listeners run (admission closes every socket
-with 1013; clients back off and retry). The first good check makes it
-healthy again. A failed probe also drops the layer's connections, so that a
-stuck one is replaced (and re-subscribed) at once. Worst case, a hung Redis
-refuses new sockets within CHECK_INTERVAL + PING_TIMEOUT and closes every
-socket within CHECK_INTERVAL + REDIS_DOWN_AFTER + PING_TIMEOUT +
-RETRY_INTERVAL. Nothing ends the task but the loop closing, and
+is False (admission refuses new sockets with 1013); when a check fails
+REDIS_DOWN_AFTER seconds or more after the first failed one, with none good
+in between (after a failure the next comes after RETRY_INTERVAL), the
+`on_lost` listeners run (admission closes every socket with 1013; clients
+back off and retry). So one failed check never closes anything, however
+long it took. The first good check makes it healthy again. A failed probe
+also drops the layer's connections, so that a stuck one is replaced (and
+re-subscribed) at once. Worst case, a hung Redis refuses new sockets within
+CHECK_INTERVAL + PING_TIMEOUT and closes every socket within CHECK_INTERVAL
++ 2 * PING_TIMEOUT + RETRY_INTERVAL + REDIS_DOWN_AFTER (with one server's
+5 s: three failed checks, 10 s). Nothing ends the task but the loop closing, and
 `watchdog()` restarts it if it ever stopped. Embedded mode has nothing to
 watch.
 
@@ -65,7 +67,7 @@ class Watchdog:
         self.task = None
         self.closing = set()
         self.failures = 0  # failed checks in a row
-        self.failing_since = None  # monotonic start of the first of them
+        self.failing_since = None  # monotonic time the first of them failed
         self.failing_logged = 0.0
         self.probe_task = None
         self.probe_ready = asyncio.Event()
@@ -103,7 +105,6 @@ class Watchdog:
     async def check(self):
         """One ping and one channel-layer probe; checks failing for
         REDIS_DOWN_AFTER seconds in a row close every socket."""
-        started = time.monotonic()
         moved = await self._follow_master()
         exc = await self._ping()
         # The layer's connections were just replaced (and subscribe again
@@ -111,14 +112,13 @@ class Watchdog:
         if exc is None and not moved:
             exc = await self._probe()
         if exc is not None:
-            self._failed(_describe(exc), started)
+            self._failed(_describe(exc))
             return
         if not self.up:
             log.warning("redis is back: accepting connections again")
         elif self.failures:
-            log.warning(
-                "redis answers again after %d failed checks (%.1f s)", self.failures, started - self.failing_since
-            )
+            failing = time.monotonic() - self.failing_since
+            log.warning("redis answers again after %d failed checks over %.1f s", self.failures, failing)
         self.up = True
         self.failures = 0
         self.failing_since = None
@@ -312,11 +312,10 @@ class Watchdog:
             self._pinger = None
             return False
 
-    def _failed(self, exc, started):
-        """A check that began at `started` (monotonic) failed."""
+    def _failed(self, exc):
         self.failures += 1
         if self.failing_since is None:
-            self.failing_since = started
+            self.failing_since = time.monotonic()
         failing = time.monotonic() - self.failing_since
         if failing < settings.REDIS_DOWN_AFTER:
             if self.failures == 1 or time.monotonic() - self.failing_logged >= BUSY_LOG_INTERVAL:

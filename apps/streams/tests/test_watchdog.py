@@ -70,6 +70,29 @@ async def test_a_single_failed_ping_closes_nothing(fast):
     assert consumer.lost == 0 and dog.healthy
 
 
+async def test_one_failed_check_closes_nothing_however_long_it_took(fast, monkeypatch):
+    class SlowThenFine:
+        pings = 0
+
+        async def ping(self):
+            self.pings += 1
+            if self.pings == 1:
+                await asyncio.sleep(0.3)  # three times REDIS_DOWN_AFTER (0.1 s), then it fails
+                raise StateUnavailable("slow")
+            return True
+
+    state = SlowThenFine()
+    monkeypatch.setattr(watchdog_module, "get_state", lambda: state)
+    dog, consumer = Watchdog(), FakeConsumer()
+    dog.on_lost.append(consumer.backend_lost)
+    dog.start()
+    try:
+        await asyncio.sleep(0.6)
+    finally:
+        dog.task.cancel()
+    assert consumer.lost == 0 and dog.healthy
+
+
 class Outage:
     """Every ping fails for `seconds`, then every ping answers."""
 
