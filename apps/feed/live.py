@@ -23,7 +23,8 @@ _TRADE = (
     "Ceiling", "Floor", "RefPrice", "AvgPrice", "PriorVal", "LastPrice", "LastVol", "TotalVal", "TotalVol",
     "Highest", "Lowest", "Change", "RatioChange", "EstMatchedPrice", "Isin",
 )  # fmt: skip
-_QUOTE = tuple(f"{side}{kind}{n}" for side in ("Bid", "Ask") for kind in ("Price", "Vol") for n in (1, 2, 3))
+_QUOTE = tuple(f"{side}{kind}{n}" for side in ("Bid", "Ask") for kind in ("Price", "Vol") for n in range(1, 11))
+_OHLC = ("Open", "High", "Low", "Close")  # X-TRADE and X carry the session's prices too
 _ROOM = ("TotalRoom", "CurrentRoom", "BuyVol", "SellVol", "BuyVal", "SellVal", "Isin")
 _INDEX = (
     "IndexId", "IndexValue", "IndexValEst", "PriorIndexValue", "TradingDate", "Time", "Change", "RatioChange",
@@ -39,7 +40,8 @@ def _names(keys, aliases=None):
     return table
 
 
-TRADE_NAMES = _names(_COMMON + _TRADE, {"AvgPrice": "AvgPrice", "Avg": "AvgPrice"})
+TRADE_NAMES = _names(_COMMON + _TRADE + _OHLC, {"AvgPrice": "AvgPrice", "Avg": "AvgPrice"})
+X_NAMES = {**TRADE_NAMES, **_names(_QUOTE)}
 QUOTE_NAMES = _names(_COMMON + _QUOTE)
 ROOM_NAMES = _names(
     _COMMON + _ROOM,
@@ -84,8 +86,8 @@ REST_STOCK_NAMES = {
     "foreignsellvaltotal": ("SellVal", "room"),
     "foreigncurrentroom": ("CurrentRoom", "room"),
 }
-_GROUPS = {"X-TRADE": "trade", "X-QUOTE": "quote", "R": "room", "F": "status"}
-_NAMES = {"X-TRADE": TRADE_NAMES, "X-QUOTE": QUOTE_NAMES, "R": ROOM_NAMES, "F": STATUS_NAMES}
+_GROUPS = {"X-TRADE": "trade", "X-QUOTE": "quote", "X": "trade", "R": "room", "F": "status"}
+_NAMES = {"X-TRADE": TRADE_NAMES, "X-QUOTE": QUOTE_NAMES, "X": X_NAMES, "R": ROOM_NAMES, "F": STATUS_NAMES}
 # SSI's 2021 samples spelt the trade and quote types differently.
 TYPE_ALIASES = {"TRADE": "X-TRADE", "QUOTE": "X-QUOTE"}
 
@@ -101,12 +103,15 @@ class Board:
     """Rows by symbol (stocks and the future) and index rows by code.
 
     `version` grows with every change, so a reader can tell "nothing new"
-    without comparing rows. `symbols` is the set the hub streams; other rows
-    (the rest of the HOSE board) come from REST only.
+    without comparing rows; `dirty` and `dirty_indices` name what changed
+    since the last `take_dirty()`. `index_codes`: the indices kept (their
+    spelling); None keeps every index.
     """
 
     def __init__(self, index_codes=()):
-        self.index_codes = {code.lower(): code for code in index_codes}
+        self.index_codes = None if index_codes is None else {code.lower(): code for code in index_codes}
+        self.dirty = set()
+        self.dirty_indices = set()
         self.day = None
         self.rows = {}
         self.indices = {}
@@ -123,7 +128,15 @@ class Board:
         self.indices.clear()
         self.stamps.clear()
         self.trade_totals.clear()
+        self.dirty.clear()
+        self.dirty_indices.clear()
         self.version += 1
+
+    def take_dirty(self):
+        """(symbols, index codes) changed since the last call."""
+        symbols, indices = self.dirty, self.dirty_indices
+        self.dirty, self.dirty_indices = set(), set()
+        return symbols, indices
 
     # --- the hub --------------------------------------------------------------------
 
@@ -149,11 +162,12 @@ class Board:
         row = self.rows.get(symbol)
         if row is None:
             row = self.rows[symbol] = {"Symbol": symbol}
-        if data_type == "X-TRADE":
+        if data_type in ("X-TRADE", "X"):
             self._count_side(symbol, row, update, content)
         update["Symbol"] = symbol
         row.update(update)
         self.stamps.setdefault(symbol, {})[_GROUPS[data_type]] = time.monotonic()
+        self.dirty.add(symbol)
         self.version += 1
         return True
 
@@ -183,7 +197,8 @@ class Board:
             name = names.get(str(key).lower())
             if name is not None and value is not None and value != "":
                 update[name] = value
-        code = self.index_codes.get(str(update.get("IndexId") or "").strip().lower())
+        raw_code = str(update.get("IndexId") or "").strip()
+        code = raw_code or None if self.index_codes is None else self.index_codes.get(raw_code.lower())
         if code is None:
             self.ignored += 1
             return False
@@ -194,6 +209,7 @@ class Board:
         row["IndexId"] = code
         if since is None:
             self.stamps.setdefault(("index", code), {})["index"] = stamp
+        self.dirty_indices.add(code)
         self.version += 1
         return True
 
@@ -227,6 +243,7 @@ class Board:
             row = self.rows.setdefault(symbol, {"Symbol": symbol})
             row.update(update)
             row["Symbol"] = symbol
+            self.dirty.add(symbol)
             self.version += 1
 
     def apply_rest_index(self, code, raw, since):

@@ -25,7 +25,7 @@ import time
 from channels.layers import get_channel_layer
 from django.conf import settings
 
-from apps.streams.publish import Fenced, publish_feed_state, publish_snapshot
+from apps.streams.publish import Fenced, publish_feed_state, publish_snapshot, publish_topic
 from stocktracker.lib import catalogue, keys
 from stocktracker.lib import redis as redis_lib
 from stocktracker.lib.aio import running
@@ -35,12 +35,14 @@ from . import market, metrics
 from .history import IntradayHistory
 from .leadership import Leadership
 from .payloads import BUILDERS, fingerprint
+from .topics import TopicBook
 
 log = logging.getLogger("apps.feed")
 
 SLICE_S = 0.5  # sleep granularity: how fast a stop or a wake is noticed
 STANDBY_RETRY_S = 1.0
 TOUCH_EVERY_S = 5.0
+TOPIC_BATCH = 64  # topic publishes in flight at once (one Redis script and one PUBLISH each)
 DOWN_AFTER_S = 300.0  # failing this long (or unrecoverably) turns stale into down
 BACKOFF_CAP_S = 60.0
 FOLLOW_EVERY_S = 1.0  # behind Sentinel: how often the worker asks where the master is
@@ -65,7 +67,8 @@ class Feed:
         self.source = source or make_source()
         self.leader = Leadership(elect)
         self.fingerprints = {}
-        self.positions = {}  # stream -> (epoch, seq) this process last published: the floor of the next
+        self.positions = {}  # stream or topic -> (epoch, seq) this process last published: the floor of the next
+        self.topics = None  # TopicBook of the source's universe, once it has one
         self.term = 0
         self.feed_state = None  # (state, detail) last published by this process
         self.history = IntradayHistory()
@@ -95,11 +98,14 @@ class Feed:
             # Another process may have published meanwhile: compare against nothing.
             self.term = self.leader.terms
             self.fingerprints.clear()
+            if self.topics is not None:
+                self.topics.forget()
             self.feed_state = None
         self.stats["cycles"] += 1
-        counts = await state.lease_counts([keys.subscribers(stream) for stream in catalogue.STREAMS])
-        needs = {stream for stream, count in zip(catalogue.STREAMS, counts, strict=True) if count > 0}
-        if not needs:
+        counts = await state.lease_counts([*(keys.subscribers(s) for s in catalogue.STREAMS), keys.TOPIC_SUBSCRIBERS])
+        needs = {stream for stream, count in zip(catalogue.STREAMS, counts[:-1], strict=True) if count > 0}
+        topics_wanted = counts[-1] > 0
+        if not needs and not topics_wanted:
             self.stats["idle"] += 1
             # From the clock alone, every idle cycle (published only when it changes):
             # readiness and connect-time `feed` frames need a current state even
@@ -124,6 +130,8 @@ class Feed:
         degraded = getattr(self.source, "degraded", "")
         shown = ("stale", degraded) if degraded and feed == "live" else (feed, "")
         if not await self.set_feed_state(*shown):
+            return None
+        if topics_wanted and not await self._publish_topics(day, feed, data):
             return None
         if data is self.last_data and all(stream in self.fingerprints for stream in needs):
             # A streaming source hands back the same data while nothing changed.
@@ -164,6 +172,51 @@ class Feed:
             self.stats["published"] += 1
         self.failures, self.failing_since = 0, None
         return published
+
+    async def _publish_topics(self, day, feed, data):
+        """Publish every topic that changed since the last cycle (its snapshot
+        and its delta), when the source keeps a whole-market board. False when
+        fenced."""
+        universe, board = getattr(self.source, "universe", None), getattr(self.source, "board", None)
+        if universe is None or board is None:
+            return True
+        if self.topics is None or self.topics.universe is not universe:
+            self.topics = TopicBook(universe)  # a new day's universe: every topic starts from its snapshot
+            board.take_dirty()
+            symbols, indices = set(board.rows), set(board.indices)
+        else:
+            symbols, indices = board.take_dirty()
+        changes = self.topics.changes(
+            board, self.source.now(), symbols=symbols, indices=indices, source_ms=data.source_ms
+        )
+        if not changes:
+            return True
+        if not await self.leader.still_held():
+            log.warning("not publishing topics: no longer the leader")
+            return False
+        fence = self.leader.fence()
+
+        async def one(name, snapshot, delta):
+            self.positions[name] = await publish_topic(
+                name,
+                snapshot,
+                delta,
+                day=day,
+                source_ms=data.source_ms,
+                feed=feed,
+                simulated=data.simulated,
+                fence=fence,
+                floor=self.positions.get(name),
+            )
+
+        try:
+            for start in range(0, len(changes), TOPIC_BATCH):
+                await asyncio.gather(*(one(*change) for change in changes[start : start + TOPIC_BATCH]))
+        except Fenced:
+            self._fenced("topics")
+            return False
+        self.stats["topics"] = self.stats.get("topics", 0) + len(changes)
+        return True
 
     async def set_feed_state(self, name, detail=""):
         """Publish the feed state when it changes (live, stale, down, closed).

@@ -46,6 +46,7 @@ from .publish import wake_feed
 log = logging.getLogger("apps.streams")
 
 BACKEND_TIMEOUT = 3.0  # how long a connect may wait on Redis (channel subscription) before 1013
+RESYNC_READ_EVERY = 1.0  # seconds between a socket's Redis reads for `resync` (when the hub has none)
 
 
 class ClientError(Exception):
@@ -78,6 +79,7 @@ class StreamConsumer(AsyncWebsocketConsumer):
         self.close_code = None
         self.claimed_token_id = None  # a known token that was refused (usage rejections)
         self.claimed_prefix = None
+        self.resync_read_at = -RESYNC_READ_EVERY
 
     async def dispatch(self, message):
         # Channels hops onto the one shared database thread before every
@@ -443,12 +445,23 @@ class StreamConsumer(AsyncWebsocketConsumer):
         pass  # an answer to a `heartbeat`: optional, nothing to do
 
     async def client_resync(self, message):
+        """The latest snapshot again, from this process's hub: written as a
+        fan-out would (a client that does not read is conflated and closed
+        4103), no Redis read per request."""
+        if await hub().resend(self.subscriber, keys.stream_group(self.stream)):
+            return
+        # Nothing published since this process joined the stream: ask Redis, at most once a second.
+        now = time.monotonic()
+        if now - self.resync_read_at < RESYNC_READ_EVERY:
+            return
+        self.resync_read_at = now
         try:
             latest = await get_state().latest_get(self.stream)
         except StateUnavailable:
             raise ClientError("unavailable", "snapshot store unavailable; retry later") from None
         if latest:
-            await self.subscriber.write(latest)
+            hub().remember(keys.stream_group(self.stream), latest)
+            await hub().resend(self.subscriber, keys.stream_group(self.stream))
 
 
 # A client message's `type` -> its handler.

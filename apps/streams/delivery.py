@@ -24,6 +24,11 @@ Every WS_HEARTBEAT_INTERVAL one tick sends every socket, once however many
 topics it follows, the same `heartbeat` frame and a protocol ping with one
 nonce; WS_HEARTBEAT_TIMEOUT later the sockets that did not answer are slow.
 
+The hub keeps each topic's newest snapshot: a `resync` is answered from it
+(`resend`), through the same bounded path as a fan-out, so a client that
+asks for snapshots and never reads them is conflated and closed like any
+other slow reader, at no Redis cost.
+
 Sockets without a daphne `Link` (other servers, the test communicator) get
 the same frames through their ASGI `send`, awaited in turn.
 """
@@ -151,6 +156,7 @@ class Hub:
         self.channels = {}  # topic -> this process's channel in that group
         self.receivers = {}  # topic -> receive task
         self.positions = {}  # topic -> (epoch, seq) of the newest snapshot written
+        self.latest = {}  # topic -> Held: its newest snapshot (answers `resync`)
         self.lock = asyncio.Lock()
         self.tick_task = None
 
@@ -200,8 +206,57 @@ class Hub:
             position = protocol.snapshot_position(text) if text is not None else None
             if position is not None:
                 positions[topic] = position
+                self.remember(topic, text)
         subscriber.positions = positions
         subscriber.ready = True
+
+    def remember(self, topic, text):
+        """Keep snapshot `text` as the topic's newest unless one as new is known."""
+        known = self.latest.get(topic)
+        if known is None or protocol.is_newer(text, known.text):
+            payload = text.encode()
+            self.latest[topic] = Held(text, text_frame(payload), len(payload))
+
+    async def resend(self, subscriber, topic):
+        """The topic's newest snapshot again, to one socket, as a fan-out
+        would write it (held and conflated while the socket does not read).
+        False when this process has none."""
+        held = self.latest.get(topic)
+        if held is None:
+            return False
+        if subscriber.closed:
+            return True
+        if subscriber.link is None:
+            await subscriber.write(held.text, held.frame, held.size)
+            return True
+        if not self._offer(subscriber, (topic, "snapshot"), held, time.monotonic()):
+            subscriber.pending[(topic, "snapshot")] = held
+        return True
+
+    @staticmethod
+    def _offer(sub, key, held, now):
+        """Write `held` to one ready socket with a Link unless it is backlogged
+        (then it is kept, conflated, and its backlog clock runs). False when
+        it must be held for a socket that is not taking frames yet."""
+        if not sub.ready:
+            return False
+        link = sub.link
+        limit = settings.WS_SEND_BUFFER_BYTES
+        if sub.pending:
+            if link.backlog() > limit:
+                sub.pending[key] = held
+                sub.backlogged(now, "send buffer full")
+                return True
+            sub.flush_held(skip=key)
+        outcome = link.offer(held.frame, limit)
+        if outcome > 0:
+            sub.sent += 1
+            sub.sent_bytes += held.size
+            sub.backlogged_since = None
+        elif outcome < 0:
+            sub.pending[key] = held
+            sub.backlogged(now, "send buffer full")
+        return True
 
     def _advance(self, topic, position):
         """False for a snapshot not newer than the topic's newest within its epoch
@@ -247,7 +302,9 @@ class Hub:
         size = message.get("bytes") or len(payload)
         kind = message.get("kind", "snapshot")
         key = (topic, kind)
-        limit = settings.WS_SEND_BUFFER_BYTES
+        held = Held(text, frame, size)
+        if kind == "snapshot":
+            self.latest[topic] = held
         now = time.monotonic()
         wrote = False
         later = []
@@ -257,7 +314,7 @@ class Hub:
             if sub.closed:
                 continue
             if not sub.ready:
-                sub.pending[key] = Held(text, frame, size)
+                sub.pending[key] = held
                 continue
             if kind == "snapshot" and sub.positions:
                 known = sub.positions.get(topic)
@@ -269,26 +326,14 @@ class Hub:
             if link is None:
                 later.append(sub)
                 continue
-            if sub.pending:
-                if link.backlog() > limit:
-                    sub.pending[key] = Held(text, frame, size)
-                    sub.backlogged(now, "send buffer full")
-                    continue
-                sub.flush_held(skip=key)
-            sock = link.ready_socket()
+            sock = None if sub.pending else link.ready_socket()
             if sock is not None:
                 ready.append(sub)
                 socks.append(sock)
                 continue
-            outcome = link.offer(frame, limit)
-            if outcome > 0:
-                sub.sent += 1
-                sub.sent_bytes += size
-                sub.backlogged_since = None
-                wrote = True
-            elif outcome < 0:
-                sub.pending[key] = Held(text, frame, size)
-                sub.backlogged(now, "send buffer full")
+            sent_before = sub.sent
+            self._offer(sub, key, held, now)
+            wrote = wrote or sub.sent > sent_before
         if socks:
             _send_ready(ready, socks, frame)
             for sub in ready:

@@ -127,6 +127,28 @@ def snapshot_frame_parts(stream: str, **fields) -> tuple[str, str, str]:
     return head + '"epoch":"', '","seq":', "," + tail
 
 
+def topic_frame_parts(topic, *, delta, published_ms, source_ms, feed, simulated, data):
+    """A topic's `snapshot` frame cut around its epoch and seq (head, mid,
+    tail), or with `delta` its `delta` frame cut around epoch, seq and prev
+    (head, mid, mid2, tail): the state layer fills them in as it numbers it."""
+    frame = {"type": "delta" if delta else "snapshot", "topic": topic, "epoch": "", "seq": 0}
+    if delta:
+        frame["prev"] = 0
+    frame |= {"published_ms": published_ms, "source_ms": source_ms, "feed": feed, "simulated": simulated}
+    text = dumps({**frame, "data": data})
+    head, found, rest = text.partition('"epoch":"",')
+    assert found, "the topic frame writes epoch before data"
+    if not delta:
+        between, found, tail = rest.partition('"seq":0,')
+        assert found and not between
+        return head + '"epoch":"', '","seq":', "," + tail
+    between, found, rest = rest.partition('"seq":0,')
+    assert found and not between
+    between, found, tail = rest.partition('"prev":0,')
+    assert found and not between
+    return head + '"epoch":"', '","seq":', ',"prev":', "," + tail
+
+
 def snapshot_position(text: str):
     """(epoch, seq) of a snapshot frame, read from its header without parsing
     `data`; None for any other frame."""

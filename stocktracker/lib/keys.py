@@ -43,6 +43,9 @@ def subscribers(stream) -> str:
     return f"stream:{stream}"
 
 
+TOPIC_SUBSCRIBERS = "topics"  # lease set of everything that follows a topic (v2 sockets, REST polls)
+
+
 def viewer(member) -> str:
     """The lease member of a page view or snapshot poll of `member` (a
     `user(...)` or `token(...)` name): one per viewer, renewed by each view."""
@@ -69,6 +72,12 @@ def session_name(session_key) -> str | None:
 def stream_group(stream) -> str:
     """The group every process serving sockets of `stream` joins once."""
     return f"stream.{stream}"
+
+
+def topic_group(topic) -> str:
+    """The group every process serving sockets of `topic` ("board:VN30") joins
+    once: "t.board.VN30" (group names allow letters, digits, '-', '_', '.')."""
+    return "t." + str(topic).replace(":", ".")
 
 
 def group_stream(group) -> str:
@@ -142,11 +151,25 @@ def seq(stream) -> str:
     return f"{PREFIX}seq:{stream}"
 
 
+def topic_seq(topic) -> str:
+    return f"{PREFIX}topic:seq:{topic}"
+
+
+def topic_latest(topic) -> str:
+    return f"{PREFIX}topic:latest:{topic}"
+
+
+def topic_deltas(topic) -> str:
+    """The topic's recent delta frames, oldest first (the resume window)."""
+    return f"{PREFIX}topic:deltas:{topic}"
+
+
 FEED = f"{PREFIX}feed"
 FEED_HEARTBEAT = f"{PREFIX}feed:heartbeat"
 FEED_LEADER = f"{PREFIX}feed:leader"  # the feed's leader lock (and publish fence)
 UNFENCED = f"{PREFIX}unfenced"  # stands for "no fence" in scripts that take one
 DEMO_ANCHOR = f"{PREFIX}demo:anchor"
+UNIVERSE = f"{PREFIX}universe"  # the last good universe (JSON)
 
 
 def generation(name) -> str:

@@ -64,8 +64,11 @@ def test_active_volumes_count_each_trade_once_by_side():
 
 def test_quotes_index_aliases_and_messages_not_for_the_board():
     b = board()
-    b.apply("X-QUOTE", {"Symbol": "FPT", "BidPrice1": 99300.0, "BidVol1": 500.0, "AskPrice1": 99400.0, "BidPrice4": 1})
-    assert b.rows["FPT"]["BidPrice1"] == 99300.0 and "BidPrice4" not in b.rows["FPT"]
+    # Ten levels a side are kept (HNX, UPCoM and derivatives publish ten); nothing beyond.
+    quote = {"Symbol": "FPT", "BidPrice1": 99300.0, "BidVol1": 500.0, "AskPrice1": 99400.0, "BidPrice10": 1}
+    b.apply("X-QUOTE", {**quote, "BidPrice11": 2})
+    assert b.rows["FPT"]["BidPrice1"] == 99300.0 and b.rows["FPT"]["BidPrice10"] == 1
+    assert "BidPrice11" not in b.rows["FPT"]
     b.apply("MI", {"IndexID": "vn30", "IndexValue": 2101.35, "Nochanges": 3, "PriorIndexValue": 2088.87})
     entry = payloads.index_entry("VN30", b.indices["VN30"])
     assert (entry["value"], entry["unchanged"], entry["change"]) == (2101.35, 3, 12.48)

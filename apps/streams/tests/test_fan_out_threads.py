@@ -114,7 +114,7 @@ async def test_every_socket_of_a_split_fan_out_gets_every_frame_whole_and_in_ord
             time.sleep(0.1)
         seqs = []
         for n in (1, 2, 3):
-            seqs.append(await publish(data={"n": n, **BIG}))
+            seqs.append((await publish(data={"n": n, **BIG}))[1])  # (epoch, seq)
             time.sleep(0.3)
             for i in range(SLOW, N):  # these read as they go; the first SLOW do not yet
                 buffers[i] += _drain(socks[i])

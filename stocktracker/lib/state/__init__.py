@@ -2,7 +2,8 @@
 
 - `frames`: latest frames, sequence numbers and the feed state;
 - `leases`: connection leases and the entries that ride on them;
-- `counters`: generations, claims, windowed counters, values set once.
+- `counters`: generations, claims, windowed counters, values set once;
+- `topics`: each topic's snapshot, position and window of recent deltas.
 
 Production keeps it in Redis so it holds across processes and machines;
 embedded mode keeps it in this process. Each domain has its Memory and its
@@ -17,15 +18,16 @@ from .base import REDIS_POOL_SIZE, Fenced, MemoryBase, RedisBase, StateUnavailab
 from .counters import MemoryCounters, RedisCounters
 from .frames import MemoryFrames, RedisFrames
 from .leases import MemoryLeases, RedisLeases
+from .topics import MemoryTopics, RedisTopics
 
 __all__ = ["REDIS_POOL_SIZE", "Fenced", "MemoryState", "RedisState", "StateUnavailable", "get_state", "reset_state"]
 
 
-class MemoryState(MemoryFrames, MemoryLeases, MemoryCounters, MemoryBase):
+class MemoryState(MemoryFrames, MemoryTopics, MemoryLeases, MemoryCounters, MemoryBase):
     """In-process state for embedded mode (one process, no Redis)."""
 
 
-class RedisState(RedisFrames, RedisLeases, RedisCounters, RedisBase):
+class RedisState(RedisFrames, RedisTopics, RedisLeases, RedisCounters, RedisBase):
     """Shared state in Redis (production)."""
 
 

@@ -1,6 +1,6 @@
-"""Small shared values with a lifetime: generations (cache invalidation),
-claims (once per interval on any process), windowed counters (budgets), and
-values set once (the first writer wins)."""
+"""Small shared values: generations (cache invalidation), claims (once per
+interval on any process), windowed counters (budgets), values set once (the
+first writer wins) and plain values."""
 
 import secrets
 import time
@@ -72,6 +72,12 @@ class MemoryCounters:
         """Store `value` under `key` unless one is there; returns the stored one."""
         return self._values.setdefault(key, str(value))
 
+    async def value_get(self, key):
+        return self._values.get(key)
+
+    async def value_set(self, key, text):
+        self._values[key] = text
+
 
 class RedisCounters:
     async def generation_get(self, name):
@@ -115,3 +121,9 @@ class RedisCounters:
         one (the same on every process)."""
         await self._call(self.redis.set(key, value, nx=True))
         return await self._call(self.redis.get(key))
+
+    async def value_get(self, key):
+        return await self._call(self.redis.get(key))
+
+    async def value_set(self, key, text):
+        await self._call(self.redis.set(key, text))
