@@ -44,9 +44,9 @@ def _reset_layers():
 def clean_shared_state():
     """Every test starts with an empty Redis and fresh layer/state objects."""
     if settings.REDIS_URL:
-        import redis
+        from stocktracker.lib import redis as redis_lib
 
-        client = redis.Redis.from_url(settings.REDIS_URL)
+        client = redis_lib.sync_client()
         client.flushdb()
         client.close()
     _reset_layers()
