@@ -2,7 +2,7 @@
 
 Three probes, answered in front of Django (`probes`, wired in asgi.py):
 a load balancer may call them a thousand times a second, and Django's
-request cycle (middleware, signals, a thread per request) costs ten times
+request cycle (middleware, signals, a thread per request) costs many times
 more than the answer. They also answer whatever the Host header, so a
 balancer can probe a daphne port by its address.
 
