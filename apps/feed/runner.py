@@ -5,7 +5,9 @@ heartbeat (free when the `_keep` task renewed them lately), count subscribers
 (one round trip), fetch what they need, build each payload, publish those that
 changed (checking the lock before each publish), and report the feed state
 when it changes. With no subscriber a cycle only reads the market clock: the
-feed state follows it (live/closed) without any upstream request or payload.
+feed state follows it (live/closed) without any upstream data request or
+payload; the source may keep what is not data ready (`prepare`: SSI's token
+and the day's reference data), so that a first subscriber waits only for data.
 `run_feed()` is a thin loop around it: short sleep slices, an early wake on the
 `feed-wake` channel, lock renewal and heartbeat in `_keep` (also during a long
 cycle or a long idle sleep), and a clean release of the lock on stop. Behind
@@ -109,7 +111,7 @@ class Feed:
             self.stats["idle"] += 1
             # From the clock alone, every idle cycle (published only when it changes):
             # readiness and connect-time `feed` frames need a current state even
-            # while nobody watches. No upstream request, no payload.
+            # while nobody watches. No upstream data request, no payload.
             idle = getattr(self.source, "idle", None)
             if idle is not None:
                 await idle()  # a streaming source closes its upstream links
@@ -117,7 +119,8 @@ class Feed:
                 return None
             self.failures, self.failing_since = 0, None
             self.last_data = None
-            return {}  # zero-cost idle: no upstream request, nothing built or serialized
+            await self._prepare()
+            return {}  # zero-cost idle: no upstream data request, nothing built or serialized
         data = await self.source.fetch(needs)
         self.stats["fetches"] += 1
         day = data.trading_date.isoformat()
@@ -217,6 +220,21 @@ class Feed:
             return False
         self.stats["topics"] = self.stats.get("topics", 0) + len(changes)
         return True
+
+    async def _prepare(self):
+        """While idle, hold what the first subscriber's snapshot needs besides
+        data (an SSI token, the day's reference data), so that it waits only
+        for the data itself. A failure is logged; the first subscriber's fetch
+        tries again and reports it in the feed state."""
+        prepare = getattr(self.source, "prepare", None)
+        if prepare is None:
+            return
+        try:
+            await prepare()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - nobody is waiting: log it and carry on idling
+            log.warning("could not prepare for the first subscriber: %s: %s", type(exc).__name__, exc)
 
     async def set_feed_state(self, name, detail=""):
         """Publish the feed state when it changes (live, stale, down, closed).

@@ -171,8 +171,9 @@ def test_a_leader_resumed_after_sigstop_past_its_ttl_publishes_nothing_and_clien
     assert sources == sorted(sources), "an older snapshot reached the client after a newer one"
     after = [source for *_, source, at in frames if at >= resumed]
     assert after, "the new leader kept publishing after the old one resumed"
-    newest_seen = max(seq for _, seq, _, at in frames if at < resumed)
-    assert stored["seq"] >= newest_seen, "the old leader's late write replaced a newer latest snapshot"
+    # Compare the data's age, not seq: an unfenced late store would take a new, higher seq.
+    newest_seen = max(source for _, _, source, at in frames if at < resumed)
+    assert stored["source_ms"] >= newest_seen, "the old leader's late write replaced a newer latest snapshot"
     assert latest["source_ms"] >= max(sources), "the stored latest snapshot is older than one already sent"
 
 
