@@ -4,64 +4,16 @@ SIGTERM closes sockets with 4200 and gives the leases back."""
 
 import asyncio
 import signal
-import subprocess
 import time
 
 import pytest
-from channels.layers import channel_layers
 
-from stocktracker.lib.state import get_state, reset_state
+from stocktracker.lib.state import get_state
 
 from .clients import close_code, connect, outcome, recv_json
 from .conftest import publishing as shared_publishing
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-class OwnRedis:
-    """A redis-server of our own on a free loopback port, so we can kill it."""
-
-    def __init__(self, tmp_path):
-        from conftest import free_port
-
-        self.port = free_port()
-        self.tmp_path = tmp_path
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc = None
-
-    def start(self):
-        from conftest import wait_for_port
-
-        self.proc = subprocess.Popen(
-            ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--save", "", "--appendonly", "no"],
-            stdout=subprocess.DEVNULL,
-            cwd=self.tmp_path,
-        )
-        wait_for_port(self.port, self.proc)
-
-    def kill(self):
-        self.proc.kill()
-        self.proc.wait()
-
-
-@pytest.fixture
-def own_redis(tmp_path, settings):
-    redis = OwnRedis(tmp_path)
-    redis.start()
-    settings.REDIS_URL = redis.url
-    settings.CHANNEL_LAYERS = {
-        "default": {
-            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
-            "CONFIG": {"hosts": [{"address": redis.url, "socket_connect_timeout": 2}], "prefix": "stk"},
-        }
-    }
-    channel_layers.backends.clear()
-    reset_state()
-    yield redis
-    if redis.proc.poll() is None:
-        redis.kill()
-    channel_layers.backends.clear()
-    reset_state()
 
 
 def publishing(hz=4):

@@ -23,7 +23,6 @@ from apps.accounts.models import ApiToken
 from conftest import WORKER_ENV
 
 from .clients import connect, recv_json
-from .test_faults import own_redis  # noqa: F401 - a redis-server of the test's own
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.e2e]
 
@@ -144,7 +143,7 @@ def _assert_client_view(seen):
     assert seen["back"] <= BACK_WITHIN
 
 
-async def test_redis_paused_for_20_s(processes, own_redis):  # noqa: F811
+async def test_redis_paused_for_20_s(processes, own_redis):
     raw = await _token()
     processes.worker(REDIS_URL=own_redis.url, **WORKER_ENV)
     server = processes.daphne(REDIS_URL=own_redis.url, WS_MAX_CONNECTIONS_PER_IP=100)
@@ -183,14 +182,14 @@ class Proxy:
 
 
 @pytest.fixture
-def proxy(own_redis):  # noqa: F811
+def proxy(own_redis):
     found = Proxy(own_redis.port)
     yield found
     found.stop()
 
 
 @pytest.mark.parametrize("stall", ["layer", "everything"])
-async def test_one_stalled_connection(processes, own_redis, proxy, stall):  # noqa: F811
+async def test_one_stalled_connection(processes, own_redis, proxy, stall):
     """`layer`: the channel layer's pub/sub connection stops for good (a
     connection a firewall dropped without a word), while Redis and every
     other connection answer: only a round trip through the layer can tell.
