@@ -11,6 +11,9 @@ from pathlib import Path
 
 import environ
 from django.core.exceptions import ImproperlyConfigured
+from redis.asyncio.retry import Retry as _RedisRetry
+from redis.backoff import NoBackoff as _NoBackoff
+from redis.exceptions import ConnectionError as _RedisConnectionError
 
 from stocktracker.database import database, host_count
 
@@ -175,6 +178,9 @@ _LAYER_HOST = {
     "socket_connect_timeout": REDIS_CONNECT_TIMEOUT,
     "socket_keepalive": True,
     "health_check_interval": 10,
+    # A pooled connection Redis closed (a restart) is replaced once and the
+    # command sent again, as for the shared state (stocktracker/lib/state/base.py).
+    "retry": _RedisRetry(_NoBackoff(), 1, supported_errors=(_RedisConnectionError,)),
 }
 
 if EMBEDDED:

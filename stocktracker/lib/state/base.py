@@ -39,11 +39,18 @@ class RedisBase:
 
     def __init__(self, url):
         import redis.asyncio as aioredis
+        from redis.asyncio.retry import Retry
+        from redis.backoff import NoBackoff
+        from redis.exceptions import ConnectionError
 
         # Short timeouts: a Redis outage must turn into a quick 1013, never a
         # hang. Callers wait for a free connection: a burst of connects
         # queues rather than fail with "Too many connections" (which would
-        # read as Redis being down).
+        # read as Redis being down). A pooled connection that Redis closed
+        # (it restarted) fails its next command: that command goes once more,
+        # on a new connection, so dead connections left in the pool never
+        # read as Redis being down (which would refuse sockets and releases
+        # long after it answers again). Timeouts are not retried.
         pool = aioredis.BlockingConnectionPool.from_url(
             url,
             max_connections=REDIS_POOL_SIZE,
@@ -53,6 +60,7 @@ class RedisBase:
             socket_keepalive=True,
             health_check_interval=15,
             decode_responses=True,
+            retry=Retry(NoBackoff(), 1, supported_errors=(ConnectionError,)),
         )
         self.redis = aioredis.Redis(connection_pool=pool)
         self._scripts = {}
