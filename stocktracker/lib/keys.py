@@ -147,6 +147,7 @@ FEED_HEARTBEAT = f"{PREFIX}feed:heartbeat"
 FEED_LEADER = f"{PREFIX}feed:leader"  # the feed's leader lock (and publish fence)
 UNFENCED = f"{PREFIX}unfenced"  # stands for "no fence" in scripts that take one
 DEMO_ANCHOR = f"{PREFIX}demo:anchor"
+STORE = f"{PREFIX}store"  # set once, kept until Redis loses its data (see state.counters)
 
 
 def generation(name) -> str:

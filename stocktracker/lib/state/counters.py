@@ -1,6 +1,6 @@
 """Small shared values with a lifetime: generations (cache invalidation),
-claims (once per interval on any process), windowed counters (budgets), and
-values set once (the first writer wins)."""
+claims (once per interval on any process), windowed counters (budgets),
+values set once (the first writer wins), and the store's incarnation."""
 
 import secrets
 import time
@@ -28,6 +28,7 @@ class MemoryCounters:
         self._claims = {}  # name -> expiry
         self._counters = {}  # name -> (value, expiry)
         self._values = {}
+        self._store = _new_generation()  # the process is the store: it lasts as long as the process
 
     async def generation_get(self, name):
         """The current generation of `name` (an opaque string), or None."""
@@ -72,6 +73,10 @@ class MemoryCounters:
         """Store `value` under `key` unless one is there; returns the stored one."""
         return self._values.setdefault(key, str(value))
 
+    async def store_incarnation(self):
+        """An opaque value that changes only when the store lost its data."""
+        return self._store
+
 
 class RedisCounters:
     async def generation_get(self, name):
@@ -113,5 +118,15 @@ class RedisCounters:
     async def first_value(self, key, value):
         """Store `value` under `key` unless one is there; returns the stored
         one (the same on every process)."""
-        await self._call(self.redis.set(key, value, nx=True))
-        return await self._call(self.redis.get(key))
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.set(key, value, nx=True)
+            pipe.get(key)
+            _, stored = await self._call(pipe.execute())
+        return stored
+
+    async def store_incarnation(self):
+        """An opaque value that changes only when Redis lost its data (a
+        restart without persistence, a flush, a replica that never had it):
+        a process that sees it change knows every lease, entry, latest frame
+        and feed record it wrote is gone, and writes them again."""
+        return await self.first_value(keys.STORE, _new_generation())
