@@ -162,19 +162,24 @@ LOGOUT_REDIRECT_URL = "login"
 # the web process). With it: everything shared lives in Redis.
 REDIS_URL = env.str("REDIS_URL", default="")
 EMBEDDED = not REDIS_URL
-CHANNEL_LAYER = _choice("CHANNEL_LAYER", "pubsub", ("pubsub", "core"))
+# One channel layer: channels_redis' pub/sub layer. Its core layer (the old
+# CHANNEL_LAYER=core) kept group memberships in Redis, where a restart
+# without persistence lost them and left every socket silent.
+_LAYER = env.str("CHANNEL_LAYER", default="pubsub").strip().lower()
+if _LAYER != "pubsub":
+    raise ImproperlyConfigured(
+        f"CHANNEL_LAYER={_LAYER!r} is no longer supported: the pub/sub layer is the only channel layer. "
+        "Remove CHANNEL_LAYER from the environment (or set CHANNEL_LAYER=pubsub)."
+    )
 # Every Redis connection the app opens (shared state, channel layer, the
 # watchdog's own, the worker's) gives up on a reply after REDIS_SOCKET_TIMEOUT
 # and on a connect after REDIS_CONNECT_TIMEOUT: a paused or stalled Redis must
 # become a quick 1013, never a hang.
 REDIS_SOCKET_TIMEOUT = _positive("REDIS_SOCKET_TIMEOUT", "float", 2.0, minimum=0.1)
 REDIS_CONNECT_TIMEOUT = _positive("REDIS_CONNECT_TIMEOUT", "float", 2.0, minimum=0.1)
-# The core layer's receive blocks in Redis for up to 5 s (BZPOPMIN), so its
-# replies may take that long on top of the timeout.
-_CORE_BLOCK = 5
 _LAYER_HOST = {
     "address": REDIS_URL,
-    "socket_timeout": REDIS_SOCKET_TIMEOUT + (_CORE_BLOCK if CHANNEL_LAYER == "core" else 0),
+    "socket_timeout": REDIS_SOCKET_TIMEOUT,
     "socket_connect_timeout": REDIS_CONNECT_TIMEOUT,
     "socket_keepalive": True,
     "health_check_interval": 10,
@@ -185,18 +190,11 @@ _LAYER_HOST = {
 
 if EMBEDDED:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
-elif CHANNEL_LAYER == "pubsub":
+else:
     CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
             "CONFIG": {"hosts": [_LAYER_HOST], "prefix": "stk"},
-        }
-    }
-else:
-    CHANNEL_LAYERS = {
-        "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [_LAYER_HOST], "prefix": "stk", "capacity": 200, "expiry": 60},
         }
     }
 
