@@ -10,7 +10,8 @@ import pytest
 
 from stocktracker.lib.state import get_state
 
-from .clients import close_code, connect, outcome, recv_json
+from .clients import close_code, connect, fanned_out, outcome, recv_json
+from .conftest import publish as shared_publish
 from .conftest import publishing as shared_publishing
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -23,10 +24,12 @@ def publishing(hz=4):
 async def test_redis_outage_closes_1013_refuses_fast_and_recovers(processes, owner_token, own_redis):
     raw = owner_token[1]
     server = processes.daphne(REDIS_URL=own_redis.url, WS_HEARTBEAT_INTERVAL=2)
+    for _ in range(50):  # the stream is well into its day: seq 50
+        await shared_publish()
     async with publishing():
         ws = await connect(server.ws_url + "/ws/market", raw)
         assert (await recv_json(ws))["type"] == "welcome"
-        assert (await recv_json(ws))["type"] == "snapshot"
+        await fanned_out(ws, 5)
 
         own_redis.kill()
         killed = time.monotonic()
@@ -48,10 +51,10 @@ async def test_redis_outage_closes_1013_refuses_fast_and_recovers(processes, own
             if result == "open":
                 break
             await asyncio.sleep(0.5)
-        frame = await recv_json(ws, 5)
-        while frame["type"] != "snapshot":
-            frame = await recv_json(ws, 5)
-        print(f"data flowing again {time.monotonic() - back:.1f} s after redis came back")
+        # Streaming: a snapshot the fan-out delivered, not only the one sent on connect.
+        first, then = await fanned_out(ws, 5)
+        took = time.monotonic() - back
+        print(f"fan-out again {took:.1f} s after redis came back (seq {first['seq']} -> {then['seq']})")
         await ws.close()
 
 
