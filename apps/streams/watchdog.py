@@ -181,8 +181,9 @@ class Watchdog:
         """Publish the probe from the watchdog thread's own connection,
         straight to the group's Redis channel: what is tested is this
         process's receiving side, and a publish queued behind the layer's own
-        sends (a connect storm on a slow Redis) is not taken for a stuck layer. Redis says how many
-        connections it reached; none means our subscription is gone."""
+        sends (a connect storm on a slow Redis) is not taken for a stuck
+        layer. Redis says how many connections it reached; none means our
+        subscription is gone."""
         layer = self._layer()
         channel = layer._get_layer()._get_group_channel_name(self.probe_group)
         payload = layer.serialize(message)

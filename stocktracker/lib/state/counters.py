@@ -127,6 +127,6 @@ class RedisCounters:
     async def store_incarnation(self):
         """An opaque value that changes only when Redis lost its data (a
         restart without persistence, a flush, a replica that never had it):
-        a process that sees it change knows every lease, entry, latest frame
-        and feed record it wrote is gone, and writes them again."""
+        a process that sees it change knows that every lease and entry it
+        wrote is gone (`apps.streams.sessions` writes them again)."""
         return await self.first_value(keys.STORE, _new_generation())
