@@ -218,3 +218,73 @@ def processes(tmp_path, transactional_db):
     procs = Processes(tmp_path)
     yield procs
     procs.stop_all()
+
+
+class OwnRedis:
+    """A redis-server of the test's own on a free loopback port, without
+    persistence, so that a test can kill it or restart it empty on the same port."""
+
+    def __init__(self, tmp_path):
+        self.port = free_port()
+        self.tmp_path = tmp_path
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc = None
+
+    def start(self):
+        self.proc = subprocess.Popen(
+            ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL,
+            cwd=self.tmp_path,
+        )
+        wait_for_port(self.port, self.proc)
+
+    def kill(self):
+        self.proc.kill()
+        self.proc.wait()
+
+    def restart_empty(self, down=0.0):
+        """`SHUTDOWN NOSAVE`, then after `down` seconds a new redis-server on
+        the same port; returns the wall time at which it answers PING."""
+        import redis
+
+        client = redis.Redis.from_url(self.url, socket_timeout=2)
+        try:
+            client.shutdown(nosave=True)
+        except redis.ConnectionError:
+            pass  # the shutdown closes our connection
+        self.proc.wait(10)
+        time.sleep(down)
+        self.start()
+        while True:
+            try:
+                if client.ping():
+                    break
+            except redis.ConnectionError:
+                time.sleep(0.02)
+        client.close()
+        return time.time()
+
+
+@pytest.fixture
+def own_redis(tmp_path, settings):
+    """A redis-server of the test's own (`OwnRedis`); this process's settings point at it."""
+    from channels.layers import channel_layers
+
+    from stocktracker.lib.state import reset_state
+
+    found = OwnRedis(tmp_path)
+    found.start()
+    settings.REDIS_URL = found.url
+    settings.CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "CONFIG": {"hosts": [{"address": found.url, "socket_connect_timeout": 2}], "prefix": "stk"},
+        }
+    }
+    channel_layers.backends.clear()
+    reset_state()
+    yield found
+    if found.proc.poll() is None:
+        found.kill()
+    channel_layers.backends.clear()
+    reset_state()

@@ -5,7 +5,7 @@
 
 Needs REDIS_URL and DATABASE_URL (with_services.py provides throwaway ones).
 Once: migrate, create the bench user and token through the ORM (bench/seed.py).
-Then for every (N, server, layer) in the matrix:
+Then for every (N, server) in the matrix (the channel layer is the pub/sub one, the only one):
 
 1. start the ASGI server on 127.0.0.1 (daphne, or uvicorn with the
    websockets-sansio protocol, permessage-deflate off, uvloop when installed)
@@ -279,7 +279,6 @@ PROFILE_FRAMES = {  # label -> substring of a collapsed py-spy frame "function (
     "redis-py": "redis/",
     "msgpack unpack (layer)": "unpackb",
     "pubsub layer reader": "channels_redis/pubsub.py",
-    "core layer": "channels_redis/core.py",
     "await_many_dispatch": "await_many_dispatch",
     "daphne/autobahn/twisted": "autobahn/",
     "uvicorn websockets": "uvicorn/protocols/websockets",
@@ -395,10 +394,10 @@ def feed_cmd(feed, life):
 # --- one run --------------------------------------------------------------------------
 
 
-def run_one(args, token, r, *, server, layer, n, logdir):
+def run_one(args, token, r, *, server, n, logdir):
     result = {
         "server": server,
-        "layer": layer,
+        "layer": "pubsub",
         "n": n,
         "feed": args.feed,
         "duration_s": args.duration,
@@ -411,11 +410,11 @@ def run_one(args, token, r, *, server, layer, n, logdir):
         "started": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
         "loadavg_before": [round(x, 2) for x in os.getloadavg()],
     }
-    tag = f"{server}-{layer}-{n}"
+    tag = f"{server}-{n}"
     runlog = os.path.join(logdir, tag)
     os.makedirs(runlog, exist_ok=True)
     life = args.connect_timeout + args.warmup + args.duration + 120
-    env = base_env(args) | {"CHANNEL_LAYER": layer}
+    env = base_env(args)
     cleared = clear_redis(r)
     result["redis_keys_cleared"] = cleared
     port = free_port()
@@ -819,7 +818,6 @@ def parse_args():
     p.add_argument(
         "--base-tree", help="a checkout of another commit: its Procfile daphne runs as server `daphne-base` (A/B)"
     )
-    p.add_argument("--layers", default="pubsub")
     p.add_argument("--duration", type=float, default=20, help="measurement window (s)")
     p.add_argument("--warmup", type=float, default=3)
     p.add_argument("--procs", type=int, default=4, help="client processes")
@@ -845,13 +843,9 @@ def parse_args():
         args.idle = min(args.idle, 5)
     args.ns = [int(x) for x in args.n.split(",") if x]
     args.server_list = [x for x in args.servers.split(",") if x]
-    args.layer_list = [x for x in args.layers.split(",") if x]
     for s in args.server_list:
         if s not in ("bare", "daphne", "uvicorn", "daphne-base"):
             p.error(f"unknown server {s}")
-    for layer in args.layer_list:
-        if layer not in ("core", "pubsub"):
-            p.error(f"unknown layer {layer}")
     return args
 
 
@@ -900,12 +894,12 @@ def main():
         )  # fmt: skip
         token = json.loads(next(x for x in seed.stdout.splitlines() if x.startswith("TOKEN "))[6:])["token"]
         r = redis_client()
-        matrix = [(n, s, layer) for n in args.ns for s in args.server_list for layer in args.layer_list]
-        for i, (n, server, layer) in enumerate(matrix, 1):
-            log(f"run {i}/{len(matrix)}: {server} + {layer} layer, N={n} (load average {os.getloadavg()[0]:.2f})")
-            res = run_one(args, token, r, server=server, layer=layer, n=n, logdir=logdir)
+        matrix = [(n, s) for n in args.ns for s in args.server_list]
+        for i, (n, server) in enumerate(matrix, 1):
+            log(f"run {i}/{len(matrix)}: {server}, N={n} (load average {os.getloadavg()[0]:.2f})")
+            res = run_one(args, token, r, server=server, n=n, logdir=logdir)
             results.append(res)
-            with open(os.path.join(RAW, f"{stamp}-{server}-{layer}-{n}.json"), "w") as f:
+            with open(os.path.join(RAW, f"{stamp}-{server}-{n}.json"), "w") as f:
                 json.dump(res, f, indent=1)
             if "lat_ms_p50" in res:
                 log(

@@ -17,7 +17,13 @@ one on the same port) at 30 %, so the clients are back well before the last half
 - leases in Redis (the bench token's lease set) vs sockets open, 10 s after
   churn stops: pass when equal;
 - frames lost (seq gaps on an open socket) outside the restart windows
-  (from 1 s before each restart to 20 s after): pass at 0.
+  (from 1 s before each restart to 20 s after): pass at 0;
+- silent sockets: an open socket that got no snapshot for more than
+  SILENCE seconds while its stream published at least two (what was
+  published is read from Redis every 0.25 s: each stream's epoch and seq):
+  pass at 0, restart windows included;
+- seq going backwards within an epoch, as a client that keeps its position
+  across reconnects sees it: pass at 0.
 """
 
 import json
@@ -38,12 +44,17 @@ CLIENTS = int(os.environ.get("SOAK_CLIENTS", "2000"))
 SECONDS = float(os.environ.get("SOAK_SECONDS", "600"))
 PROCS = 2
 WINDOW_BEFORE, WINDOW_AFTER = 1.0, 20.0
+SILENCE = 3.0  # seconds without a snapshot that a client reports (three publish intervals)
+PUBLISHED_POLL = 0.25  # seconds between reads of what each stream published
+IN_FLIGHT = 1.0  # a publish this close to either end of a silence may have been on its way
 OUT = ROOT / "bench" / "SOAK.md"
 
 sys.path.insert(0, str(ROOT / "bench"))
 from run import procfile_web  # noqa: E402 - the bench's reading of the Procfile's `web:` line
 
 from stocktracker.lib import keys  # noqa: E402 - run.py put the project on the path
+from stocktracker.lib.catalogue import STREAMS  # noqa: E402
+from stocktracker.lib.state.frames import epoch_of  # noqa: E402
 
 
 def log(message):
@@ -95,6 +106,7 @@ class Soak:
         self.reports = []  # (client process, report)
         self.events = {}  # name -> wall time
         self.rss = []  # (wall time, MB) of the current daphne
+        self.published = {stream: [] for stream in STREAMS}  # stream -> [(wall time, epoch, seq)] as it changed
 
     def start(self, args, name, env=None):
         log_file = open(self.tmp / f"{name}.log", "a")
@@ -125,6 +137,30 @@ class Soak:
         wait_port(self.web_port)
         return proc
 
+    def watch_published(self, done):
+        """What each stream published: its epoch and seq, read from Redis as they change."""
+        import redis
+
+        client = redis.Redis.from_url(self.env["REDIS_URL"], socket_timeout=1, decode_responses=True)
+        while not done.is_set():
+            try:
+                with client.pipeline(transaction=False) as pipe:
+                    for stream in STREAMS:
+                        pipe.hmget(keys.seq(stream), "day", "inc", "seq")
+                    rows = pipe.execute()
+            except (redis.RedisError, OSError):
+                rows = []  # Redis restarting: nothing is published meanwhile
+            now = time.time()
+            for stream, (day, inc, seq) in zip(STREAMS, rows, strict=False):
+                if seq is None or seq == "0":
+                    continue
+                position = (epoch_of(day, inc), int(seq))
+                seen = self.published[stream]
+                if not seen or seen[-1][1:] != position:
+                    seen.append((now, *position))
+            done.wait(PUBLISHED_POLL)
+        client.close()
+
     def read_clients(self, proc, index):
         for line in proc.stdout:
             if line.startswith("REPORT "):
@@ -148,7 +184,9 @@ class Soak:
         share = CLIENTS // PROCS
         clients = []
         client_args = [PY, "bench/soak_client.py", "--port", str(self.web_port), "--n", str(share)]
-        client_args += ["--life", str(SECONDS + 120)]
+        client_args += ["--life", str(SECONDS + 120), "--silence", str(SILENCE)]
+        watching = threading.Event()
+        threading.Thread(target=self.watch_published, args=(watching,), daemon=True).start()
         for index in range(PROCS):
             proc = subprocess.Popen(
                 [*client_args, "--offset", str(index * share)],
@@ -197,6 +235,7 @@ class Soak:
             if conn.laddr and conn.laddr.port == self.web_port and conn.status == psutil.CONN_ESTABLISHED
         )
         time.sleep(6)  # one more client report, taken after the count
+        watching.set()
         r.close()
         for proc in clients:
             self.stop(proc)
@@ -215,6 +254,19 @@ class Soak:
                     lost_inside += count
                 else:
                     lost_outside += count
+        silent_sockets = {"inside": 0, "outside": 0}
+        silent_worst = None  # (seconds, stream, snapshots published meanwhile)
+        backwards = []
+        for _, report in self.reports:
+            backwards += report.get("backwards", [])
+            for stream, begin, end, silent in report.get("silences", []):
+                missed = sum(1 for at, *_ in self.published[stream] if begin + IN_FLIGHT < at < end - IN_FLIGHT)
+                if missed < 2:
+                    continue  # the stream was quiet too (or one frame was on its way)
+                where = "inside" if any(lo <= begin <= hi or lo <= end <= hi for lo, hi in windows) else "outside"
+                silent_sockets[where] += silent
+                if silent_worst is None or end - begin > silent_worst[0]:
+                    silent_worst = (round(end - begin, 1), stream, missed)
         start = self.events["start"]
         half = start + SECONDS / 2
         last_half = [mb for at, mb in self.rss if at >= half]
@@ -241,6 +293,12 @@ class Soak:
             "connects": sum(report["connects"] for report in last.values()),
             "lost_outside_restarts": lost_outside,
             "lost_inside_restarts": lost_inside,
+            "silent_while_published_outside_restarts": silent_sockets["outside"],
+            "silent_while_published_inside_restarts": silent_sockets["inside"],
+            "longest_silence_while_published": silent_worst,
+            "seq_backwards": len(backwards),
+            "seq_backwards_first": backwards[:5],
+            "published": {stream: len(seen) for stream, seen in self.published.items()},
             "close_codes_seen_by_clients": closes,
             "client_errors": errors,
         }
@@ -257,6 +315,8 @@ def write(result, command):
         return "pass" if ok else "FAIL"
 
     growth = result["rss_growth_pct"]
+    silent_outside = result["silent_while_published_outside_restarts"]
+    silent_inside = result["silent_while_published_inside_restarts"]
     rows = [
         (
             "daphne RSS growth over the last half",
@@ -276,6 +336,18 @@ def write(result, command):
             "0",
             verdict(result["lost_outside_restarts"] == 0),
         ),
+        (
+            f"sockets silent > {SILENCE:.0f} s while their stream published (outside / inside the restart windows)",
+            f"{silent_outside} / {silent_inside}",
+            "0 / 0",
+            verdict(silent_outside + silent_inside == 0),
+        ),
+        (
+            "seq going backwards within an epoch (as a client keeping its position sees it)",
+            str(result["seq_backwards"]),
+            "0",
+            verdict(result["seq_backwards"] == 0),
+        ),
     ]
     lines = [
         "# Soak results",
@@ -289,7 +361,9 @@ def write(result, command):
         *[f"| {a} | {b} | {c} | {d} |" for a, b, c, d in rows],
         "",
         f"Frames lost inside the restart windows (1 s before to 20 s after): {result['lost_inside_restarts']}. "
-        f"Snapshots received: {result['frames_received']}; connects: {result['connects']}.",
+        f"Snapshots received: {result['frames_received']}; connects: {result['connects']}. "
+        f"Longest silence while the stream published (s, stream, snapshots published meanwhile): "
+        f"{result['longest_silence_while_published']}.",
         f"Close codes the clients saw: {result['close_codes_seen_by_clients']}; "
         f"client-side errors: {result['client_errors']}.",
         "",

@@ -5,12 +5,23 @@
 Client i follows STREAMS[i % 3] with an `Authorization: Bearer` header and
 reconnects whenever it is closed (after 0.5-2 s, as a well-behaved client
 does). Every --churn-every seconds a --churn-share of the clients close and
-reconnect (the reconnect-storm pattern). A frame is *lost* when, on one open
-socket, a snapshot's seq skips numbers of its epoch; after a reconnect the
-socket starts again from the latest snapshot, so nothing is counted across a
-reconnect. Every --report-every seconds prints one `REPORT {json}` line:
-sockets open, frames received, and the losses since the last report with the
-wall time of each. Stops on SIGTERM or after --life seconds.
+reconnect (the reconnect-storm pattern). What a client counts:
+- *lost*: on one open socket, a snapshot's seq skips numbers of its epoch
+  (after a reconnect the socket starts again from the latest snapshot, so
+  nothing is counted across a reconnect);
+- *backwards*: a snapshot before one this client already had in the same
+  epoch (across reconnects too: a client keeps its position, as the
+  dashboard does, and ignores what a server whose position went back without
+  a new epoch sends it), or the same one twice on one socket;
+- *silences*: an open socket with no snapshot for more than --silence
+  seconds (from its last snapshot, or its opening, to the next snapshot or
+  its close). A quiet stream is silent too: the soak decides, against what
+  was published meanwhile, which silences were faults.
+Every --report-every seconds prints one `REPORT {json}` line: sockets open,
+frames received, and since the last report the losses (wall time, count),
+the backwards steps (wall time, stream, epoch, from, to) and the silences
+(stream, start, end, sockets; one entry for the sockets that were silent
+over the same span). Stops on SIGTERM or after --life seconds.
 """
 
 import argparse
@@ -38,6 +49,7 @@ p.add_argument("--churn-share", type=float, default=0.1)
 p.add_argument("--report-every", type=float, default=5.0)
 p.add_argument("--ramp", type=float, default=20.0, help="seconds over which the first connects are spread")
 p.add_argument("--life", type=float, default=3600)
+p.add_argument("--silence", type=float, default=3.0, help="seconds without a snapshot that count as a silence")
 args = p.parse_args()
 
 TOKEN = os.environ["BENCH_TOKEN"]
@@ -48,6 +60,8 @@ class Totals:
     frames = 0
     connects = 0
     losses = []  # (wall time, frames lost)
+    backwards = []  # (wall time, stream, epoch, from seq, to seq)
+    silences = {}  # (stream, start, end) rounded to 0.1 s -> sockets
     closes = {}
     errors = {}
 
@@ -56,9 +70,16 @@ totals = Totals()
 stop = asyncio.Event()
 
 
+def silent(stream, start, end):
+    if end - start > args.silence:
+        key = (stream, round(start, 1), round(end, 1))
+        totals.silences[key] = totals.silences.get(key, 0) + 1
+
+
 async def client(index, churns, slot):
     stream = STREAMS[index % 3]
     url = f"ws://{args.host}:{args.port}/ws/{stream}"
+    position = {}  # epoch -> highest seq this client has had in it
     await asyncio.sleep(random.uniform(0, args.ramp))
     while not stop.is_set():
         try:
@@ -73,7 +94,7 @@ async def client(index, churns, slot):
                 totals.connects += 1
                 totals.open += 1
                 try:
-                    await follow(ws, churns[slot])  # a fresh event after each churn
+                    await follow(ws, churns[slot], stream, position)  # a fresh event after each churn
                 finally:
                     totals.open -= 1
         except websockets.ConnectionClosed as exc:
@@ -86,27 +107,38 @@ async def client(index, churns, slot):
             await asyncio.sleep(random.uniform(0.5, 2.0))
 
 
-async def follow(ws, churn):
+async def follow(ws, churn, stream, position):
     last = None  # (epoch, seq) of the last snapshot on this socket
+    heard = time.time()  # the last snapshot on this socket, or its opening
     kick = asyncio.ensure_future(churn.wait())
+    stopping = asyncio.ensure_future(stop.wait())
     try:
         while not stop.is_set():
             recv = asyncio.ensure_future(ws.recv())
-            done, _ = await asyncio.wait({recv, kick}, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait({recv, kick, stopping}, return_when=asyncio.FIRST_COMPLETED)
             if recv not in done:
                 recv.cancel()
-                return  # churned: close and reconnect
+                return  # churned (close and reconnect) or stopped
             text = recv.result()
             if not text.startswith('{"type":"snapshot"'):
                 continue
+            now = time.time()
+            silent(stream, heard, now)
+            heard = now
             head = text[:300]
             seq, epoch = int(SEQ_RE.search(head).group(1)), EPOCH_RE.search(head).group(1)
             totals.frames += 1
             if last is not None and last[0] == epoch and seq > last[1] + 1:
-                totals.losses.append((time.time(), seq - last[1] - 1))
+                totals.losses.append((now, seq - last[1] - 1))
+            had = position.get(epoch)
+            if (had is not None and seq < had) or last == (epoch, seq):
+                totals.backwards.append((now, stream, epoch, had, seq))
+            position[epoch] = max(seq, had or 0)
             last = (epoch, seq)
     finally:
+        silent(stream, heard, time.time())  # the socket closes, or the client stops, after a silence
         kick.cancel()
+        stopping.cancel()
 
 
 async def main():
@@ -129,12 +161,16 @@ async def main():
         if now >= next_report:
             next_report += args.report_every
             losses, totals.losses = totals.losses, []
+            backwards, totals.backwards = totals.backwards, []
+            silences, totals.silences = totals.silences, {}
             report = {
                 "t": time.time(),
                 "open": totals.open,
                 "frames": totals.frames,
                 "connects": totals.connects,
                 "losses": losses,
+                "backwards": backwards,
+                "silences": [[*key, count] for key, count in silences.items()],
                 "closes": totals.closes,
                 "errors": totals.errors,
             }

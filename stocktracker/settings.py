@@ -177,7 +177,15 @@ if REDIS_SENTINEL_PASSWORD and not _behind_sentinel:
         "REDIS_SENTINEL_PASSWORD is set but REDIS_URL is not a redis+sentinel:// URL: "
         "the master's password goes into REDIS_URL; REDIS_SENTINEL_PASSWORD is only the Sentinels' own."
     )
-CHANNEL_LAYER = _choice("CHANNEL_LAYER", "pubsub", ("pubsub", "core"))
+# One channel layer: channels_redis' pub/sub layer. Its core layer (the old
+# CHANNEL_LAYER=core) kept group memberships in Redis, where a restart
+# without persistence lost them and left every socket silent.
+_LAYER = env.str("CHANNEL_LAYER", default="pubsub").strip().lower()
+if _LAYER != "pubsub":
+    raise ImproperlyConfigured(
+        f"CHANNEL_LAYER={_LAYER!r} is no longer supported: the pub/sub layer is the only channel layer. "
+        "Remove CHANNEL_LAYER from the environment (or set CHANNEL_LAYER=pubsub)."
+    )
 # Every Redis connection the app opens (shared state, channel layer, the
 # watchdog's own, the worker's, and those to the Sentinels) gives up on a
 # reply after REDIS_SOCKET_TIMEOUT and on a connect after REDIS_CONNECT_TIMEOUT:
@@ -192,9 +200,6 @@ REDIS_CONNECT_TIMEOUT = _positive("REDIS_CONNECT_TIMEOUT", "float", 2.0, minimum
 # server has no failover to wait for: 5 s is three failed checks of a hung
 # Redis (the watchdog's 10 s worst case).
 REDIS_DOWN_AFTER = _positive("REDIS_DOWN_AFTER", "float", 45.0 if _behind_sentinel else 5.0, minimum=2)
-# The core layer's receive blocks in Redis for up to 5 s (BZPOPMIN), so its
-# replies may take that long on top of the timeout.
-_CORE_BLOCK = 5
 
 if EMBEDDED:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
@@ -205,21 +210,12 @@ else:
         connect_timeout=REDIS_CONNECT_TIMEOUT,
         sentinel_password=REDIS_SENTINEL_PASSWORD,
     )
-    if CHANNEL_LAYER == "pubsub":
-        CHANNEL_LAYERS = {
-            "default": {
-                "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
-                "CONFIG": {"hosts": [_layer_host], "prefix": "stk"},
-            }
+    CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+            "CONFIG": {"hosts": [_layer_host], "prefix": "stk"},
         }
-    else:
-        _layer_host["socket_timeout"] += _CORE_BLOCK
-        CHANNEL_LAYERS = {
-            "default": {
-                "BACKEND": "channels_redis.core.RedisChannelLayer",
-                "CONFIG": {"hosts": [_layer_host], "prefix": "stk", "capacity": 200, "expiry": 60},
-            }
-        }
+    }
 
 # --- Feed -------------------------------------------------------------------
 

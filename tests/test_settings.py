@@ -107,9 +107,18 @@ def test_every_channel_layer_connection_has_the_redis_timeouts():
     pubsub = manage("shell", "-v", "0", "-c", code, **env)
     assert pubsub.returncode == 0, pubsub.stderr
     assert pubsub.stdout.split() == ["1.5", "0.7"]
-    # The core layer's receive blocks in Redis for 5 s: its replies may take that long on top.
-    core = manage("shell", "-v", "0", "-c", code, CHANNEL_LAYER="core", **env)
-    assert core.stdout.split() == ["6.5", "0.7"], core.stderr
+
+
+@pytest.mark.parametrize("redis_url", ["redis://127.0.0.1:1/0", ""])
+def test_the_core_channel_layer_is_refused_at_start_up_saying_what_to_use(redis_url):
+    # Its group memberships lived in Redis and vanished when Redis restarted empty.
+    result = manage("check", CHANNEL_LAYER="core", REDIS_URL=redis_url)
+    assert result.returncode != 0
+    assert "CHANNEL_LAYER='core' is no longer supported" in result.stderr
+    assert "Remove CHANNEL_LAYER from the environment (or set CHANNEL_LAYER=pubsub)" in result.stderr
+    backend = "from django.conf import settings as s; print(s.CHANNEL_LAYERS['default']['BACKEND'])"
+    chosen = manage("shell", "-v", "0", "-c", backend, CHANNEL_LAYER="pubsub", REDIS_URL=redis_url)
+    assert chosen.returncode == 0, chosen.stderr
 
 
 def _show(code, **env):

@@ -26,12 +26,13 @@ import time
 
 from channels.layers import get_channel_layer
 from django.conf import settings
+from redis.exceptions import RedisError
 
 from apps.streams.publish import Fenced, publish_feed_state, publish_snapshot, publish_topic
 from stocktracker.lib import catalogue, keys
 from stocktracker.lib import redis as redis_lib
 from stocktracker.lib.aio import running
-from stocktracker.lib.state import get_state
+from stocktracker.lib.state import StateUnavailable, get_state
 
 from . import market, metrics
 from .history import IntradayHistory
@@ -48,6 +49,9 @@ TOPIC_BATCH = 64  # topic publishes in flight at once (one Redis script and one 
 DOWN_AFTER_S = 300.0  # failing this long (or unrecoverably) turns stale into down
 BACKOFF_CAP_S = 60.0
 FOLLOW_EVERY_S = 1.0  # behind Sentinel: how often the worker asks where the master is
+# Failing on Redis (the shared state or the channel layer), not upstream: come
+# back within seconds of Redis doing so, not after minutes of backoff.
+REDIS_BACKOFF_CAP_S = 2.0
 
 
 def make_source():
@@ -76,6 +80,7 @@ class Feed:
         self.history = IntradayHistory()
         self.failures = 0
         self.failing_since = None
+        self.redis_failed = False  # the last failure was Redis's, not the source's
         self.touched = -math.inf  # monotonic time of the last heartbeat
         self.wake = asyncio.Event()
         self.stats = {"cycles": 0, "idle": 0, "fetches": 0, "unchanged": 0, "builds": 0, "published": 0}
@@ -264,6 +269,7 @@ class Feed:
             raise
         except Exception as exc:
             self.failures += 1
+            self.redis_failed = isinstance(exc, (StateUnavailable, RedisError))
             now = time.monotonic()
             self.failing_since = self.failing_since or now
             log.exception("feed cycle failed (%d in a row)", self.failures)
@@ -299,7 +305,8 @@ class Feed:
         # Never faster than FEED_PUBLISH_INTERVAL: each stream at most once per interval.
         interval = max(self.source.interval(), settings.FEED_PUBLISH_INTERVAL)
         if self.failures:
-            interval += random.uniform(0, min(BACKOFF_CAP_S, 2.0**self.failures))
+            cap = REDIS_BACKOFF_CAP_S if self.redis_failed else BACKOFF_CAP_S
+            interval += random.uniform(0, min(cap, 2.0**self.failures))
         return interval
 
     async def run(self, stop):

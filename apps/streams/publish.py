@@ -4,9 +4,6 @@ Consumers forward the `text` of these messages unchanged, so a frame is
 encoded once per update however many clients receive it.
 """
 
-import logging
-
-from channels.exceptions import ChannelFull
 from channels.layers import get_channel_layer
 
 from stocktracker.lib import catalogue, keys
@@ -15,8 +12,6 @@ from stocktracker.lib.state import Fenced, get_state
 from . import metrics, protocol
 
 __all__ = ["Fenced", "publish_feed_state", "publish_snapshot", "publish_topic", "wake_feed"]
-
-log = logging.getLogger("apps.streams")
 
 FRAME = "stream.frame"  # consumer handler: stream_frame
 # `kind` ("snapshot" | "feed") lets a consumer keep only the newest frame of
@@ -123,12 +118,9 @@ async def publish_feed_state(state_name, *, detail="", simulated=False, fence=No
 
 
 async def wake_feed():
-    """Nudge an idle feed worker. Best effort: with no worker listening the
-    channel fills up (core layer) and the nudge is simply dropped."""
+    """Nudge an idle feed worker. Best effort: with no worker listening, the
+    nudge reaches nobody."""
     layer = get_channel_layer()
     if layer is None:
         return
-    try:
-        await layer.send(keys.WAKE_CHANNEL, {"type": "feed.wake"})
-    except ChannelFull:
-        log.debug("feed wake dropped: nobody is reading %s", keys.WAKE_CHANNEL)
+    await layer.send(keys.WAKE_CHANNEL, {"type": "feed.wake"})

@@ -12,6 +12,10 @@ periodic work done for all of them at once.
   only once its lease has run out without being renewed (one failed round
   trip never closes a socket whose lease still has life left), and a
   released lease is never renewed back into existence (`state.renew`).
+  Every STORE_CHECK seconds it also looks whether Redis lost its data (a
+  restart without persistence, a flush): then every lease and entry is
+  written again at once, and the feed woken, so that limits hold and the
+  feed sees its subscribers within seconds, not at the next interval.
 - Every TOKEN_RECHECK_INTERVAL, and at a grant's own deadline (a token's
   expiry or end of rotation grace, a browser session's expiry), each (token
   or session, stream) of this process is re-checked once and the answer
@@ -34,12 +38,14 @@ from . import leases
 from .control import control
 from .credentials import apply_check, shared, shared_check
 from .protocol import Refusal
+from .publish import wake_feed
 
 log = logging.getLogger("apps.streams")
 
 PROCESS = f"{socket.gethostname()}:{os.getpid()}"
 RENEW_SLICE = 250  # sockets per renewal round trip (~10 ms of the event loop each)
 RENEW_RETRY = 2.0  # first retry of a failed renewal; doubles up to WS_HEARTBEAT_INTERVAL
+STORE_CHECK = 2.0  # seconds between looks at whether Redis lost its data
 RECHECK_RETRY = 1.0  # first retry of a failed re-check; doubles up to TOKEN_RECHECK_INTERVAL
 
 
@@ -77,6 +83,7 @@ class Registry:
         self.tasks = []
         self.wake = asyncio.Event()  # a socket with an earlier deadline joined
         self.renewed_at = None
+        self.store = None  # the store's incarnation at the last look
         self.lease_until = {}  # conn_id -> monotonic time its lease runs out unless renewed
         self.unrenewed = {}  # conn_id -> Refusal to close with if its lease runs out
 
@@ -113,10 +120,17 @@ class Registry:
 
     async def _renew_loop(self):
         retry = None  # seconds to the next try while renewals fail
+        due = time.monotonic() + self._renew_wait(retry)
+        await self._store_lost()  # the incarnation the first leases were written in
         while running():
-            await asyncio.sleep(self._renew_wait(retry))
+            await asyncio.sleep(max(0.0, min(STORE_CHECK, due - time.monotonic())))
+            lost = await self._store_lost()
+            if not lost and time.monotonic() < due:
+                continue
             try:
                 await self.renew()
+                if lost:
+                    await wake_feed()  # it may be idling: its subscriber counts were gone
             except Exception as exc:  # noqa: BLE001 - the watchdog decides about outages
                 retry = _next_retry(retry)
                 log.warning("lease renewal failed for %d sockets (%s); next try in %.1f s", len(self.sockets),
@@ -124,6 +138,19 @@ class Registry:
             else:
                 retry = _next_retry(retry) if self.unrenewed else None
             self.expire()
+            due = time.monotonic() + self._renew_wait(retry)
+
+    async def _store_lost(self):
+        """True when Redis lost its data since the last look (its incarnation changed)."""
+        try:
+            current = await get_state().store_incarnation()
+        except Exception:  # noqa: BLE001 - Redis away: the renewal's own failures say so
+            return False
+        seen, self.store = self.store, current
+        if seen is None or seen == current:
+            return False
+        log.warning("redis lost its data: writing the leases and entries of %d sockets again", len(self.sockets))
+        return True
 
     def _renew_wait(self, retry):
         """The next renewal: at the interval, sooner while renewals fail, and

@@ -220,20 +220,15 @@ class Watchdog:
         return failure
 
     async def _send_probe(self, message):
-        """Publish the probe. With the pub/sub layer it goes out from the
-        watchdog thread's own connection, straight to the group's Redis
-        channel: what is tested is this process's receiving side, and a
-        publish queued behind the layer's own sends (a connect storm on a slow
-        Redis) is not taken for a stuck layer. Redis says how many
-        connections it reached; none means our subscription is gone."""
+        """Publish the probe from the watchdog thread's own connection,
+        straight to the group's Redis channel: what is tested is this
+        process's receiving side, and a publish queued behind the layer's own
+        sends (a connect storm on a slow Redis) is not taken for a stuck
+        layer. Redis says how many connections it reached; none means our
+        subscription is gone."""
         layer = self._layer()
-        try:
-            inner = layer._get_layer()
-            channel = inner._get_group_channel_name(self.probe_group)
-            payload = layer.serialize(message)
-        except AttributeError:  # the core layer: its own group_send, bounded
-            await asyncio.wait_for(layer.group_send(self.probe_group, message), PING_TIMEOUT)
-            return
+        channel = layer._get_layer()._get_group_channel_name(self.probe_group)
+        payload = layer.serialize(message)
         sent = asyncio.get_running_loop().run_in_executor(self._executor(), self._sync_publish, channel, payload)
         if not await asyncio.wait_for(sent, 2 * PING_TIMEOUT):
             raise ConnectionError("the channel layer's subscription is gone")
@@ -274,11 +269,8 @@ class Watchdog:
     async def _reset_layer(self):
         """Drop the pub/sub layer's connections: a stuck one is replaced at
         the next read, and redis-py subscribes the new one to every channel
-        again. (The core layer's calls time out and reconnect on their own.)"""
-        try:
-            inner = self._layer()._get_layer()
-        except AttributeError:
-            return
+        again."""
+        inner = self._layer()._get_layer()
         for shard in getattr(inner, "_shards", ()):
             pubsub, client = getattr(shard, "_pubsub", None), getattr(shard, "_redis", None)
             try:

@@ -170,6 +170,7 @@ FEED_LEADER = f"{PREFIX}feed:leader"  # the feed's leader lock (and publish fenc
 UNFENCED = f"{PREFIX}unfenced"  # stands for "no fence" in scripts that take one
 DEMO_ANCHOR = f"{PREFIX}demo:anchor"
 UNIVERSE = f"{PREFIX}universe"  # the last good universe (JSON)
+STORE = f"{PREFIX}store"  # set once, kept until Redis loses its data (see state.counters)
 
 
 def generation(name) -> str:

@@ -228,10 +228,19 @@ def _drop_on_readonly(base):
     return found
 
 
+def _resend(error):
+    """Whether a failed command goes once more: a FailedOver one (READONLY: it
+    did not run), or one on a pooled connection that Redis closed (it
+    restarted): dead connections left in the pool must never read as Redis
+    being down. Timeouts are not retried."""
+    return isinstance(error, redis.exceptions.ConnectionError) and not isinstance(error, redis.exceptions.TimeoutError)
+
+
 class _AsyncResend(redis.asyncio.retry.Retry):
     """redis-py's default for a pool's connections (call the failure handler on
     a connection error or timeout, which drops or reconnects the connection,
-    then raise), except that a FailedOver command is sent once more."""
+    then raise), except that a command whose connection died is sent once
+    more (`_resend`)."""
 
     def __init__(self):
         super().__init__(redis.backoff.NoBackoff(), 1)
@@ -244,7 +253,7 @@ class _AsyncResend(redis.asyncio.retry.Retry):
             except self._supported_errors as error:
                 failures += 1
                 await (fail(error, failures) if with_failure_count else fail(error))
-                if failures > self._retries or not isinstance(error, FailedOver):
+                if failures > self._retries or not _resend(error):
                     raise
 
 
@@ -262,7 +271,7 @@ class _SyncResend(redis.retry.Retry):
             except self._supported_errors as error:
                 failures += 1
                 fail(error, failures) if with_failure_count else fail(error)
-                if failures > self._retries or not isinstance(error, FailedOver):
+                if failures > self._retries or not _resend(error):
                     raise
 
 

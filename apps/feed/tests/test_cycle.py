@@ -6,11 +6,12 @@ import logging
 from unittest.mock import ANY
 
 import pytest
+from django.conf import settings
 
 from apps.feed import payloads
 from apps.feed.leadership import LOCK_KEY
 from apps.feed.payloads import FeedData
-from apps.feed.runner import Feed
+from apps.feed.runner import REDIS_BACKOFF_CAP_S, Feed
 from apps.feed.simulator import SimulatorSource
 from apps.streams.protocol import epoch_day
 from stocktracker.lib.keys import WAKE_CHANNEL
@@ -411,3 +412,29 @@ async def test_extra_symbols_off_hose_are_found_once_a_day_and_only_they_cost_a_
     assert [s["symbol"] for s in stocks[30:]] == ["DGC", "SHS"]
     assert all(s["last"] for s in stocks[30:])
     assert source._off_hose == (clock().date(), ["SHS"])
+
+
+async def test_after_failing_on_redis_the_next_cycle_comes_within_seconds_of_it_answering(own_redis, clock):
+    # Minutes of backoff are for a failing upstream: a Redis that was down
+    # must not leave the feed silent for a minute once it answers again.
+    await subscribe("index")
+    feed = simulator_feed(clock, elect=True)
+    assert await feed.cycle() == {"index": 1}
+    own_redis.kill()
+    for _ in range(8):
+        assert await feed.safe_cycle() is None
+    assert feed.failures == 8
+    waits = [feed.next_interval() for _ in range(100)]
+    assert max(waits) <= max(feed.source.interval(), settings.FEED_PUBLISH_INTERVAL) + REDIS_BACKOFF_CAP_S
+
+
+async def test_a_failing_upstream_still_backs_off(fake_ssi, clock):
+    from apps.feed.ssi import SSISource
+
+    source = SSISource(ssi_client(fake_ssi, retries=0), now=clock, extra=[], futures_override="")
+    await subscribe("index")
+    feed = Feed(source, elect=True)
+    fake_ssi.fail("500", times=8)
+    for _ in range(8):
+        assert await feed.safe_cycle() is None
+    assert max(feed.next_interval() for _ in range(100)) > source.interval() + REDIS_BACKOFF_CAP_S

@@ -28,6 +28,23 @@ async def recv_json(ws, timeout=3):
     return json.loads(await asyncio.wait_for(ws.recv(), timeout))
 
 
+async def fanned_out(ws, timeout):
+    """Reads until the socket has had a snapshot after its first one and
+    further on (a higher seq, or a new epoch): one the fan-out delivered, not
+    only the one sent on connect. Returns (first, fanned-out) snapshots;
+    raises TimeoutError after `timeout` seconds."""
+    first = None
+    async with asyncio.timeout(timeout):
+        while True:
+            frame = json.loads(await ws.recv())
+            if frame["type"] != "snapshot":
+                continue
+            if first is None:
+                first = frame
+            elif frame["epoch"] != first["epoch"] or frame["seq"] > first["seq"]:
+                return first, frame
+
+
 async def close_code(ws, timeout=5):
     """Reads until the server closes; returns (code, frames read)."""
     frames = []

@@ -4,64 +4,17 @@ SIGTERM closes sockets with 4200 and gives the leases back."""
 
 import asyncio
 import signal
-import subprocess
 import time
 
 import pytest
-from channels.layers import channel_layers
 
-from stocktracker.lib.state import get_state, reset_state
+from stocktracker.lib.state import get_state
 
-from .clients import close_code, connect, outcome, recv_json
+from .clients import close_code, connect, fanned_out, outcome, recv_json
+from .conftest import publish as shared_publish
 from .conftest import publishing as shared_publishing
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-class OwnRedis:
-    """A redis-server of our own on a free loopback port, so we can kill it."""
-
-    def __init__(self, tmp_path):
-        from conftest import free_port
-
-        self.port = free_port()
-        self.tmp_path = tmp_path
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc = None
-
-    def start(self):
-        from conftest import wait_for_port
-
-        self.proc = subprocess.Popen(
-            ["redis-server", "--bind", "127.0.0.1", "--port", str(self.port), "--save", "", "--appendonly", "no"],
-            stdout=subprocess.DEVNULL,
-            cwd=self.tmp_path,
-        )
-        wait_for_port(self.port, self.proc)
-
-    def kill(self):
-        self.proc.kill()
-        self.proc.wait()
-
-
-@pytest.fixture
-def own_redis(tmp_path, settings):
-    redis = OwnRedis(tmp_path)
-    redis.start()
-    settings.REDIS_URL = redis.url
-    settings.CHANNEL_LAYERS = {
-        "default": {
-            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
-            "CONFIG": {"hosts": [{"address": redis.url, "socket_connect_timeout": 2}], "prefix": "stk"},
-        }
-    }
-    channel_layers.backends.clear()
-    reset_state()
-    yield redis
-    if redis.proc.poll() is None:
-        redis.kill()
-    channel_layers.backends.clear()
-    reset_state()
 
 
 def publishing(hz=4):
@@ -71,10 +24,12 @@ def publishing(hz=4):
 async def test_redis_outage_closes_1013_refuses_fast_and_recovers(processes, owner_token, own_redis):
     raw = owner_token[1]
     server = processes.daphne(REDIS_URL=own_redis.url, WS_HEARTBEAT_INTERVAL=2)
+    for _ in range(50):  # the stream is well into its day: seq 50
+        await shared_publish()
     async with publishing():
         ws = await connect(server.ws_url + "/ws/market", raw)
         assert (await recv_json(ws))["type"] == "welcome"
-        assert (await recv_json(ws))["type"] == "snapshot"
+        await fanned_out(ws, 5)
 
         own_redis.kill()
         killed = time.monotonic()
@@ -96,10 +51,10 @@ async def test_redis_outage_closes_1013_refuses_fast_and_recovers(processes, own
             if result == "open":
                 break
             await asyncio.sleep(0.5)
-        frame = await recv_json(ws, 5)
-        while frame["type"] != "snapshot":
-            frame = await recv_json(ws, 5)
-        print(f"data flowing again {time.monotonic() - back:.1f} s after redis came back")
+        # Streaming: a snapshot the fan-out delivered, not only the one sent on connect.
+        first, then = await fanned_out(ws, 5)
+        took = time.monotonic() - back
+        print(f"fan-out again {took:.1f} s after redis came back (seq {first['seq']} -> {then['seq']})")
         await ws.close()
 
 

@@ -19,7 +19,6 @@ import websockets
 from websockets.exceptions import ConnectionClosed
 
 from .clients import connect, established
-from .test_faults import own_redis  # noqa: F401 - a redis-server of the test's own
 from .test_redis_slow import Proxy, _token
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.e2e]
@@ -31,7 +30,7 @@ SETTLE = 5.0
 
 
 @pytest.fixture
-def slow_proxy(own_redis):  # noqa: F811
+def slow_proxy(own_redis):
     found = Proxy(own_redis.port, delay=0.3)
     yield found
     found.stop()
@@ -44,7 +43,7 @@ def _live(client, key):
 
 async def test_leases_equal_open_sockets_5_s_after_churn_through_a_slow_redis(
     processes,
-    own_redis,  # noqa: F811
+    own_redis,
     slow_proxy,
 ):
     raw = await _token(cap=CONNECTS)
@@ -133,7 +132,7 @@ async def test_a_released_lease_is_never_renewed_or_acquired_back():
     assert await state.entries() == []
 
 
-async def test_an_acquire_the_caller_gave_up_on_is_released_after_redis_ran_it(settings, own_redis):  # noqa: F811
+async def test_an_acquire_the_caller_gave_up_on_is_released_after_redis_ran_it(settings, own_redis):
     """The caller stops waiting (its socket went away) while the script is on
     its way; Redis runs it 300 ms later."""
     from apps.streams import leases

@@ -4,7 +4,8 @@ that stops forwarding it, or the whole proxy stopped with SIGSTOP). Real
 daphne, a real runworker publishing the simulator's frames, real Redis, real
 clients. What a client sees: no socket stays connected but silent for more
 than 30 s, new connects are answered with 1013 within 5 s (or stream), and
-everything streams again within 30 s after Redis answers."""
+everything streams again within 30 s after Redis answers: a socket gets a
+snapshot through the fan-out, not only the one sent on connect."""
 
 import asyncio
 import itertools
@@ -22,8 +23,7 @@ from websockets.exceptions import ConnectionClosed
 from apps.accounts.models import ApiToken
 from conftest import WORKER_ENV
 
-from .clients import connect, recv_json
-from .test_faults import own_redis  # noqa: F401 - a redis-server of the test's own
+from .clients import connect, fanned_out, recv_json
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.e2e]
 
@@ -55,14 +55,19 @@ class Watched:
         return max(b - a for a, b in itertools.pairwise(moments))
 
 
-async def _attempt(url, raw):
-    """One connect: ('open', seconds to the first snapshot, Watched) or (close code, seconds, None)."""
+async def _attempt(url, raw, fanned=False):
+    """One connect: ('open', seconds to the first snapshot, Watched) or
+    (close code, seconds, None). `fanned`: open only once a snapshot came
+    through the fan-out too (a higher seq than the one sent on connect)."""
     started = time.monotonic()
     try:
         ws = await connect(url + "/ws/market", raw, open_timeout=REFUSED_WITHIN + 5).__aenter__()
     except (OSError, TimeoutError) as exc:
         return type(exc).__name__, time.monotonic() - started, None
     try:
+        if fanned:
+            await fanned_out(ws, SILENT_MAX + 5)
+            return "open", time.monotonic() - started, Watched(ws)
         while True:
             frame = await recv_json(ws, SILENT_MAX + 5)
             if frame["type"] == "snapshot":
@@ -94,7 +99,7 @@ async def _through_fault(server, raw, fault_seconds, start_fault, end_fault):
     """Opens a socket, injects the fault, tries a connect every second while
     it lasts, ends it, then reconnects like a client with a short backoff.
     Returns what a client saw."""
-    first = await _attempt(server.ws_url, raw)
+    first = await _attempt(server.ws_url, raw, fanned=True)
     assert first[0] == "open", first
     watched = first[2]
     await asyncio.sleep(1)
@@ -110,8 +115,8 @@ async def _through_fault(server, raw, fault_seconds, start_fault, end_fault):
     ended = time.monotonic()
     for at, task in pending:
         attempts.append((at, *await task))
-    while True:  # a client retrying with a short backoff
-        result, _, again = await _attempt(server.ws_url, raw)
+    while True:  # a client retrying with a short backoff, until the fan-out reaches it
+        result, _, again = await _attempt(server.ws_url, raw, fanned=True)
         if result == "open":
             back = time.monotonic() - ended
             break
@@ -144,7 +149,7 @@ def _assert_client_view(seen):
     assert seen["back"] <= BACK_WITHIN
 
 
-async def test_redis_paused_for_20_s(processes, own_redis):  # noqa: F811
+async def test_redis_paused_for_20_s(processes, own_redis):
     raw = await _token()
     processes.worker(REDIS_URL=own_redis.url, **WORKER_ENV)
     server = processes.daphne(REDIS_URL=own_redis.url, WS_MAX_CONNECTIONS_PER_IP=100)
@@ -183,14 +188,14 @@ class Proxy:
 
 
 @pytest.fixture
-def proxy(own_redis):  # noqa: F811
+def proxy(own_redis):
     found = Proxy(own_redis.port)
     yield found
     found.stop()
 
 
 @pytest.mark.parametrize("stall", ["layer", "everything"])
-async def test_one_stalled_connection(processes, own_redis, proxy, stall):  # noqa: F811
+async def test_one_stalled_connection(processes, own_redis, proxy, stall):
     """`layer`: the channel layer's pub/sub connection stops for good (a
     connection a firewall dropped without a word), while Redis and every
     other connection answer: only a round trip through the layer can tell.

@@ -1,6 +1,6 @@
 """Small shared values: generations (cache invalidation), claims (once per
 interval on any process), windowed counters (budgets), values set once (the
-first writer wins) and plain values."""
+first writer wins), plain values, and the store's incarnation."""
 
 import secrets
 import time
@@ -28,6 +28,7 @@ class MemoryCounters:
         self._claims = {}  # name -> expiry
         self._counters = {}  # name -> (value, expiry)
         self._values = {}
+        self._store = _new_generation()  # the process is the store: it lasts as long as the process
 
     async def generation_get(self, name):
         """The current generation of `name` (an opaque string), or None."""
@@ -78,6 +79,10 @@ class MemoryCounters:
     async def value_set(self, key, text):
         self._values[key] = text
 
+    async def store_incarnation(self):
+        """An opaque value that changes only when the store lost its data."""
+        return self._store
+
 
 class RedisCounters:
     async def generation_get(self, name):
@@ -119,11 +124,21 @@ class RedisCounters:
     async def first_value(self, key, value):
         """Store `value` under `key` unless one is there; returns the stored
         one (the same on every process)."""
-        await self._call(self.redis.set(key, value, nx=True))
-        return await self._call(self.redis.get(key))
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.set(key, value, nx=True)
+            pipe.get(key)
+            _, stored = await self._call(pipe.execute())
+        return stored
 
     async def value_get(self, key):
         return await self._call(self.redis.get(key))
 
     async def value_set(self, key, text):
         await self._call(self.redis.set(key, text))
+
+    async def store_incarnation(self):
+        """An opaque value that changes only when Redis lost its data (a
+        restart without persistence, a flush, a replica that never had it):
+        a process that sees it change knows that every lease and entry it
+        wrote is gone (`apps.streams.sessions` writes them again)."""
+        return await self.first_value(keys.STORE, _new_generation())
