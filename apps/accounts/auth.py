@@ -53,7 +53,7 @@ from django.utils import timezone
 from stocktracker.lib import dbthread, keys
 from stocktracker.lib.dbthread import database_call
 
-from . import tokens
+from . import known, tokens
 from .signals import GENERATION_TTL, pending_bumps
 
 log = logging.getLogger("apps.accounts")
@@ -317,6 +317,7 @@ class TokenCache:
             self._prefixes[snapshot.token_id] = snapshot.prefix
             while len(self._prefixes) > self.max_entries:
                 self._prefixes.popitem(last=False)
+            await known.learn_token(snapshot.prefix)
         return snapshot
 
     async def _snapshot(self, prefix, load=True):
