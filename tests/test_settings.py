@@ -32,6 +32,8 @@ def manage(*args, **env):
         ("LOG_FORMAT", "xml"),
         ("REDIS_SOCKET_TIMEOUT", "forever"),
         ("REDIS_CONNECT_TIMEOUT", "0"),
+        ("WS_IPV6_PREFIX", "129"),
+        ("WS_IPV6_PREFIX", "0"),
     ],
 )
 def test_a_bad_value_stops_start_up_naming_the_variable(name, value):
