@@ -36,7 +36,7 @@ COMPLETE_TTL = 24 * 3600  # a rebuilt set is trusted complete this long, then re
 REBUILD_CLAIM = 60.0  # at most one rebuild per this many seconds, on any process
 
 _local = {keys.KNOWN_TOKENS: OrderedDict(), keys.KNOWN_SESSIONS: OrderedDict()}  # member -> epoch seconds it ends
-_rebuilds = set()  # rebuild tasks running in this process (kept referenced)
+_rebuilds = {}  # event loop -> its rebuild task (kept referenced)
 
 
 def _remember(kind, member, until):
@@ -124,10 +124,12 @@ def forget_local():
 
 
 def _rebuild_soon():
-    if not _rebuilds:
-        task = asyncio.ensure_future(rebuild_tokens())
-        _rebuilds.add(task)
-        task.add_done_callback(_rebuilds.discard)
+    loop = asyncio.get_running_loop()
+    running = _rebuilds.get(loop)
+    if running is None or running.done():
+        for old in [other for other, task in _rebuilds.items() if task.done()]:
+            del _rebuilds[old]
+        _rebuilds[loop] = loop.create_task(rebuild_tokens())
 
 
 @database_call
