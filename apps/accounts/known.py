@@ -111,7 +111,8 @@ async def session_known(name) -> bool:
 async def learn_session(name, expires_at):
     """`expires_at`: a datetime, or None (the session's end is not known: an hour)."""
     until = expires_at.timestamp() if expires_at is not None else time.time() + 3600
-    await _add(keys.KNOWN_SESSIONS, {name: until})
+    if _local[keys.KNOWN_SESSIONS].get(name, -math.inf) < until:  # every dashboard connect: write only news
+        await _add(keys.KNOWN_SESSIONS, {name: until})
 
 
 def forget_local():
