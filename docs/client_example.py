@@ -4,7 +4,8 @@
 
 Acts on close codes by range, so it also does the right thing with codes it
 does not know: 40xx stop (fix the token or client), 41xx and 1013 back off
-with full jitter, 42xx reconnect at once (with a little jitter).
+with full jitter (never sooner than an `error` frame's `retry_after`), 42xx
+reconnect at once (with a little jitter).
 """
 
 import asyncio
@@ -28,6 +29,7 @@ def backoff(attempt):
 async def stream(url, token):
     attempt = 0
     while True:
+        wait_at_least = 0  # seconds the server asked for (`retry_after`, e.g. with 4101)
         try:
             async with websockets.connect(url, additional_headers={"Authorization": f"Bearer {token}"}) as ws:
                 async for text in ws:
@@ -40,6 +42,7 @@ async def stream(url, token):
                         print("feed is", frame["state"], frame.get("detail", ""))
                     elif frame["type"] == "error":
                         print("server says:", frame["code"], frame["message"], file=sys.stderr)
+                        wait_at_least = frame.get("retry_after", 0)
                     # heartbeats need no answer: the library answers protocol pings itself
             code = ws.close_code
         except (OSError, websockets.InvalidHandshake, websockets.ConnectionClosedError) as exc:
@@ -47,6 +50,7 @@ async def stream(url, token):
         if code in STOP:
             sys.exit(f"closed with {code}: not retrying")
         delay = random.uniform(0, 1) if code in RECONNECT_NOW else backoff(attempt)
+        delay = max(delay, wait_at_least + random.uniform(0, 1))
         attempt += 1
         print(f"closed with {code}; reconnecting in {delay:.1f} s", file=sys.stderr)
         await asyncio.sleep(delay)

@@ -1,5 +1,6 @@
-"""ASGI entry point: HTTP through the probes and Django; websockets through the daphne port,
-session auth (cookie handshakes only) and admission to the streams."""
+"""ASGI entry point: HTTP through the probes and Django; websockets through
+the daphne port and admission to the streams, which sign in every credential
+themselves (session cookies too: `apps.streams.signin`)."""
 
 import os
 
@@ -15,14 +16,13 @@ from apps.streams.admission import guard  # noqa: E402
 from apps.streams.health import probes  # noqa: E402
 from apps.streams.port import expose_transport  # noqa: E402
 from apps.streams.routing import websocket_urlpatterns  # noqa: E402
-from apps.streams.signin import session_auth_when_cookie  # noqa: E402
 
 application = EmbeddedFeed(
     ProtocolTypeRouter(
         {
             "http": probes(django_asgi_app),
             # Outermost: sees daphne's own `send` (back-pressure and protocol pings).
-            "websocket": expose_transport(session_auth_when_cookie(guard(URLRouter(websocket_urlpatterns)))),
+            "websocket": expose_transport(guard(URLRouter(websocket_urlpatterns))),
         }
     )
 )

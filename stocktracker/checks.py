@@ -5,6 +5,7 @@ migrate and runworker.
 """
 
 import ipaddress
+from datetime import timedelta
 from importlib.metadata import PackageNotFoundError, version
 
 from django.conf import settings
@@ -120,3 +121,60 @@ def check_stream_timings(app_configs, **kwargs):
             )
         )
     return errors
+
+
+# How far back the shared-address check looks at where tokens were last used.
+SHARED_ADDRESS_WINDOW = timedelta(hours=24)
+
+
+@register(Tags.database)
+def check_shared_client_address(app_configs, databases=None, **kwargs):
+    """Many users behind one client address, with no trusted proxy: most
+    likely a TCP load balancer or a proxy whose X-Forwarded-For (or PROXY
+    protocol) is not used, so every client shares one set of per-address
+    limits and one failed sign-in budget.
+
+    Read from where tokens were last used in the past day (an IPv6 client by
+    its /WS_IPV6_PREFIX). The line: more distinct users than
+    WS_MAX_CONNECTIONS_PER_IP, the token sockets one address may hold. Past
+    it the users cannot each hold one socket, so the limit is already wrong
+    for them, be it a balancer (every user) or a large office behind NAT.
+    Runs where database checks run (`migrate`, the release step;
+    `check --database default`)."""
+    if not databases:
+        return []
+    from django.db import DatabaseError
+    from django.utils import timezone
+
+    from apps.accounts.models import ApiToken
+    from apps.streams.netaddr import address_group, in_networks
+
+    since = timezone.now() - SHARED_ADDRESS_WINDOW
+    try:
+        used = ApiToken.objects.filter(last_used_at__gte=since, last_used_ip__isnull=False)
+        pairs = list(used.values_list("last_used_ip", "user_id").distinct())
+    except DatabaseError:
+        return []  # no tables yet (before the first migrate), or no database: nothing to read
+    users = {}
+    for ip, user_id in pairs:
+        users.setdefault(address_group(ip), set()).add(user_id)
+    trusted = settings.WS_TRUSTED_PROXIES
+    crowded = {
+        address: len(found)
+        for address, found in users.items()
+        if len(found) > settings.WS_MAX_CONNECTIONS_PER_IP and (not trusted or in_networks(address, trusted))
+    }
+    if not crowded:
+        return []
+    address, count = max(crowded.items(), key=lambda item: item[1])
+    where = "no WS_TRUSTED_PROXIES is set" if not trusted else "that address is a trusted proxy itself"
+    return [
+        Warning(
+            f"{count} users' tokens were last used from {address} in the past day and {where}: "
+            "they share one per-address connection limit and one failed sign-in budget.",
+            hint="Behind a proxy or load balancer, list it in WS_TRUSTED_PROXIES and have it pass the client's "
+            "address (X-Forwarded-For; behind a TCP balancer, the PROXY protocol: docs/deploy.md). "
+            "For an office behind NAT, raise WS_MAX_CONNECTIONS_PER_IP.",
+            id="stocktracker.W008",
+        )
+    ]

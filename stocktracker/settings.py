@@ -274,14 +274,16 @@ FEED_PUBLISH_INTERVAL = _positive("FEED_PUBLISH_INTERVAL", "float", 1.0, minimum
 
 WS_ALLOWED_ORIGINS = _read("WS_ALLOWED_ORIGINS", "list", ["http://127.0.0.1:8000", "http://localhost:8000"])
 WS_AUTH_TIMEOUT = _positive("WS_AUTH_TIMEOUT", "float", 5.0, minimum=0.1)
-# Past this many failed sign-ins in a minute, an address's tokens are answered
-# from the token cache only (unknown ones: 4008, with no database query).
+# Sign-ins that need the database and fail (unknown tokens, forged cookies) per
+# address per minute; past it such sign-ins get 4101 with no database query. A
+# credential known to be real (a live token's prefix, a session that signed in)
+# is always checked, whatever others at its address did.
 WS_AUTH_FAILURES_PER_MINUTE = _positive("WS_AUTH_FAILURES_PER_MINUTE", "int", 30, minimum=1)
 # Sockets one process holds before they are signed in (waiting for an `auth`
 # message, or being checked); past it new sockets are refused at once (1013).
 WS_MAX_UNAUTHENTICATED_PER_PROCESS = _positive("WS_MAX_UNAUTHENTICATED_PER_PROCESS", "int", 1000, minimum=1)
-# Of those, from one client address (4100 past it; sessions are not counted per
-# address): one address cannot take the process's whole share.
+# Of those, from one client address (4100 past it), cookie sign-ins included:
+# one address cannot take the process's whole share.
 WS_MAX_UNAUTHENTICATED_PER_IP = _positive("WS_MAX_UNAUTHENTICATED_PER_IP", "int", 50, minimum=1)
 # Sockets one browser session (cookie) may hold: a dashboard tab opens one per stream.
 WS_MAX_CONNECTIONS_PER_SESSION = _positive("WS_MAX_CONNECTIONS_PER_SESSION", "int", 9, minimum=1)
@@ -297,6 +299,12 @@ WS_LEASE_TTL = _positive("WS_LEASE_TTL", "float", 90.0, minimum=1)
 # serving the ones it has; size it from bench/RESULTS.md (and the open-files limit).
 WS_MAX_SOCKETS_PER_PROCESS = _positive("WS_MAX_SOCKETS_PER_PROCESS", "int", 12000, minimum=1)
 WS_TRUSTED_PROXIES = _read("WS_TRUSTED_PROXIES", "list", [])
+# Per-address limits and budgets count an IPv6 client by its network of this
+# prefix length: one subscriber usually holds a whole /64 (RFC 6177), and so
+# would otherwise hold 2**64 budgets. IPv4 addresses count one by one.
+WS_IPV6_PREFIX = _positive("WS_IPV6_PREFIX", "int", 64, minimum=1)
+if WS_IPV6_PREFIX > 128:
+    raise ImproperlyConfigured(f"WS_IPV6_PREFIX={WS_IPV6_PREFIX!r} must be at most 128.")
 # Bytes that may wait for one client before it gets only the newest frame of
 # each kind (conflation); a client stuck above it for WS_HEARTBEAT_TIMEOUT is closed 4103.
 WS_SEND_BUFFER_BYTES = _positive("WS_SEND_BUFFER_BYTES", "int", 65536, minimum=4096)

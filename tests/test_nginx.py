@@ -5,6 +5,7 @@ processes, clients connecting with TLS."""
 import asyncio
 import json
 import shutil
+import socket
 import ssl
 import subprocess
 import urllib.request
@@ -23,6 +24,17 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture
 def tls_proxy(processes, tmp_path):
     """nginx with the repo's site config on free ports, in front of two daphne processes."""
+    return _nginx(processes, tmp_path)
+
+
+@pytest.fixture
+def balanced_proxy(processes, tmp_path):
+    """The same, with the site's PROXY protocol lines switched on, as behind a TCP load balancer
+    on loopback (the test's clients write the PROXY header themselves)."""
+    return _nginx(processes, tmp_path, proxy_protocol=True)
+
+
+def _nginx(processes, tmp_path, proxy_protocol=False):
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(
@@ -51,16 +63,32 @@ def tls_proxy(processes, tmp_path):
     webs = [processes.daphne(**env), processes.daphne(**env)]
     https_port, http_port = free_port(), free_port()
     site = (ROOT / "deploy" / "nginx-site.conf").read_text()
-    for old, new in {
+    edits = {
         "server 127.0.0.1:8001;": f"server 127.0.0.1:{webs[0].port};",
         "server 127.0.0.1:8002;": f"server 127.0.0.1:{webs[1].port};",
-        "listen 443 ssl;": f"listen 127.0.0.1:{https_port} ssl;",
-        "listen 80;": f"listen 127.0.0.1:{http_port};",
         "/etc/ssl/stocktracker/fullchain.pem": str(cert),
         "/etc/ssl/stocktracker/privkey.pem": str(key),
         "/var/log/nginx/stocktracker.access.log": str(tmp_path / "access.log"),
         "/srv/stocktracker/staticfiles/": str(ROOT / "staticfiles") + "/",
-    }.items():
+    }
+    if proxy_protocol:
+        plain_443, plain_80 = (
+            "    listen 443 ssl;\n    # listen 443 ssl proxy_protocol;",
+            "    listen 80;\n    # listen 80 proxy_protocol;",
+        )
+        real_ip = "    # set_real_ip_from 10.0.0.0/8;\n    # real_ip_header proxy_protocol;"
+        edits.update(
+            {
+                plain_443: f"    listen 127.0.0.1:{https_port} ssl proxy_protocol;",
+                plain_80: f"    listen 127.0.0.1:{http_port} proxy_protocol;",
+                real_ip: "    set_real_ip_from 127.0.0.1;\n    real_ip_header proxy_protocol;",
+            }
+        )
+    else:
+        edits.update(
+            {"listen 443 ssl;": f"listen 127.0.0.1:{https_port} ssl;", "listen 80;": f"listen 127.0.0.1:{http_port};"}
+        )
+    for old, new in edits.items():
         assert old in site, f"deploy/nginx-site.conf no longer contains {old!r}"
         site = site.replace(old, new)
     temp = tmp_path / "nginx-temp"
@@ -184,6 +212,71 @@ def test_a_token_in_the_query_string_stays_out_of_the_access_log(tls_proxy, api_
     log = Path(tls_proxy["access_log"]).read_text()
     assert "/ws/foreign" in log
     assert api_token not in log and "token=" not in log
+
+
+async def connect_as(proxy, client, path, **headers):
+    """A WebSocket over TLS through nginx, as the TCP load balancer would pass on a
+    connection from `client`: a PROXY protocol v1 header, then the client's bytes."""
+    family = "TCP6" if ":" in client else "TCP4"
+    ours = "::1" if family == "TCP6" else "127.0.0.1"
+    sock = socket.create_connection(("127.0.0.1", proxy["https"]))
+    sock.sendall(f"PROXY {family} {client} {ours} 40000 443\r\n".encode())
+    sock.setblocking(False)
+    ws = await websockets.connect(
+        f"wss://localhost:{proxy['https']}{path}",
+        sock=sock,
+        ssl=proxy["ssl"],
+        server_hostname="localhost",
+        additional_headers=headers,
+        open_timeout=10,
+    )
+    return ws, json.loads(await asyncio.wait_for(ws.recv(), 10))
+
+
+async def _closed_with(ws):
+    with pytest.raises(websockets.ConnectionClosed) as closed:
+        while True:
+            await asyncio.wait_for(ws.recv(), 10)
+    return closed.value.rcvd.code
+
+
+# In order: a third socket from one address over the cap of 2; another address; three
+# IPv6 clients in one /64 (the third over the cap), one in another /64.
+BALANCED_CLIENTS = (
+    ["203.0.113.7"] * 3 + ["203.0.113.8"] + [f"2001:db8:5:6::{n}" for n in (1, 2, 3)] + ["2001:db8:5:7::1"]
+)
+
+
+def test_behind_a_tcp_balancer_the_proxy_protocol_gives_each_client_its_own_limits(balanced_proxy, api_token):
+    """WS_MAX_CONNECTIONS_PER_IP is 2 here. Every connection comes from the balancer
+    (127.0.0.1); the PROXY header names the client, and the limit follows it, an
+    IPv6 client by its /64."""
+    bearer = {"Authorization": f"Bearer {api_token}", "X-Forwarded-For": "198.51.100.1"}  # ignored
+
+    async def main():
+        sockets, firsts = [], {}
+        try:
+            for n, client in enumerate(BALANCED_CLIENTS):
+                ws, first = await connect_as(balanced_proxy, client, "/ws/market", **bearer)
+                sockets.append(ws)
+                firsts[f"{n}: {client}"] = first["type"] if first["type"] != "error" else await _closed_with(ws)
+            return firsts
+        finally:
+            for ws in sockets:
+                await ws.close()
+
+    firsts = asyncio.run(main())
+    assert list(firsts.values()) == ["welcome", "welcome", 4100, "welcome", "welcome", "welcome", 4100, "welcome"], (
+        firsts
+    )
+    log = Path(balanced_proxy["access_log"]).read_text()
+    assert "203.0.113.7 " in log and "2001:db8:5:6::1 " in log, log
+
+
+def test_behind_the_proxy_protocol_a_client_that_skips_it_is_not_served(balanced_proxy):
+    url = f"https://localhost:{balanced_proxy['https']}/healthz"
+    with pytest.raises((urllib.error.URLError, ConnectionError, ssl.SSLError)):
+        urllib.request.urlopen(url, context=balanced_proxy["ssl"], timeout=5)
 
 
 class NoRedirect(urllib.request.HTTPRedirectHandler):

@@ -34,6 +34,8 @@ def manage(*args, **env):
         ("REDIS_CONNECT_TIMEOUT", "0"),
         ("REDIS_DOWN_AFTER", "1"),
         ("REDIS_DOWN_AFTER", "soon"),
+        ("WS_IPV6_PREFIX", "129"),
+        ("WS_IPV6_PREFIX", "0"),
     ],
 )
 def test_a_bad_value_stops_start_up_naming_the_variable(name, value):

@@ -53,7 +53,7 @@ from django.utils import timezone
 from stocktracker.lib import dbthread, keys
 from stocktracker.lib.dbthread import database_call
 
-from . import tokens
+from . import known, tokens
 from .signals import GENERATION_TTL, pending_bumps
 
 log = logging.getLogger("apps.accounts")
@@ -317,6 +317,7 @@ class TokenCache:
             self._prefixes[snapshot.token_id] = snapshot.prefix
             while len(self._prefixes) > self.max_entries:
                 self._prefixes.popitem(last=False)
+            await known.learn_token(snapshot.prefix)
         return snapshot
 
     async def _snapshot(self, prefix, load=True):
@@ -340,9 +341,9 @@ class TokenCache:
             fresh = time.monotonic() - loaded < self.ttl
             # A token copy is trusted only under a real generation; "no such
             # token" also while no generation exists (none was ever issued).
-            # A cache-only check (an address over its failure budget) also
-            # takes a copy past TOKEN_CACHE_TTL: its generation is unchanged.
-            if (fresh or not load) and cached_generation == generation and (generation is not None or snapshot is None):
+            # Never past TOKEN_CACHE_TTL, cache-only checks included: a change
+            # that missed its announcement must reach every check by then.
+            if fresh and cached_generation == generation and (generation is not None or snapshot is None):
                 (self._entries if snapshot is not None else self._unknown).move_to_end(prefix)
                 return snapshot
         # The generation was read before the load: a change committed during
@@ -455,8 +456,8 @@ token_cache = TokenCache()
 
 async def check_token(raw, stream, ip=None, load=True) -> TokenCheck | None:
     """Is `raw` a usable token for `stream`? Called on every connect.
-    `load=False` (a client over its failure budget): None unless this
-    process can answer without the database."""
+    `load=False`: None unless this process can answer without the
+    database, from a copy younger than TOKEN_CACHE_TTL."""
     return await token_cache.check(raw, stream, ip, load=load)
 
 

@@ -21,7 +21,7 @@ from django.utils import timezone
 
 from stocktracker.lib import catalogue
 
-from . import tokens
+from . import known, tokens
 from .signals import announce
 
 STREAM_CHOICES = list(catalogue.STREAM_CHOICES)
@@ -216,6 +216,8 @@ class ApiToken(models.Model):
         changes = [] if adding else self.changes()
         super().save(*args, **kwargs)
         self._remember()
+        if adding:
+            known.learn_token_on_commit(self.prefix)  # its sign-ins never wait on an address's budget
         # A new prefix gets a generation too: a process that cached "unknown" for it reloads.
         announce(prefixes=[self.prefix], token_changes=[(self.pk, self.user_id, change) for change in changes])
 

@@ -17,6 +17,7 @@ from importlib import import_module
 from django.conf import settings
 from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY, user_logged_out
 from django.contrib.sessions.models import Session
+from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models.signals import post_delete, post_save
 from django.utils import timezone
@@ -36,6 +37,54 @@ class SessionCheck:
     expires_at: datetime | None = None
 
 
+@dataclass(frozen=True)
+class SessionSignIn:
+    """Who a session signs in: the user, whether they are active, their cap,
+    and the session's expiry."""
+
+    user_id: int
+    username: str
+    active: bool
+    user_max: int | None
+    expires_at: datetime | None
+
+
+async def session_sign_in(session_key) -> SessionSignIn | None:
+    """Who `session_key` signs in, or None when nobody: no such session, or
+    it expired, was logged out, carries no user, or its user is gone or
+    changed their password. The rules of `django.contrib.auth.get_user`,
+    with the database timeouts: raises AccountsUnavailable when the database
+    cannot answer. A forged key costs one query."""
+    return await _from_database(_session_sign_in, session_key)
+
+
+@database_call
+def _session_sign_in(session_key):
+    from django.contrib.auth import get_user_model
+
+    data, expires_at = _load(session_key)
+    if data is None or data.get(BACKEND_SESSION_KEY) not in settings.AUTHENTICATION_BACKENDS:
+        return None
+    model = get_user_model()
+    try:
+        user_id = model._meta.pk.to_python(data.get(SESSION_KEY))
+    except ValidationError:
+        return None
+    user = model.objects.select_related("limits").filter(pk=user_id).first() if user_id is not None else None
+    if user is None or not _hash_matches(data.get(HASH_SESSION_KEY), user):
+        return None
+    return SessionSignIn(user.pk, user.get_username(), user.is_active, _user_max(user), expires_at)
+
+
+def _user_max(user):
+    from .models import UserLimits
+
+    try:
+        return user.limits.max_connections
+    except UserLimits.DoesNotExist:
+        return settings.USER_DEFAULT_MAX_CONNECTIONS
+
+
 async def session_check(session_key, user_id) -> SessionCheck:
     """Whether `session_key` still signs in user `user_id`, with the user's
     cap and the session's expiry. Raises AccountsUnavailable when the
@@ -47,15 +96,10 @@ async def session_check(session_key, user_id) -> SessionCheck:
 def _session_check(session_key, user_id):
     from django.contrib.auth import get_user_model
 
-    from .models import UserLimits
-
     user = get_user_model().objects.select_related("limits").filter(pk=user_id).first()
     if user is None or not user.is_active:
         return SessionCheck(active=False, signed_in=False)
-    try:
-        user_max = user.limits.max_connections
-    except UserLimits.DoesNotExist:
-        user_max = settings.USER_DEFAULT_MAX_CONNECTIONS
+    user_max = _user_max(user)
     data, expires_at = _load(session_key)
     signed_in = (
         data is not None
@@ -75,8 +119,9 @@ def _load(session_key):
         return None, None
     model = getattr(store, "get_model_class", None)
     if model is not None:  # database-backed: the row's expiry is the truth
-        row = model().objects.filter(session_key=session_key, expire_date__gt=timezone.now()).first()
-        if row is None:
+        # By its key alone (one index lookup), the expiry compared here.
+        row = model().objects.filter(session_key=session_key).first()
+        if row is None or row.expire_date <= timezone.now():
             return None, None
         return store.decode(row.session_data), row.expire_date
     data = store.load()

@@ -7,9 +7,10 @@ socket is refused at once (accepted, one `error` frame, closed) when:
   loop is more than OVERLOAD_LAG seconds late (1013; the open ones keep
   streaming);
 - WS_MAX_UNAUTHENTICATED_PER_PROCESS sockets are not signed in yet (1013),
-  or WS_MAX_UNAUTHENTICATED_PER_IP of them come from its address (4100;
-  token and anonymous sockets only: a session's user is known already);
-  WS_AUTH_TIMEOUT closes the idle ones;
+  or WS_MAX_UNAUTHENTICATED_PER_IP of them come from its address (4100; an
+  IPv6 address by its network, `netaddr.address_group`); a session cookie
+  counts like a token until its check is done; WS_AUTH_TIMEOUT closes the
+  idle ones;
 - Redis is known to be down (`watchdog`: 1013);
 - the process is draining after SIGTERM (`drain`: 4200).
 Refusals are logged once per REFUSAL_LOG_INTERVAL with a count, never one
@@ -34,7 +35,7 @@ from stocktracker.lib.state import StateUnavailable
 
 from . import drain, gcplan, links, protocol
 from .metrics import REJECTIONS
-from .netaddr import scope_client_ip
+from .netaddr import address_group, scope_client_ip
 from .protocol import Refusal
 from .watchdog import watchdog
 
@@ -50,8 +51,8 @@ BACKEND_ERRORS = (StateUnavailable, RedisError, OSError, asyncio.TimeoutError)
 
 
 class Ticket:
-    """An admitted socket: its address (None for a session, not counted per
-    address) and, once its consumer runs, the consumer."""
+    """An admitted socket: its address as per-address caps count it, and,
+    once its consumer runs, the consumer."""
 
     __slots__ = ("__weakref__", "ip", "owner")
 
@@ -198,8 +199,8 @@ def guard(app):
         if scope["type"] != "websocket":
             return await app(scope, receive, send)
         gate = admission()
-        user = scope.get("user")
-        ticket = Ticket(None if user is not None and user.is_authenticated else scope_client_ip(scope))
+        # Every handshake, a session cookie's too, is signing in until its check is done.
+        ticket = Ticket(address_group(scope_client_ip(scope)))
         refused = gate.refusal(ticket)
         if refused is not None:
             await _refuse_handshake(scope, receive, send, *refused)
@@ -233,5 +234,6 @@ async def _refuse_handshake(scope, receive, send, reason, why):
         return
     admission().refused(reason, why, scope.get("path"))
     await send({"type": "websocket.accept"})
-    await send({"type": "websocket.send", "text": protocol.error_frame(reason.error, reason.message)})
+    text = protocol.error_frame(reason.error, reason.message, reason.retry_after)
+    await send({"type": "websocket.send", "text": text})
     await links.close(send, links.link_for(scope), int(reason.close))

@@ -2,6 +2,7 @@
 the socket's latest `snapshot` frame, under the same checks and budgets as a
 socket's sign-in."""
 
+from django.conf import settings
 from django.http import Http404, HttpResponse, JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
@@ -11,8 +12,9 @@ from stocktracker.lib import catalogue, keys
 from stocktracker.lib.state import StateUnavailable
 
 from . import authlimit, snapshots
-from .credentials import LIMITED, REJECTION, budgeted_check
+from .credentials import LIMITED, REJECTION, budgeted_check, session_grant
 from .netaddr import request_client_ip
+from .protocol import Refusal
 
 
 def _bearer(request):
@@ -30,33 +32,39 @@ def _api_error(status, code, message, **headers):
 @never_cache
 @require_GET
 async def snapshot(request, stream):
-    """The latest snapshot of `stream`. Auth: a logged-in session, or
-    `Authorization: Bearer <token>` (never ?token=), whose failures count
-    against the address's failed sign-in budget, as on the sockets."""
+    """The latest snapshot of `stream`. Auth: `Authorization: Bearer <token>`
+    (never ?token=), or the session cookie; either is checked as on the
+    sockets, under the address's failed sign-in budget and the database
+    timeouts."""
     if stream not in catalogue.STREAMS:
         raise Http404("unknown stream")
+    ip = request_client_ip(request)
     raw = _bearer(request)
-    if raw is not None:
-        try:
-            check = await budgeted_check(raw, stream, request_client_ip(request))
-        except AccountsUnavailable:
-            return _api_error(503, "unavailable", "sign-in is temporarily unavailable; retry later", Retry_After="5")
-        if check is LIMITED:  # the address used up its failed sign-in budget: no database work
-            reason = REJECTION["limited"]
-            return _api_error(reason.status, reason.error, reason.message, Retry_After=str(authlimit.retry_after()))
-        if not check.ok:
-            reason = REJECTION.get(check.reason, REJECTION["bad"])
-            return _api_error(
-                reason.status, reason.error, reason.message, WWW_Authenticate='Bearer error="invalid_token"'
-            )
-        member = keys.token(check.token_id)
-    else:
-        user = await request.auser()
-        if not user.is_authenticated:
+    session_key = request.COOKIES.get(settings.SESSION_COOKIE_NAME) if raw is None else None
+    try:
+        if raw is not None:
+            check = await budgeted_check(raw, stream, ip)
+            limited, refused = check is LIMITED, None if check.ok else check.reason
+        elif session_key:
+            # Not request.auser(): it would read the database for every forged cookie, unbudgeted.
+            grant, refused = await session_grant(session_key, ip)
+            limited = refused == "limited"
+        else:
             return _api_error(
                 401, "auth_required", "log in or send Authorization: Bearer <token>", WWW_Authenticate="Bearer"
             )
-        member = keys.user(user.pk)
+    except AccountsUnavailable:
+        return _api_error(503, "unavailable", "sign-in is temporarily unavailable; retry later", Retry_After="5")
+    if limited:  # the address used up its failed sign-in budget: no database work
+        reason = REJECTION["limited"]
+        return _api_error(reason.status, reason.error, reason.message, Retry_After=str(authlimit.retry_after()))
+    if refused is not None and raw is not None:
+        reason = REJECTION.get(refused, REJECTION["bad"])
+        return _api_error(reason.status, reason.error, reason.message, WWW_Authenticate='Bearer error="invalid_token"')
+    if refused is not None:
+        reason = Refusal.SESSION_INACTIVE if refused == "inactive" else Refusal.SIGNED_OUT
+        return _api_error(reason.status, reason.error, reason.message)
+    member = keys.token(check.token_id) if raw is not None else keys.user(grant.user_id)
     try:
         text = (await snapshots.latest_texts(member, [stream]))[stream]
     except StateUnavailable:

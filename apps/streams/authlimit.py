@@ -1,17 +1,19 @@
 """A budget of failed sign-ins per client address, shared by every process.
 
-A checksummed token costs an attacker nothing to forge, and each unknown one
-would cost us a database query. Once an address has used up its budget of
-failures in the current minute, its tokens are answered from the token cache
-only: a token this process knows still works (an office behind one address is
-not locked out by one bad client), and anything that would need the database
-is refused with 4008 before any database work.
+A checksummed token or a session cookie costs an attacker nothing to forge,
+and each unknown one would cost us a database query. A credential known to be
+real (`apps.accounts.known`: a live token's lookup prefix, a session that
+signed someone in) is always checked and never touches the budget, so an
+honest client is not refused for what others at its address did. Any other
+sign-in that needs the database first takes one unit of its address's budget
+(one atomic INCR, so concurrent attempts cannot overshoot it) and gives it
+back when the credential was real. Once the budget of the current minute is
+used up, such sign-ins are refused with 4101 and a retry hint, before any
+database work.
 
-One fixed window per address in shared state. A sign-in that needs the
-database first takes one unit of the budget (one atomic INCR, so concurrent
-attempts cannot overshoot it) and gives it back when the token was real. If
-Redis cannot answer, the budget is not enforced: the watchdog refuses connects
-while Redis is down.
+Addresses are counted as `netaddr.address_group` names them (an IPv6 client
+by its /64). One fixed window per address, in shared state; while Redis
+cannot answer, in this process (each process then allows the budget once).
 """
 
 import math
@@ -20,13 +22,17 @@ import time
 from django.conf import settings
 
 from stocktracker.lib import keys
-from stocktracker.lib.state import StateUnavailable, get_state
+from stocktracker.lib.state import MemoryState, StateUnavailable, get_state
+
+from .netaddr import address_group
 
 WINDOW_S = 60
 
+_local = MemoryState()  # the budget while Redis cannot answer
+
 
 def _key(ip):
-    return keys.auth_failures(ip, int(time.time() // WINDOW_S))
+    return keys.auth_failures(address_group(ip), int(time.time() // WINDOW_S))
 
 
 def retry_after() -> int:
@@ -34,18 +40,23 @@ def retry_after() -> int:
     return max(1, math.ceil(WINDOW_S - time.time() % WINDOW_S))
 
 
-async def reserve(ip) -> bool:
-    """Take one database lookup from `ip`'s budget this minute; False when none is left."""
+async def reserve(ip):
+    """Take one database lookup from `ip`'s budget this minute: what was
+    taken (pass it to `refund`), or None when none is left."""
+    key = _key(ip)
+    store = get_state()
     try:
-        used = await get_state().counter_incr(_key(ip), WINDOW_S * 2)
+        used = await store.counter_incr(key, WINDOW_S * 2)
     except StateUnavailable:
-        return True
-    return used <= settings.WS_AUTH_FAILURES_PER_MINUTE
+        store = _local
+        used = await store.counter_incr(key, WINDOW_S * 2)
+    return (store, key) if used <= settings.WS_AUTH_FAILURES_PER_MINUTE else None
 
 
-async def refund(ip) -> None:
-    """Give back a lookup that found a real token: only failures use up the budget."""
+async def refund(taken) -> None:
+    """Give back a lookup that found a real credential: only failures use up the budget."""
+    store, key = taken
     try:
-        await get_state().counter_decr(_key(ip))
+        await store.counter_decr(key)
     except StateUnavailable:
         pass

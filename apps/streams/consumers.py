@@ -263,7 +263,7 @@ class StreamConsumer(AsyncWebsocketConsumer):
             "token_prefix": prefix,
         }
         log.warning("refused stream=%s ip=%s code=%s reason=%s user=%s token_prefix=%s", *fields.values(), extra=fields)
-        await self._say(protocol.error_frame(reason.error, reason.message))
+        await self._say(protocol.error_frame(reason.error, reason.message, reason.retry_after))
         await links.close(self.base_send, self.subscriber.link, code)
         await self.cleanup()
 

@@ -9,9 +9,9 @@ What a handshake presents is read by `signin`.
 
 import asyncio
 
-from apps.accounts import tokens
+from apps.accounts import known, tokens
 from apps.accounts.auth import TokenCheck, check_token, recheck_token, session_user_check
-from apps.accounts.sessions import SessionCheck, session_check
+from apps.accounts.sessions import SessionCheck, session_check, session_sign_in
 from stocktracker.lib import keys
 
 from . import authlimit
@@ -92,33 +92,41 @@ LIMITED = TokenCheck(reason="limited")
 
 async def budgeted_check(raw, stream, ip):
     """`check_token` under `ip`'s failed sign-in budget (sockets and the REST
-    snapshot alike): an address over its budget gets only what the token cache
-    can answer, and anything needing the database is `LIMITED`, unasked.
+    snapshot alike; see `authlimit`): a token whose prefix is known to be
+    real is always checked; any other that needs the database takes a unit
+    of the budget first, and past it is `LIMITED`, unasked.
 
-    Concurrent checks of one token on one stream share one reservation and one
-    database check (a reconnect storm of a real, uncached token takes one unit
-    at a time, never the whole budget). Keyed by the token's digest: a forgery
-    that shares a real token's lookup prefix never shares its answer."""
+    Concurrent checks of one token on one stream share one check (a
+    reconnect storm of a real, uncached token takes one unit at a time,
+    never the whole budget). Keyed by the token's digest: a forgery that
+    shares a real token's lookup prefix never shares its answer."""
     check = await check_token(raw, stream, ip, load=False)
     if check is not None:
         return check
     key = (tokens.digest(raw), stream)
-    return await shared("budgeted", key, lambda: _reserved_check(raw, stream, ip))
+    return await shared("budgeted", key, lambda: _budgeted_check(raw, stream, ip))
 
 
-async def _reserved_check(raw, stream, ip):
-    # The database must answer: that costs the address one unit of its budget,
-    # given back unless the token is unknown.
-    if not await authlimit.reserve(ip):
+async def _budgeted_check(raw, stream, ip):
+    if await known.token_known(tokens.lookup_prefix(raw)):
+        return await check_token(raw, stream, ip)
+    return await _within_budget(ip, lambda: check_token(raw, stream, ip), lambda check: check.reason == "bad")
+
+
+async def _within_budget(ip, check, failed):
+    """`await check()` for one unit of `ip`'s budget, given back unless
+    `failed(result)`; LIMITED, unasked, when no unit is left."""
+    taken = await authlimit.reserve(ip)
+    if taken is None:
         return LIMITED
     try:
-        check = await check_token(raw, stream, ip)
+        result = await check()
     except BaseException:
-        await authlimit.refund(ip)
+        await authlimit.refund(taken)
         raise
-    if check.reason != "bad":
-        await authlimit.refund(ip)
-    return check
+    if not failed(result):
+        await authlimit.refund(taken)
+    return result
 
 
 async def token_grant(raw, stream, ip):
@@ -143,26 +151,43 @@ async def token_grant(raw, stream, ip):
     )
 
 
-async def session_grant(user, session_key=None):
-    """A Grant for the session's user (already loaded by the auth middleware),
-    with the user's cap and the session's expiry as its deadline; None if the
-    user is gone or inactive, or the session no longer signs them in."""
-    if not session_key:
-        active, user_max = await session_user_check(user.id)
-        if not active:
-            return None
-        return Grant(user_id=user.id, username=user.get_username(), user_max=user_max)
-    check = await session_check(session_key, user.id)
-    if not (check.active and check.signed_in):
-        return None
-    return Grant(
-        user_id=user.id,
-        username=user.get_username(),
-        user_max=check.user_max,
-        deadline=check.expires_at.timestamp() if check.expires_at else None,
-        session=keys.session_name(session_key),
-        session_key=session_key,
+async def session_grant(session_key, ip):
+    """(Grant, None) for the user the session cookie `session_key` signs in,
+    with the user's cap and the session's expiry as its deadline; or (None,
+    reason): 'signed_out' (the session signs nobody in: forged, expired,
+    logged out), 'inactive' (its user is deactivated), 'limited' (`ip` is
+    over its failed sign-in budget). A session that signed someone in before
+    is always checked; any other takes a unit of the budget, a forgery keeps
+    it. Concurrent sign-ins of one session share one check."""
+    name = keys.session_name(session_key)
+    found = await shared("session", name, lambda: _session_sign_in(session_key, name, ip))
+    if found is LIMITED:
+        return None, "limited"
+    if found is None:
+        return None, "signed_out"
+    if not found.active:
+        return None, "inactive"
+    return (
+        Grant(
+            user_id=found.user_id,
+            username=found.username,
+            user_max=found.user_max,
+            deadline=found.expires_at.timestamp() if found.expires_at else None,
+            session=name,
+            session_key=session_key,
+        ),
+        None,
     )
+
+
+async def _session_sign_in(session_key, name, ip):
+    if await known.session_known(name):
+        found = await session_sign_in(session_key)
+    else:
+        found = await _within_budget(ip, lambda: session_sign_in(session_key), lambda found: found is None)
+    if found is not None and found is not LIMITED:
+        await known.learn_session(name, found.expires_at)
+    return found
 
 
 async def _check(key, grant):

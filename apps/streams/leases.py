@@ -27,6 +27,8 @@ from stocktracker.lib import keys
 from stocktracker.lib.aio import PerLoop, running
 from stocktracker.lib.state import StateUnavailable, get_state
 
+from .netaddr import address_group
+
 log = logging.getLogger("apps.streams")
 
 RELEASE_TIMEOUT = 1.0  # how long a closing socket waits for its release (it goes on after)
@@ -41,13 +43,14 @@ def limits_for(ip, stream, grant):
     against its user's cap and its session's, so twenty staff behind one
     office address can each keep the dashboard open."""
     limits = [(keys.subscribers(stream), None)]
+    per_ip = (keys.ip(address_group(ip)), settings.WS_MAX_CONNECTIONS_PER_IP)
     if grant.token_id is not None:
-        limits.insert(0, (keys.ip(ip), settings.WS_MAX_CONNECTIONS_PER_IP))
+        limits.insert(0, per_ip)
         limits.append((keys.token(grant.token_id), grant.token_max))
     elif grant.session is not None:
         limits.append((keys.session(grant.session), settings.WS_MAX_CONNECTIONS_PER_SESSION))
     else:  # a session socket whose session has no key: nothing narrower than the address to count by
-        limits.insert(0, (keys.ip(ip), settings.WS_MAX_CONNECTIONS_PER_IP))
+        limits.insert(0, per_ip)
     limits.append((keys.user(grant.user_id), grant.user_max))
     return limits
 

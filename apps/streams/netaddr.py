@@ -53,6 +53,22 @@ def client_ip_from(peer, forwarded=(), trusted=None):
     return client  # every hop is a trusted proxy: the leftmost one
 
 
+def address_group(address):
+    """What per-address limits count `address` as: an IPv6 address by its
+    /WS_IPV6_PREFIX network ("2001:db8:1:2::/64"; one subscriber holds a
+    whole /64, so each of its addresses would otherwise be a budget of its
+    own), an IPv4 address (or an IPv4-mapped IPv6 one) as itself."""
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return address
+    if ip.version == 6:
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{ip}/{settings.WS_IPV6_PREFIX}", strict=False))
+    return str(ip)
+
+
 def scope_client_ip(scope):
     """`client_ip_from` for an ASGI scope."""
     peer = (scope.get("client") or [None])[0]

@@ -30,6 +30,9 @@ class Close(IntEnum):
     ABUSE = 4008
     KICKED = 4009  # disconnected by staff from the live-sessions admin
     OVER_LIMIT = 4100
+    # Too many failed sign-ins from the client's address: retry after the
+    # `error` frame's `retry_after` seconds (a known credential is never refused so).
+    SIGN_IN_LIMITED = 4101
     TOO_SLOW = 4103
     RESTARTING = 4200
     TRY_AGAIN_LATER = 1013
@@ -37,12 +40,15 @@ class Close(IntEnum):
 
 class Reason(NamedTuple):
     """Why a client is refused or closed: the WebSocket close code, the HTTP
-    status the REST snapshot answers with, the `error` frame's code and message."""
+    status the REST snapshot answers with, the `error` frame's code and
+    message; `retry_after`: seconds before a retry can succeed, when known
+    (the `error` frame's `retry_after`, the REST `Retry-After`)."""
 
     close: int
     status: int
     error: str
     message: str
+    retry_after: int | None = None
 
 
 class Refusal:
@@ -64,7 +70,9 @@ class Refusal:
     EXPIRED = Reason(Close.EXPIRED, 401, "token_expired", "token expired")
     TOO_LARGE = Reason(Close.ABUSE, 413, "too_large", "message too large")
     FLOODING = Reason(Close.ABUSE, 429, "flooding", "too many messages")
-    LIMITED = Reason(Close.ABUSE, 429, "too_many_failures", "too many failed sign-ins from this address; retry later")
+    LIMITED = Reason(
+        Close.SIGN_IN_LIMITED, 429, "too_many_failures", "too many failed sign-ins from this address; retry later"
+    )
     KICKED = Reason(Close.KICKED, 403, "disconnected", "disconnected by an operator")
     OVER_LIMIT = Reason(Close.OVER_LIMIT, 429, "over_limit", "too many connections")
     LIMIT_LOWERED = Reason(Close.OVER_LIMIT, 429, "over_limit", "connection limit lowered")
@@ -84,7 +92,8 @@ def refusal_table() -> list[dict]:
     for name, reason in vars(Refusal).items():
         if isinstance(reason, Reason) and (reason.close, reason.error) not in seen:
             seen.add((reason.close, reason.error))
-            rows.append({"name": name, **reason._asdict(), "close": int(reason.close)})
+            fields = {key: value for key, value in reason._asdict().items() if key != "retry_after"}
+            rows.append({"name": name, **fields, "close": int(reason.close)})
     return rows
 
 
@@ -234,5 +243,8 @@ def pong_frame() -> str:
     return dumps({"type": "pong", "server_time_ms": now_ms()})
 
 
-def error_frame(code: str, message: str) -> str:
-    return dumps({"type": "error", "code": code, "message": message})
+def error_frame(code: str, message: str, retry_after: int | None = None) -> str:
+    frame = {"type": "error", "code": code, "message": message}
+    if retry_after is not None:
+        frame["retry_after"] = retry_after
+    return dumps(frame)

@@ -124,8 +124,25 @@ def last_used_claim(token_id) -> str:
 
 
 def auth_failures(address, window) -> str:
-    """Failed sign-ins of one address in one fixed window."""
+    """Failed sign-ins of one address (an IPv6 one by its network) in one fixed window."""
     return f"authfail:{address}:{window}"
+
+
+# Sets of credentials known to be real (`known`): lookup prefixes of tokens,
+# names of browser sessions that signed in.
+KNOWN_TOKENS = "token-prefixes"
+KNOWN_SESSIONS = "sessions"
+
+
+def known_complete(name) -> str:
+    """The generation whose presence says the known set `name` holds every
+    member the database has (it was rebuilt since Redis last lost it)."""
+    return f"known-complete:{name}"
+
+
+def known_rebuild(name) -> str:
+    """The claim of the process that rebuilds the known set `name`."""
+    return f"known-rebuild:{name}"
 
 
 # --- shared-state keys (Redis) ------------------------------------------------
@@ -183,3 +200,7 @@ def claim(name) -> str:
 
 def counter(name) -> str:
     return f"{PREFIX}count:{name}"
+
+
+def known(name) -> str:
+    return f"{PREFIX}known:{name}"

@@ -1,6 +1,7 @@
 """A reconnect storm (and the re-checks of open sockets) is served from the
 cache; every change is seen at once."""
 
+import time
 from datetime import timedelta
 
 import pytest
@@ -258,6 +259,16 @@ def test_a_cache_only_check_answers_known_tokens_and_declines_the_rest(owner_tok
         assert check(tokens.generate(), "market", load=False) is None
         assert check("stk_not-even-well-formed", "market", load=False).reason == "bad"
     assert len(queries) == 0
+
+
+def test_a_cache_only_check_declines_a_copy_older_than_the_cache_ttl(owner_token):
+    token, raw = owner_token
+    cache = TokenCache(ttl=0.2)
+    run_check(raw, cache=cache), run_check(raw, cache=cache)
+    type(token).objects.filter(pk=token.pk).update(revoked_at=token.created_at)  # no announcement
+    time.sleep(0.3)
+    assert async_to_sync(cache.check)(raw, "market", load=False) is None  # needs the database now
+    assert run_check(raw, cache=cache).reason == "revoked"
 
 
 def _forget_generation(token):

@@ -45,7 +45,7 @@ def test_forged_bearer_tokens_on_the_snapshot_api_use_up_the_budget_and_then_get
     before = _token_table_scans()
     answers = [get(url, tokens.generate()) for _ in range(FORGED)]
     real_status, _, frame = get(url, raw)
-    # The same address is over budget on the sockets too: a forged token there gets 4008 unchecked.
+    # The same address is over budget on the sockets too: a forged token there gets 4101 unchecked.
     socket_code = asyncio.run(_socket_close(f"{web.ws_url}/ws/market", tokens.generate()))
     time.sleep(1.5)
     lookups = _token_table_scans() - before
@@ -59,7 +59,7 @@ def test_forged_bearer_tokens_on_the_snapshot_api_use_up_the_budget_and_then_get
     assert 1 <= int(headers["Retry-After"]) <= 60
     assert lookups <= BUDGET + 1, f"{lookups} token lookups for {FORGED} forged tokens"
     assert real_status == 200 and frame["type"] == "snapshot", "a known token is still served"
-    assert socket_code == 4008
+    assert socket_code == 4101
 
 
 async def _socket_close(url, raw):

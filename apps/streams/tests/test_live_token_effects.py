@@ -203,13 +203,13 @@ async def test_the_periodic_recheck_closes_a_deactivated_users_session_when_the_
 
 
 async def test_a_session_of_a_user_deleted_before_the_connect_finishes_is_refused(owner, monkeypatch):
-    original = credentials.session_check
+    original = credentials.session_sign_in
 
-    async def deleted_meanwhile(session_key, user_id):
-        await sync_to_async(get_user_model().objects.filter(pk=user_id).delete)()
-        return await original(session_key, user_id)
+    async def deleted_meanwhile(session_key):
+        await sync_to_async(get_user_model().objects.filter(pk=owner.pk).delete)()
+        return await original(session_key)
 
-    monkeypatch.setattr(credentials, "session_check", deleted_meanwhile)
+    monkeypatch.setattr(credentials, "session_sign_in", deleted_meanwhile)
     comm = communicator(headers=[await session_cookie(owner), (b"origin", ORIGIN.encode())])
     await comm.connect()
     code, _ = await closed_with(comm)

@@ -99,8 +99,12 @@ async def test_one_address_holds_at_most_the_per_ip_cap_of_sockets_not_signed_in
         idle.append(other)
         with pytest.raises(TimeoutError):
             await close_code(other, timeout=0.5)  # accepted, waiting for its `auth` message
-        # The office's dashboards on the same address are signed in by their session: not held up either.
+        # A session cookie is signing in like any other socket until its check is done: held up too.
         headers = {"Cookie": cookie, "Origin": server.http_url}
+        async with websockets.connect(url, additional_headers=headers, open_timeout=5) as dashboard:
+            code, frames = await close_code(dashboard, timeout=1.5)
+        assert (code, frames[-1]["code"]) == (4100, "over_limit"), (code, frames)
+        headers["X-Forwarded-For"] = "10.1.1.2"  # the same session from elsewhere
         async with websockets.connect(url, additional_headers=headers, open_timeout=5) as dashboard:
             assert (await recv_json(dashboard))["type"] == "welcome"
     finally:

@@ -1,7 +1,9 @@
 """Small shared values: generations (cache invalidation), claims (once per
 interval on any process), windowed counters (budgets), values set once (the
-first writer wins), plain values, and the store's incarnation."""
+first writer wins), plain values, the store's incarnation, and sets of known
+names whose members each run out at their own time."""
 
+import math
 import secrets
 import time
 
@@ -29,6 +31,7 @@ class MemoryCounters:
         self._counters = {}  # name -> (value, expiry)
         self._values = {}
         self._store = _new_generation()  # the process is the store: it lasts as long as the process
+        self._known = {}  # name -> {member: epoch seconds it runs out}
 
     async def generation_get(self, name):
         """The current generation of `name` (an opaque string), or None."""
@@ -82,6 +85,24 @@ class MemoryCounters:
     async def store_incarnation(self):
         """An opaque value that changes only when the store lost its data."""
         return self._store
+
+    async def known_add(self, name, members):
+        """Add `members` ({member: epoch seconds it runs out, or None for never})
+        to the set `name`; a member keeps the later of two ends."""
+        table = self._known.setdefault(name, {})
+        for member, until in members.items():
+            until = math.inf if until is None else until
+            table[member] = max(until, table.get(member, -math.inf))
+        if len(table) > MEMORY_BOUND:
+            now = time.time()
+            for old in [m for m, until in table.items() if until <= now]:
+                del table[old]
+
+    async def known_until(self, name, member):
+        """When `member` of the set `name` runs out (epoch seconds, inf for
+        never), or None if it is not there or ran out."""
+        until = self._known.get(name, {}).get(member)
+        return until if until is not None and until > time.time() else None
 
 
 class RedisCounters:
@@ -142,3 +163,21 @@ class RedisCounters:
         a process that sees it change knows that every lease and entry it
         wrote is gone (`apps.streams.sessions` writes them again)."""
         return await self.first_value(keys.STORE, _new_generation())
+
+    async def known_add(self, name, members):
+        """Add `members` ({member: epoch seconds it runs out, or None for never})
+        to the set `name` (a sorted set scored by that time); a member keeps
+        the later of two ends. Members that ran out are swept on the way."""
+        if not members:
+            return
+        scores = {member: ("+inf" if until is None else until) for member, until in members.items()}
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.zadd(keys.known(name), scores, gt=True)  # GT adds new members too
+            pipe.zremrangebyscore(keys.known(name), "-inf", time.time())
+            await self._call(pipe.execute())
+
+    async def known_until(self, name, member):
+        """When `member` of the set `name` runs out (epoch seconds, inf for
+        never), or None if it is not there or ran out."""
+        until = await self._call(self.redis.zscore(keys.known(name), member))
+        return until if until is not None and until > time.time() else None
