@@ -13,12 +13,10 @@ from asgiref.sync import sync_to_async
 from apps.accounts import tokens
 from apps.accounts.models import ApiToken
 
-from . import test_faults as faults
 from .test_forged_token_flood import _token_table_scans
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-own_redis = faults.own_redis  # the fixture: a redis-server of the test's own
 BUDGET = 5
 FORGED = 40
 
