@@ -300,6 +300,16 @@ class FakeHub:
         return times
 
 
+def broadcast_frame(messages, cursor="d-0,0|B,0|C,1"):
+    """One SignalR frame of Broadcast calls as SSI sends them: `A[0]` a JSON
+    string whose `Content` is a JSON string again."""
+    calls = [
+        {"H": HUB, "M": "Broadcast", "A": [json.dumps({"DataType": kind, "Content": json.dumps(content)})]}
+        for kind, content in messages
+    ]
+    return json.dumps({"C": cursor, "M": calls})
+
+
 async def _send(link, text):
     try:
         await link.ws.send(text)
