@@ -147,6 +147,8 @@ class SSIClient:
         self.clock = clock
         self.token = None
         self.refresh_at = 0.0
+        self.expires_at = 0.0  # the token's exp (on `clock`)
+        self.fetched_at = -float("inf")
         self.requests = 0  # HTTP requests sent, token requests included
         self._token_lock = asyncio.Lock()  # REST and the hub's links share one token
 
@@ -179,6 +181,7 @@ class SSIClient:
             now = self.clock()
             exp = jwt_exp(token) or now + 1800  # unreadable exp: assume half an hour
             self.token = token
+            self.expires_at, self.fetched_at = exp, now
             self.refresh_at = exp - min(REFRESH_MARGIN_S, max(0.0, (exp - now) / 2))
             if exp > now:
                 break
