@@ -51,7 +51,7 @@ def test_the_foreign_payload_has_exactly_the_documented_fields(data):
     assert set(payload["vn30"]) == set(payload["board"]) == keys("FlowTotals")
     assert all(set(row) == keys("TopEntry") for row in payload["top_buyers"] + payload["top_sellers"])
     assert all(set(row) == keys("ForeignRow") for row in payload["rows"])
-    assert set(payload["speed"]) == set(SCHEMAS["ForeignData"]["properties"]["speed"]["required"])
+    assert set(payload["speed"]) == set(SCHEMAS["ForeignSpeed"]["required"])
 
 
 def test_the_index_payload_has_exactly_the_documented_fields(data):
@@ -70,3 +70,17 @@ def test_snapshot_and_feed_frames_have_the_documented_envelopes():
     assert set(frame) == keys("SnapshotEnvelope")
     feed = json.loads(protocol.feed_frame("stale", since_ms=1, detail="x"))
     assert set(feed) == keys("Feed") and feed["state"] in SCHEMAS["FeedState"]["enum"]
+
+
+def test_the_topic_rows_have_exactly_the_documented_fields():
+    from stocktracker.lib import catalogue
+
+    assert tuple(SCHEMAS["QuoteRow"]["required"]) == catalogue.QUOTE_FIELDS
+    assert set(SCHEMAS["QuoteRow"]["properties"]) == set(catalogue.QUOTE_FIELDS)
+    assert tuple(SCHEMAS["IndexRow"]["required"]) == catalogue.INDEX_FIELDS
+    assert set(SCHEMAS["ForeignTopicData"]["required"]) == set(catalogue.FOREIGN_FIELDS)
+    assert set(SCHEMAS["StatusData"]["required"]) == {"trading_date", *catalogue.EXCHANGES}
+    assert SCHEMAS["QuoteRow"]["properties"]["exchange"]["enum"] == list(catalogue.EXCHANGES)
+    assert SCHEMAS["QuoteRow"]["properties"]["type"]["enum"] == list(catalogue.INSTRUMENT_TYPES)
+    described = SCHEMAS["TopicSnapshot"]["description"]
+    assert all(group in described for group in catalogue.BOARD_GROUPS + catalogue.FOREIGN_GROUPS)

@@ -168,3 +168,25 @@ async def test_the_worker_publishes_topics_while_someone_follows_one():
     assert (await _latest("quote:FPT"))["seq"] == 1  # FPT did not change: not published again
     await feed.cycle()  # nothing changed: nothing published
     assert (await _latest("board:VN30"))["seq"] == 2
+
+
+async def test_every_published_topic_frame_matches_the_document():
+    from tests.asyncapi import validator
+
+    source = BoardSource(Clock(MORNING))
+    feed = Feed(source, elect=True)
+    assert await get_state().lease_acquire("poll-1", [(keys.TOPIC_SUBSCRIBERS, None)], 60) == 0
+    await feed.cycle()
+    for symbol, price in (("FPT", 99000.0), ("SHS", 17300.0), ("41I1GC000", 2093.0)):
+        source.board.apply("X-TRADE", {"Symbol": symbol, "LastPrice": price, "TotalVol": 7000.0, "Side": "BU"})
+        source.board.apply("R", {"Symbol": symbol, "BuyVol": 100.0, "SellVol": 50.0, "BuyVal": 9e6, "SellVal": 4e6})
+    source.board.apply("MI", {"IndexId": "VN30", "IndexValue": 2090.1, "PriorIndexValue": 2080.0})
+    await feed.cycle()
+    snapshots, deltas = validator("/components/schemas/TopicSnapshot"), validator("/components/schemas/TopicDelta")
+    topics = [*(f"board:{g}" for g in ("VN30", "HOSE", "HNX", "FU")), "quote:FPT", "quote:41I1GC000"]
+    topics += ["index:VN30", "foreign:VN30", "foreign:HOSE", "status"]
+    for topic in topics:
+        frame = await _latest(topic)
+        assert not [e.message for e in snapshots.iter_errors(frame)], topic
+        for text in await get_state().topic_window(topic):
+            assert not [e.message for e in deltas.iter_errors(json.loads(text))], topic
