@@ -33,6 +33,7 @@ def manage(*args, **env):
         ("REDIS_SOCKET_TIMEOUT", "forever"),
         ("REDIS_CONNECT_TIMEOUT", "0"),
         ("MARKET_OPEN_DATES", "24/11/2026"),
+        ("SSI_HUB_SYMBOLS_PER_LINK", "0"),
         ("MARKET_CLOSED_DATES", "2026-13-01"),
     ],
 )

@@ -252,6 +252,7 @@ class HubChannel:
                     reason = await self._session(http)
                     self.reason_detail = "rotating to a fresh token"
                 except asyncio.CancelledError:
+                    reason = "stopped"
                     raise
                 except HubAuthRefused as exc:
                     reason = "auth_refused"

@@ -114,6 +114,9 @@ class Feed:
             self.failures, self.failing_since = 0, None
             self.last_data = None
             return {}  # zero-cost idle: no upstream request, nothing built or serialized
+        want_topics = getattr(self.source, "want_topics", None)
+        if want_topics is not None:
+            want_topics(topics_wanted)  # the SSI hub then carries the whole market
         data = await self.source.fetch(needs)
         self.stats["fetches"] += 1
         day = data.trading_date.isoformat()

@@ -202,6 +202,23 @@ class SyntheticMarket:
             "Symbol": symbol, "Time": None,
         }  # fmt: skip
 
+    def index_row(self, code, day):
+        """A DailyIndex row of an index the simulator does not move."""
+        rng = random.Random(f"{code}:{day.isoformat()}")
+        name, _, kind, members = self.indices[code]
+        prior = round(rng.uniform(500, 2500), 2)
+        value = round(prior * (1 + rng.uniform(-0.015, 0.015)), 2)
+        advances = rng.randint(0, len(members))
+        declines = rng.randint(0, len(members) - advances)
+        return {
+            "IndexId": code, "IndexValue": str(value), "TradingDate": _ssi_date(day), "Time": None,
+            "Change": f"{value - prior:.2f}", "RatioChange": f"{(value - prior) * 100 / prior:.2f}",
+            "TotalTrade": "0", "TotalMatchVol": str(rng.randrange(10**6, 10**8)),
+            "TotalMatchVal": str(rng.randrange(10**10, 10**13)), "TypeIndex": kind, "IndexName": name,
+            "Advances": str(advances), "NoChanges": str(len(members) - advances - declines),
+            "Declines": str(declines), "Ceilings": "0", "Floors": "0", "TradingSession": None,
+        }  # fmt: skip
+
 
 def _price(rng, exchange):
     price = math.exp(rng.uniform(math.log(2_500), math.log(120_000)))

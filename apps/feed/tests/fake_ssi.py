@@ -309,6 +309,9 @@ class FakeSSI:
         data = self._snapshot()
         code = params.get("indexid", "")
         row = next((r for c, r in data.indices.items() if c.lower() == code.lower()), None)
+        listed = next((c for c in self.market.indices if c.lower() == code.lower()), None)
+        if row is None and listed is not None:
+            row = self.market.index_row(listed, data.trading_date)
         if row is None or not self._same_day(data, params):
             return self._page([], params)
         text = {key: (ssi_text(v) if isinstance(v, int | float) else v) for key, v in row.items()}
