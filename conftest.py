@@ -44,9 +44,9 @@ def _reset_layers():
 def clean_shared_state():
     """Every test starts with an empty Redis and fresh layer/state objects."""
     if settings.REDIS_URL:
-        import redis
+        from stocktracker.lib import redis as redis_lib
 
-        client = redis.Redis.from_url(settings.REDIS_URL)
+        client = redis_lib.sync_client()
         client.flushdb()
         client.close()
     _reset_layers()
@@ -116,6 +116,21 @@ def wait_for_port(port, proc, timeout=30.0, log_path=None):
 
 ASGI_APP = "stocktracker.asgi:application"
 
+
+def procfile_daphne_flags():
+    """The Procfile's `web:` daphne flags, less the address, port and application (the fixture sets those)."""
+    line = next(x for x in (ROOT / "Procfile").read_text().splitlines() if x.startswith("web:"))
+    words = line.removeprefix("web:").split()
+    assert words[0] == "daphne" and words[-1] == ASGI_APP, line
+    flags, rest = [], iter(words[1:-1])
+    for word in rest:
+        if word in ("--bind", "-b", "--port", "-p"):
+            next(rest)
+        else:
+            flags.append(word)
+    return flags
+
+
 # A runworker on the simulator, stepping fast enough for a test to see changes.
 WORKER_ENV = {
     "FEED_SOURCE": "simulator",
@@ -162,11 +177,15 @@ class Processes:
         self.procs.append(proc)
         return proc
 
-    def daphne(self, *args, app=ASGI_APP, **env):
-        """A daphne process; `args` are extra daphne flags (e.g. "-v", "2")."""
+    def daphne(self, *args, app=ASGI_APP, procfile=True, **env):
+        """A daphne process with the Procfile's `web:` flags, as production runs
+        it, on a free loopback port. `args` are extra daphne flags, after those
+        (e.g. "-v", "2"; of a flag given twice the last wins); `procfile=False`:
+        daphne's own defaults instead of the Procfile's flags."""
         port = free_port()
+        flags = procfile_daphne_flags() if procfile else []
         proc = self._start(
-            [sys.executable, "-m", "daphne", "-b", "127.0.0.1", "-p", str(port), *args, app],
+            [sys.executable, "-m", "daphne", *flags, "-b", "127.0.0.1", "-p", str(port), *args, app],
             "daphne",
             self.env(**env),
         )

@@ -1,4 +1,4 @@
-"""ASGI entry point: HTTP through Django; websockets through the daphne port,
+"""ASGI entry point: HTTP through the probes and Django; websockets through the daphne port,
 session auth (cookie handshakes only) and admission to the streams."""
 
 import os
@@ -12,6 +12,7 @@ from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from apps.feed.embedded import EmbeddedFeed  # noqa: E402
 from apps.streams.admission import guard  # noqa: E402
+from apps.streams.health import probes  # noqa: E402
 from apps.streams.port import expose_transport  # noqa: E402
 from apps.streams.routing import websocket_urlpatterns  # noqa: E402
 from apps.streams.signin import session_auth_when_cookie  # noqa: E402
@@ -19,7 +20,7 @@ from apps.streams.signin import session_auth_when_cookie  # noqa: E402
 application = EmbeddedFeed(
     ProtocolTypeRouter(
         {
-            "http": django_asgi_app,
+            "http": probes(django_asgi_app),
             # Outermost: sees daphne's own `send` (back-pressure and protocol pings).
             "websocket": expose_transport(session_auth_when_cookie(guard(URLRouter(websocket_urlpatterns)))),
         }

@@ -156,43 +156,70 @@ LOGOUT_REDIRECT_URL = "login"
 # --- Channel layer and shared state ----------------------------------------
 
 # No REDIS_URL: embedded mode (in-memory layer, in-process limits, feed inside
-# the web process). With it: everything shared lives in Redis.
-REDIS_URL = env.str("REDIS_URL", default="")
+# the web process). With it: everything shared lives in Redis, either one
+# server (redis://, rediss://, unix://) or a master found through Sentinel:
+# redis+sentinel://[[user]:password@]host:port[,host:port...]/service_name[/db]
+# (stocktracker/lib/redis.py builds every client from it).
+REDIS_URL = env.str("REDIS_URL", default="").strip()
 EMBEDDED = not REDIS_URL
+# The Sentinels' own password (`requirepass` in sentinel.conf); the master's is in REDIS_URL.
+REDIS_SENTINEL_PASSWORD = env.str("REDIS_SENTINEL_PASSWORD", default="")
+_behind_sentinel = False
+if REDIS_URL:
+    from stocktracker.lib import redis as _redis_lib
+
+    try:
+        _behind_sentinel = _redis_lib.parse_url(REDIS_URL).behind_sentinel
+    except ValueError as exc:
+        raise ImproperlyConfigured(f"REDIS_URL={_redis_lib.redact(REDIS_URL)!r} {exc}") from None
+if REDIS_SENTINEL_PASSWORD and not _behind_sentinel:
+    raise ImproperlyConfigured(
+        "REDIS_SENTINEL_PASSWORD is set but REDIS_URL is not a redis+sentinel:// URL: "
+        "the master's password goes into REDIS_URL; REDIS_SENTINEL_PASSWORD is only the Sentinels' own."
+    )
 CHANNEL_LAYER = _choice("CHANNEL_LAYER", "pubsub", ("pubsub", "core"))
 # Every Redis connection the app opens (shared state, channel layer, the
-# watchdog's own, the worker's) gives up on a reply after REDIS_SOCKET_TIMEOUT
-# and on a connect after REDIS_CONNECT_TIMEOUT: a paused or stalled Redis must
-# become a quick 1013, never a hang.
+# watchdog's own, the worker's, and those to the Sentinels) gives up on a
+# reply after REDIS_SOCKET_TIMEOUT and on a connect after REDIS_CONNECT_TIMEOUT:
+# a paused or stalled Redis must become a quick 1013, never a hang.
 REDIS_SOCKET_TIMEOUT = _positive("REDIS_SOCKET_TIMEOUT", "float", 2.0, minimum=0.1)
 REDIS_CONNECT_TIMEOUT = _positive("REDIS_CONNECT_TIMEOUT", "float", 2.0, minimum=0.1)
+# Seconds Redis may fail every check (counted from the first failed one)
+# before a web process closes all its sockets with 1013 (new ones are refused
+# from the first failed check). Behind Sentinel the default outlasts a
+# failover: Sentinel's default down-after-milliseconds (30 s), then the
+# election and the promotion (a few seconds), with room for one slow vote. One
+# server has no failover to wait for: 5 s is three failed checks of a hung
+# Redis (the watchdog's 10 s worst case).
+REDIS_DOWN_AFTER = _positive("REDIS_DOWN_AFTER", "float", 45.0 if _behind_sentinel else 5.0, minimum=2)
 # The core layer's receive blocks in Redis for up to 5 s (BZPOPMIN), so its
 # replies may take that long on top of the timeout.
 _CORE_BLOCK = 5
-_LAYER_HOST = {
-    "address": REDIS_URL,
-    "socket_timeout": REDIS_SOCKET_TIMEOUT + (_CORE_BLOCK if CHANNEL_LAYER == "core" else 0),
-    "socket_connect_timeout": REDIS_CONNECT_TIMEOUT,
-    "socket_keepalive": True,
-    "health_check_interval": 10,
-}
 
 if EMBEDDED:
     CHANNEL_LAYERS = {"default": {"BACKEND": "channels.layers.InMemoryChannelLayer"}}
-elif CHANNEL_LAYER == "pubsub":
-    CHANNEL_LAYERS = {
-        "default": {
-            "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
-            "CONFIG": {"hosts": [_LAYER_HOST], "prefix": "stk"},
-        }
-    }
 else:
-    CHANNEL_LAYERS = {
-        "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [_LAYER_HOST], "prefix": "stk", "capacity": 200, "expiry": 60},
+    _layer_host = _redis_lib.channel_layer_host(
+        REDIS_URL,
+        socket_timeout=REDIS_SOCKET_TIMEOUT,
+        connect_timeout=REDIS_CONNECT_TIMEOUT,
+        sentinel_password=REDIS_SENTINEL_PASSWORD,
+    )
+    if CHANNEL_LAYER == "pubsub":
+        CHANNEL_LAYERS = {
+            "default": {
+                "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+                "CONFIG": {"hosts": [_layer_host], "prefix": "stk"},
+            }
         }
-    }
+    else:
+        _layer_host["socket_timeout"] += _CORE_BLOCK
+        CHANNEL_LAYERS = {
+            "default": {
+                "BACKEND": "channels_redis.core.RedisChannelLayer",
+                "CONFIG": {"hosts": [_layer_host], "prefix": "stk", "capacity": 200, "expiry": 60},
+            }
+        }
 
 # --- Feed -------------------------------------------------------------------
 

@@ -54,10 +54,10 @@ def test_each_stream_delivers_a_snapshot_from_the_worker_through_redis(processes
     assert index_codes == {"VNINDEX", "VN30", "HNXIndex", "HNX30", "HNXUpcomIndex"}
 
     deadline = time.monotonic() + 15
-    status, body = get_json(f"{web.http_url}/readyz")
+    status, body = get_json(f"{web.http_url}/status")
     while status != 200 and time.monotonic() < deadline:
         time.sleep(0.3)
-        status, body = get_json(f"{web.http_url}/readyz")
+        status, body = get_json(f"{web.http_url}/status")
     assert status == 200, body
 
 
@@ -96,5 +96,5 @@ def test_web_processes_never_poll_in_redis_mode(processes, owner):
             return welcome
 
     assert asyncio.run(main())["type"] == "welcome"
-    status, body = get_json(f"{web.http_url}/readyz")
+    status, body = get_json(f"{web.http_url}/status")
     assert status == 503 and body["failed"] == ["feed"]

@@ -10,6 +10,7 @@ import subprocess
 import urllib.request
 from pathlib import Path
 
+import httpx
 import pytest
 import websockets
 
@@ -157,6 +158,20 @@ def test_metrics_are_not_served_through_the_public_proxy(tls_proxy):
     with pytest.raises(urllib.error.HTTPError) as refused:
         urllib.request.urlopen(url, context=tls_proxy["ssl"], timeout=5)
     assert refused.value.code == 403
+
+
+def test_status_is_served_to_this_machine_only_and_readyz_to_anyone(tls_proxy):
+    """The client's address as nginx sees it decides: 127.0.0.1 (this machine) gets the
+    app's /status, any other address (here 127.0.0.2, as an outside client) gets 403."""
+    url = f"https://localhost:{tls_proxy['https']}"
+    with httpx.Client(verify=tls_proxy["ssl"], timeout=10) as local:
+        status = local.get(f"{url}/status")
+        assert status.status_code in (200, 503) and "database" in status.json()["checks"]
+    outside = httpx.HTTPTransport(verify=tls_proxy["ssl"], local_address="127.0.0.2")
+    with httpx.Client(transport=outside, timeout=10) as client:
+        assert client.get(f"{url}/status").status_code == 403
+        ready = client.get(f"{url}/readyz")
+        assert ready.status_code == 200 and "database" not in ready.json()["checks"]
 
 
 def test_a_token_in_the_query_string_stays_out_of_the_access_log(tls_proxy, api_token):

@@ -35,6 +35,8 @@ def manage(*args, **env):
         ("MARKET_OPEN_DATES", "24/11/2026"),
         ("SSI_HUB_SYMBOLS_PER_LINK", "0"),
         ("MARKET_CLOSED_DATES", "2026-13-01"),
+        ("REDIS_DOWN_AFTER", "1"),
+        ("REDIS_DOWN_AFTER", "soon"),
     ],
 )
 def test_a_bad_value_stops_start_up_naming_the_variable(name, value):
@@ -117,6 +119,49 @@ def test_every_channel_layer_connection_has_the_redis_timeouts():
     # The core layer's receive blocks in Redis for 5 s: its replies may take that long on top.
     core = manage("shell", "-v", "0", "-c", code, CHANNEL_LAYER="core", **env)
     assert core.stdout.split() == ["6.5", "0.7"], core.stderr
+
+
+def _show(code, **env):
+    result = manage("shell", "-v", "0", "-c", "from django.conf import settings as s;" + code, **env)
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
+def test_a_sentinel_url_gives_the_channel_layer_the_sentinels_and_a_longer_watchdog_threshold():
+    code = (
+        "h = s.CHANNEL_LAYERS['default']['CONFIG']['hosts'][0];"
+        "print(s.EMBEDDED, h['sentinels'], h['master_name'], h['db'], h['socket_timeout'],"
+        " h['sentinel_kwargs']['socket_timeout'], h['sentinel_kwargs'].get('password'), s.REDIS_DOWN_AFTER)"
+    )
+    url = "redis+sentinel://:master-secret@10.0.0.1:26379,10.0.0.2:26380/board/1"
+    shown = _show(code, REDIS_URL=url, REDIS_SENTINEL_PASSWORD="sentinel-secret", REDIS_SOCKET_TIMEOUT="1.5")
+    assert shown == ("False [('10.0.0.1', 26379), ('10.0.0.2', 26380)] board 1 1.5 1.5 sentinel-secret 45.0")
+    # One server: no failover to wait for.
+    assert _show("print(s.REDIS_DOWN_AFTER)", REDIS_URL="redis://127.0.0.1:1/0") == "5.0"
+    assert _show("print(s.REDIS_DOWN_AFTER)", REDIS_URL=url, REDIS_DOWN_AFTER="20") == "20.0"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis+sentinel://:master-secret@10.0.0.1:26379",
+        "redis+sentinel://:master-secret@10.0.0.1:port/board",
+        "redis+sentinel://:master-secret@10.0.0.1/board/one",
+        "sentinel://:master-secret@10.0.0.1/board",
+    ],
+)
+def test_a_malformed_redis_url_stops_start_up_naming_it_and_hiding_the_password(url):
+    result = manage("check", REDIS_URL=url)
+    assert result.returncode != 0
+    assert "REDIS_URL='" in result.stderr and "ImproperlyConfigured" in result.stderr
+    assert "master-secret" not in result.stderr + result.stdout
+
+
+def test_a_sentinel_password_without_a_sentinel_url_stops_start_up():
+    result = manage("check", REDIS_URL="redis://127.0.0.1:1/0", REDIS_SENTINEL_PASSWORD="sentinel-secret")
+    assert result.returncode != 0
+    assert "REDIS_SENTINEL_PASSWORD is set but REDIS_URL is not a redis+sentinel:// URL" in result.stderr
+    assert "sentinel-secret" not in result.stderr
 
 
 @pytest.mark.parametrize(

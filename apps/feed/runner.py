@@ -5,10 +5,13 @@ heartbeat (free when the `_keep` task renewed them lately), count subscribers
 (one round trip), fetch what they need, build each payload, publish those that
 changed (checking the lock before each publish), and report the feed state
 when it changes. With no subscriber a cycle only reads the market clock: the
-feed state follows it (live/closed) without any upstream request or payload.
+feed state follows it (live/closed) without any upstream data request or
+payload; the source may keep what is not data ready (`prepare`: SSI's token
+and the day's reference data), so that a first subscriber waits only for data.
 `run_feed()` is a thin loop around it: short sleep slices, an early wake on the
 `feed-wake` channel, lock renewal and heartbeat in `_keep` (also during a long
-cycle or a long idle sleep), and a clean release of the lock on stop.
+cycle or a long idle sleep), and a clean release of the lock on stop. Behind
+Sentinel, `_follow` moves the worker's connections to each new master.
 
 Who leads is `leadership`; the intraday history the builders need is
 `history`. The feed never touches the database, so it has no connections
@@ -26,6 +29,7 @@ from django.conf import settings
 
 from apps.streams.publish import Fenced, publish_feed_state, publish_snapshot, publish_topic
 from stocktracker.lib import catalogue, keys
+from stocktracker.lib import redis as redis_lib
 from stocktracker.lib.aio import running
 from stocktracker.lib.state import get_state
 
@@ -43,6 +47,7 @@ TOUCH_EVERY_S = 5.0
 TOPIC_BATCH = 64  # topic publishes in flight at once (one Redis script and one PUBLISH each)
 DOWN_AFTER_S = 300.0  # failing this long (or unrecoverably) turns stale into down
 BACKOFF_CAP_S = 60.0
+FOLLOW_EVERY_S = 1.0  # behind Sentinel: how often the worker asks where the master is
 
 
 def make_source():
@@ -75,6 +80,7 @@ class Feed:
         self.wake = asyncio.Event()
         self.stats = {"cycles": 0, "idle": 0, "fetches": 0, "unchanged": 0, "builds": 0, "published": 0}
         self.last_data = None  # the FeedData the last cycle built from
+        self.master = None  # behind Sentinel: (host, port) of the master they named last
 
     # --- one cycle -------------------------------------------------------------------
 
@@ -105,7 +111,7 @@ class Feed:
             self.stats["idle"] += 1
             # From the clock alone, every idle cycle (published only when it changes):
             # readiness and connect-time `feed` frames need a current state even
-            # while nobody watches. No upstream request, no payload.
+            # while nobody watches. No upstream data request, no payload.
             idle = getattr(self.source, "idle", None)
             if idle is not None:
                 await idle()  # a streaming source closes its upstream links
@@ -113,7 +119,8 @@ class Feed:
                 return None
             self.failures, self.failing_since = 0, None
             self.last_data = None
-            return {}  # zero-cost idle: no upstream request, nothing built or serialized
+            await self._prepare()
+            return {}  # zero-cost idle: no upstream data request, nothing built or serialized
         want_topics = getattr(self.source, "want_topics", None)
         if want_topics is not None:
             want_topics(topics_wanted)  # the SSI hub then carries the whole market
@@ -217,6 +224,21 @@ class Feed:
         self.stats["topics"] = self.stats.get("topics", 0) + len(changes)
         return True
 
+    async def _prepare(self):
+        """While idle, hold what the first subscriber's snapshot needs besides
+        data (an SSI token, the day's reference data), so that it waits only
+        for the data itself. A failure is logged; the first subscriber's fetch
+        tries again and reports it in the feed state."""
+        prepare = getattr(self.source, "prepare", None)
+        if prepare is None:
+            return
+        try:
+            await prepare()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - nobody is waiting: log it and carry on idling
+            log.warning("could not prepare for the first subscriber: %s: %s", type(exc).__name__, exc)
+
     async def set_feed_state(self, name, detail=""):
         """Publish the feed state when it changes (live, stale, down, closed).
         False when fenced: another process took the lock (this one steps down)."""
@@ -286,6 +308,7 @@ class Feed:
     async def run(self, stop):
         listener = None
         keeper = asyncio.ensure_future(self._keep(stop))
+        follower = asyncio.ensure_future(self._follow(stop)) if redis_lib.behind_sentinel() else None
         try:
             while not stop.is_set():
                 if not self.leader.held:
@@ -302,10 +325,10 @@ class Feed:
                     break
                 await self._pause(stop, max(0.0, self.next_interval() - (time.monotonic() - started)))
         finally:
-            for task in (keeper, listener):
-                if task is not None:
-                    task.cancel()
-            await asyncio.gather(*(t for t in (keeper, listener) if t is not None), return_exceptions=True)
+            tasks = [task for task in (keeper, follower, listener) if task is not None]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             await self.leader.release()
             await self.source.aclose()
             log.info("feed stopped")
@@ -347,6 +370,43 @@ class Feed:
                 log.warning("feed leadership check failed", exc_info=True)
             interval = STANDBY_RETRY_S if not self.leader.held else self.leader.renew_every()
             await asyncio.sleep(interval)
+
+    async def _follow(self, stop):
+        """Behind Sentinel: after a failover the old master takes writes until
+        the Sentinels demote it, seconds later, and everything written there
+        is lost (frames, the lock's renewals). Every FOLLOW_EVERY_S, move the
+        state's and the channel layer's connections to the master the
+        Sentinels name; after a move, renew the lock and touch the heartbeat
+        at once, and publish every stream again (numbered past what this
+        process published, see `state.frames`): the new master's latest
+        frames may be older than what clients already have."""
+        while not stop.is_set():
+            await asyncio.sleep(FOLLOW_EVERY_S)
+            try:
+                if await self.follow_master():
+                    await self.leader.ensure()
+                    await self.touch(force=True)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - no Sentinel answers now: try again next time
+                log.debug("could not follow the redis master: %s", exc)
+
+    async def follow_master(self):
+        """Move to the master the Sentinels name now; True when it is not the
+        one they named last time or when connections moved."""
+        client = get_state().redis
+        address = await redis_lib.master_address(client)
+        moved = await redis_lib.follow_master(client, address=address)
+        moved = await redis_lib.follow_master_layer(get_channel_layer(), address=address) or moved
+        # A master that died took its connections with it: nothing to move, but it is a new master all the same.
+        changed, self.master = self.master is not None and address != self.master, address
+        if not (moved or changed):
+            return False
+        log.warning("redis master is now %s:%s (sentinel): following it", *address)
+        self.fingerprints.clear()
+        self.feed_state = None
+        self.wake.set()
+        return True
 
     async def _listen(self):
         """Wake the loop when a stream gets its first subscriber."""

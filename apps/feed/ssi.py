@@ -455,6 +455,13 @@ class SSISource:
     async def aclose(self):
         await self.client.aclose()
 
+    async def prepare(self):
+        """Hold what a first subscriber would otherwise wait for, none of it a
+        data call: the access token (renewed before it expires) and the day's
+        reference data (once a trading day). Free when both are held."""
+        await self.client.access_token()
+        await self.resolve_day(market.trading_date(self.now()))
+
     async def resolve_day(self, day):
         if self._day and self._day[0] == day:
             return self._day[1], self._day[2]

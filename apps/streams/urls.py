@@ -2,9 +2,8 @@ from django.urls import path
 
 from . import api, health
 
+# /healthz, /readyz and /status are answered in front of Django: health.probes (asgi.py).
 urlpatterns = [
-    path("healthz", health.healthz, name="healthz"),
-    path("readyz", health.readyz, name="readyz"),
     path("metrics", health.metrics, name="metrics"),
     path("api/v1/snapshot/<str:stream>", api.snapshot, name="snapshot"),
 ]

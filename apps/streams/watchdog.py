@@ -6,16 +6,26 @@ ping of the shared state, then a round trip through the channel layer
 itself (a probe published to this process's own probe group must come back
 within PROBE_TIMEOUT), because the layer's pub/sub connection can be stuck
 while every other connection answers. From the first failed check `healthy`
-is False (admission refuses new sockets with 1013); when FAILURES_TO_TRIP
-checks in a row fail (after a failure the next comes after RETRY_INTERVAL),
-the `on_lost` listeners run (admission closes every socket with 1013; clients
-back off and retry). The first good check makes it healthy again. A failed
-probe also drops the layer's connections, so that a stuck one is replaced
-(and re-subscribed) at once. Worst case, a hung Redis is noticed within
-CHECK_INTERVAL + FAILURES_TO_TRIP * PING_TIMEOUT + (FAILURES_TO_TRIP - 1) *
-RETRY_INTERVAL. Nothing ends the task but the loop closing, and
+is False (admission refuses new sockets with 1013); when a check fails
+REDIS_DOWN_AFTER seconds or more after the first failed one, with none good
+in between (after a failure the next comes after RETRY_INTERVAL), the
+`on_lost` listeners run (admission closes every socket with 1013; clients
+back off and retry). So one failed check never closes anything, however
+long it took. The first good check makes it healthy again. A failed probe
+also drops the layer's connections, so that a stuck one is replaced (and
+re-subscribed) at once. Worst case, a hung Redis refuses new sockets within
+CHECK_INTERVAL + PING_TIMEOUT and closes every socket within CHECK_INTERVAL
++ 2 * PING_TIMEOUT + RETRY_INTERVAL + REDIS_DOWN_AFTER (with one server's
+5 s: three failed checks, 10 s). Nothing ends the task but the loop closing, and
 `watchdog()` restarts it if it ever stopped. Embedded mode has nothing to
 watch.
+
+Behind Sentinel every check first asks the Sentinels where the master is and
+moves the shared state's connections, the channel layer's and the watchdog
+thread's to it: after a failover the old master takes writes until the
+Sentinels demote it, seconds later, and whatever this process wrote there
+(leases, frames it would have heard) would be lost. REDIS_DOWN_AFTER
+outlasts a failover, so one closes no socket.
 
 A busy process is not an outage. The ping is also sent from a thread of its
 own, whose socket read does not wait for the event loop: if that one
@@ -33,6 +43,7 @@ import time
 from django.conf import settings
 
 from stocktracker.lib import keys
+from stocktracker.lib import redis as redis_lib
 from stocktracker.lib.aio import PerLoop, running
 from stocktracker.lib.state import StateUnavailable, get_state
 
@@ -44,8 +55,7 @@ PING_TIMEOUT = 2.0
 PROBE_TIMEOUT = 2.0  # seconds of the loop's own time a channel-layer probe may take to come back
 PROBE_SLICE = 0.1  # the probe's wait is measured in slices; lateness beyond a slice is the loop's
 PROBE = "watchdog.probe"
-FAILURES_TO_TRIP = 3  # failed checks in a row that mean "Redis is down"
-BUSY_LOG_INTERVAL = 10.0  # "busy, not down" is logged at most this often
+BUSY_LOG_INTERVAL = 10.0  # "busy, not down" and "still failing" are logged at most this often
 
 _watchdogs = PerLoop(lambda: Watchdog())
 
@@ -57,6 +67,8 @@ class Watchdog:
         self.task = None
         self.closing = set()
         self.failures = 0  # failed checks in a row
+        self.failing_since = None  # monotonic time the first of them failed
+        self.failing_logged = 0.0
         self.probe_task = None
         self.probe_ready = asyncio.Event()
         self.probe_back = asyncio.Event()
@@ -65,6 +77,8 @@ class Watchdog:
         self.busy_logged = 0.0
         self._pinger = None
         self._thread = None
+        self._master = None  # (host, port) the Sentinels named at the last check; the thread's pinger follows it
+        self.follow_logged = 0.0
 
     @property
     def healthy(self):
@@ -82,17 +96,20 @@ class Watchdog:
 
     async def _run(self):
         while running():
-            await asyncio.sleep(RETRY_INTERVAL if 0 < self.failures < FAILURES_TO_TRIP else CHECK_INTERVAL)
+            await asyncio.sleep(RETRY_INTERVAL if self.failures and self.up else CHECK_INTERVAL)
             try:
                 await self.check()
             except Exception:  # a bug here must not end the watch
                 log.exception("redis watchdog check failed")
 
     async def check(self):
-        """One ping and one channel-layer probe; FAILURES_TO_TRIP failed
-        checks in a row close every socket."""
+        """One ping and one channel-layer probe; checks failing for
+        REDIS_DOWN_AFTER seconds in a row close every socket."""
+        moved = await self._follow_master()
         exc = await self._ping()
-        if exc is None:
+        # The layer's connections were just replaced (and subscribe again
+        # within a second): the next check probes them.
+        if exc is None and not moved:
             exc = await self._probe()
         if exc is not None:
             self._failed(_describe(exc))
@@ -100,9 +117,11 @@ class Watchdog:
         if not self.up:
             log.warning("redis is back: accepting connections again")
         elif self.failures:
-            log.warning("redis answers again after %d failed checks", self.failures)
+            failing = time.monotonic() - self.failing_since
+            log.warning("redis answers again after %d failed checks over %.1f s", self.failures, failing)
         self.up = True
         self.failures = 0
+        self.failing_since = None
 
     async def _ping(self):
         """None when Redis answers this process: its event loop's pool, or
@@ -127,6 +146,29 @@ class Watchdog:
                 log.warning("redis ping on the event loop failed (%s) but Redis answers: "
                             "the process is busy, not Redis down", _describe(exc))  # fmt: skip
             return None
+
+    async def _follow_master(self):
+        """Behind Sentinel: move the shared state's and the channel layer's
+        connections (and, at its next ping, the thread's) to the master the
+        Sentinels name now. True when any connection moved. When no Sentinel
+        answers, the connections stay where they are and the ping decides."""
+        if not redis_lib.behind_sentinel():
+            return False
+        client = get_state().redis
+        try:
+            address = await redis_lib.master_address(client)
+            moved = await redis_lib.follow_master(client, address=address)
+            moved = await redis_lib.follow_master_layer(self._layer(), address=address) or moved
+        except Exception as exc:  # noqa: BLE001 - no Sentinel answers, or none names a master (a failover under way)
+            now = time.monotonic()
+            if now - self.follow_logged >= BUSY_LOG_INTERVAL:
+                self.follow_logged = now
+                log.warning("could not ask the sentinels where the redis master is: %s", _describe(exc))
+            return False
+        if moved or (self._master is not None and address != self._master):
+            log.warning("redis master is now %s:%s (sentinel): following it", *address)
+        self._master = address
+        return bool(moved)
 
     # --- the channel layer's own round trip --------------------------------------------
 
@@ -257,12 +299,13 @@ class Watchdog:
         import redis
 
         if self._pinger is None:
-            self._pinger = redis.Redis.from_url(
-                settings.REDIS_URL,
+            self._pinger = redis_lib.sync_client(
                 socket_timeout=min(PING_TIMEOUT, settings.REDIS_SOCKET_TIMEOUT),
-                socket_connect_timeout=min(PING_TIMEOUT, settings.REDIS_CONNECT_TIMEOUT),
+                connect_timeout=min(PING_TIMEOUT, settings.REDIS_CONNECT_TIMEOUT),
             )
         try:
+            if self._master is not None:
+                redis_lib.follow_master_sync(self._pinger, self._master)
             return self._pinger.ping()
         except (redis.RedisError, OSError):
             self._pinger.close()
@@ -271,11 +314,18 @@ class Watchdog:
 
     def _failed(self, exc):
         self.failures += 1
-        if self.failures < FAILURES_TO_TRIP:
-            log.warning("redis check failed (%s), %d in a row: refusing new sockets", exc or "timeout", self.failures)
+        if self.failing_since is None:
+            self.failing_since = time.monotonic()
+        failing = time.monotonic() - self.failing_since
+        if failing < settings.REDIS_DOWN_AFTER:
+            if self.failures == 1 or time.monotonic() - self.failing_logged >= BUSY_LOG_INTERVAL:
+                self.failing_logged = time.monotonic()
+                log.warning("redis check failed (%s), %d in a row over %.1f s: refusing new sockets; "
+                            "closing them all after %g s (REDIS_DOWN_AFTER)", exc or "timeout", self.failures,
+                            failing, settings.REDIS_DOWN_AFTER)  # fmt: skip
             return
         if self.up:
-            log.error("redis unavailable (%s): closing every socket with 1013", exc or "timeout")
+            log.error("redis unavailable for %.1f s (%s): closing every socket with 1013", failing, exc or "timeout")
         self.up = False
         self.closing = {asyncio.ensure_future(lost()) for lost in list(self.on_lost)}
 

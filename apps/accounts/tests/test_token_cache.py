@@ -4,13 +4,13 @@ cache; every change is seen at once."""
 from datetime import timedelta
 
 import pytest
-import redis
 from asgiref.sync import async_to_sync
 from django.conf import settings
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
 from apps.accounts.auth import TokenCache
+from stocktracker.lib import redis as redis_lib
 
 from .conftest import run_check, run_recheck
 
@@ -90,7 +90,7 @@ def test_lowering_the_users_cap_is_seen_on_the_next_check(owner, owner_token):
 def test_a_flushed_redis_makes_the_cache_reload_from_the_database(owner_token, django_assert_max_num_queries):
     token, raw = owner_token
     assert run_check(raw).ok
-    client = redis.Redis.from_url(settings.REDIS_URL)
+    client = redis_lib.sync_client()
     client.flushdb()
     # Revoked behind the cache's back (no announcement), then Redis lost every generation.
     type(token).objects.filter(pk=token.pk).update(revoked_at=token.created_at)
@@ -264,7 +264,7 @@ def _forget_generation(token):
     """What Redis looks like after a restart or the generation's expiry: no generation for the token."""
     from stocktracker.lib import keys
 
-    client = redis.Redis.from_url(settings.REDIS_URL)
+    client = redis_lib.sync_client()
     client.delete(f"stk:gen:{keys.token_generation(token.prefix)}")
     client.close()
 

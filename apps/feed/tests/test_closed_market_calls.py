@@ -33,3 +33,12 @@ async def test_a_holiday_costs_one_snapshot_then_no_data_calls(fake_ssi, clock):
     await source.fetch({"market"})
     assert fake_ssi.requests, "during a session every cycle asks again"
     await source.aclose()
+
+
+async def test_on_a_holiday_preparing_for_a_first_subscriber_makes_no_data_call(fake_ssi, clock):
+    clock.moment = HOLIDAY_NOON
+    source = SSISource(ssi_client(fake_ssi), now=clock, extra=[], futures_override="")
+    for _ in range(3):
+        await source.prepare()
+    assert [r.name for r in fake_ssi.requests] == ["AccessToken", "IndexComponents", "SecuritiesDetails"]
+    await source.aclose()

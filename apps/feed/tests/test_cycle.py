@@ -17,6 +17,7 @@ from stocktracker.lib.keys import WAKE_CHANNEL
 from stocktracker.lib.state import get_state
 
 from .conftest import ssi_client, subscribe, unsubscribe
+from .fake_ssi import CONSUMER_ID, CONSUMER_SECRET
 
 
 async def latest(stream):
@@ -28,10 +29,15 @@ def simulator_feed(clock, **kwargs):
     return Feed(SimulatorSource(clock="wall", seed=11, now=clock), **kwargs)
 
 
-async def test_with_no_subscriber_a_cycle_asks_ssi_nothing_and_serializes_nothing(ssi_source, fake_ssi):
+async def test_with_no_subscriber_a_cycle_asks_ssi_for_no_data_and_serializes_nothing(ssi_source, fake_ssi):
     feed = Feed(ssi_source, elect=True)
     assert await feed.cycle() == {}
-    assert fake_ssi.requests == []
+    # Ready for a first subscriber: the token and the day's reference data, no data call.
+    assert [r.name for r in fake_ssi.requests] == ["AccessToken", "IndexComponents", "SecuritiesDetails"]
+    fake_ssi.reset_log()
+    for _ in range(3):
+        assert await feed.cycle() == {}
+    assert fake_ssi.requests == []  # held: idle cycles ask nothing more
     assert feed.stats["builds"] == 0 and feed.stats["published"] == 0
     for stream in ("market", "foreign", "index"):
         assert await latest(stream) is None
@@ -49,6 +55,37 @@ async def test_a_subscribed_stream_is_published_and_stored_as_the_latest_frame(s
     assert frame["feed"] == "live" and frame["simulated"] is False
     assert len(frame["data"]["stocks"]) == 30 and frame["data"]["futures"]["basis"] is not None
     assert await latest("foreign") is None and await latest("index") is None
+
+
+async def test_an_idle_feed_renews_the_token_before_it_expires_and_fetches_a_new_days_reference_data(
+    fake_ssi, clock, settings
+):
+    from apps.feed.ssi import SSIClient, SSISource
+
+    now = [1_000_000.0]
+    client = SSIClient(
+        base_url=fake_ssi.url, consumer_id=CONSUMER_ID, consumer_secret=CONSUMER_SECRET, max_rps=50,
+        clock=lambda: now[0],
+    )  # fmt: skip
+    feed = Feed(SSISource(client, now=clock, extra=[], futures_override=""), elect=True)
+    await feed.cycle()
+    fake_ssi.reset_log()
+    now[0] = client.refresh_at + 1  # the token is about to expire
+    await feed.cycle()
+    assert [r.name for r in fake_ssi.requests] == ["AccessToken"]
+    fake_ssi.reset_log()
+    clock.advance(days=1)  # Friday: a new trading day
+    await feed.cycle()
+    assert [r.name for r in fake_ssi.requests] == ["IndexComponents", "SecuritiesDetails"]
+
+
+async def test_a_failing_preparation_is_logged_and_the_idle_feed_carries_on(ssi_source, fake_ssi, caplog):
+    feed = Feed(ssi_source, elect=True)
+    fake_ssi.fail("invalid_key", on="token")
+    with caplog.at_level(logging.WARNING, logger="apps.feed"):
+        assert await feed.cycle() == {}
+    assert "could not prepare for the first subscriber: SSIError" in caplog.text
+    assert feed.feed_state[0] in ("live", "closed") and feed.failures == 0
 
 
 async def test_only_what_subscribed_streams_need_is_fetched(ssi_source, fake_ssi):

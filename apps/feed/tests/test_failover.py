@@ -7,11 +7,10 @@ import signal
 import time
 
 import pytest
-import redis
-from django.conf import settings
 
 from apps.feed.leadership import LOCK_KEY
 from conftest import WORKER_ENV
+from stocktracker.lib import redis as redis_lib
 from stocktracker.lib.state import get_state
 
 pytestmark = pytest.mark.e2e
@@ -47,7 +46,7 @@ def wait_for(condition, timeout, what):
 @pytest.fixture
 def two_workers(processes):
     hold_subscriber()
-    client = redis.Redis.from_url(settings.REDIS_URL)
+    client = redis_lib.sync_client()
     workers = [processes.worker(**WORKER_ENV), processes.worker(**WORKER_ENV)]
     wait_for(lambda: latest_seq(client) >= 2, 30, "the first snapshots")
     leaders = [w for w in workers if TOOK in log_of(w)]

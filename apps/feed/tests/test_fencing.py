@@ -21,11 +21,11 @@ import time
 from urllib.parse import urlsplit
 
 import pytest
-import redis
 import websockets
 from django.conf import settings
 
 from apps.accounts.models import ApiToken
+from stocktracker.lib import redis as redis_lib
 
 from .test_failover import TOOK, WORKER_ENV, log_of, wait_for
 
@@ -156,7 +156,7 @@ def test_a_leader_resumed_after_sigstop_past_its_ttl_publishes_nothing_and_clien
             watcher.cancel()
             return took, resumed, stored
 
-    store = redis.Redis.from_url(settings.REDIS_URL)
+    store = redis_lib.sync_client()
     try:
         took, resumed, stored = asyncio.run(main())
         latest = json.loads(store.get("stk:latest:market"))
@@ -171,8 +171,9 @@ def test_a_leader_resumed_after_sigstop_past_its_ttl_publishes_nothing_and_clien
     assert sources == sorted(sources), "an older snapshot reached the client after a newer one"
     after = [source for *_, source, at in frames if at >= resumed]
     assert after, "the new leader kept publishing after the old one resumed"
-    newest_seen = max(seq for _, seq, _, at in frames if at < resumed)
-    assert stored["seq"] >= newest_seen, "the old leader's late write replaced a newer latest snapshot"
+    # Compare the data's age, not seq: an unfenced late store would take a new, higher seq.
+    newest_seen = max(source for _, _, source, at in frames if at < resumed)
+    assert stored["source_ms"] >= newest_seen, "the old leader's late write replaced a newer latest snapshot"
     assert latest["source_ms"] >= max(sources), "the stored latest snapshot is older than one already sent"
 
 
@@ -231,7 +232,7 @@ def test_a_leader_resumed_after_sigstop_past_its_ttl_writes_no_feed_state(proces
             watcher.cancel()
             return stopped_ms, taken_ms, standby_record, after_release, leader
 
-    store = redis.Redis.from_url(settings.REDIS_URL)
+    store = redis_lib.sync_client()
     try:
         stopped_ms, taken_ms, standby_record, after_release, leader = asyncio.run(main())
         final = stored()

@@ -7,12 +7,11 @@ exactly the socket it names."""
 import asyncio
 
 import pytest
-import redis.asyncio as aioredis
 from asgiref.sync import sync_to_async
-from django.conf import settings
 
 from apps.streams import admin
 from stocktracker.lib import keys
+from stocktracker.lib import redis as redis_lib
 from stocktracker.lib.state import get_state
 
 from .clients import connect, recv_json
@@ -41,7 +40,7 @@ def _raise_caps(owner, issue):
 async def test_one_subscription_per_group_per_process_and_none_per_socket(processes, owner, issue):
     token, raw = await sync_to_async(_raise_caps)(owner, issue)
     server = processes.daphne(WS_MAX_CONNECTIONS_PER_IP=50)
-    client = aioredis.Redis.from_url(settings.REDIS_URL)
+    client = redis_lib.async_client(decode_responses=False)
     try:
         first = await connect(server.ws_url + "/ws/market", raw)
         assert (await recv_json(first))["type"] == "welcome"

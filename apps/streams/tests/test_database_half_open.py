@@ -221,7 +221,7 @@ def test_a_primary_that_vanishes_mid_query_stalls_nothing_and_the_second_host_ta
         report["first uncached token connects, after the cut (s)"] = round(took, 2)
 
         async with httpx.AsyncClient(timeout=30) as client:
-            ready = (await client.get(f"{web.http_url}/readyz")).json()
+            ready = (await client.get(f"{web.http_url}/status")).json()
         assert ready["checks"]["database"] == {"ok": True}, ready
 
         status, took = await admin

@@ -10,7 +10,7 @@ from asgiref.sync import sync_to_async
 
 from apps.accounts.models import ApiToken
 from apps.streams import watchdog as watchdog_module
-from apps.streams.watchdog import FAILURES_TO_TRIP, Watchdog
+from apps.streams.watchdog import Watchdog
 
 from .clients import close_code, connect, recv_json
 from .conftest import publish
@@ -60,25 +60,35 @@ class FakeConsumer:
         self.lost += 1
 
 
+async def _checks_for(dog, seconds):
+    """Checks back to back for `seconds`, as the watchdog's loop makes them during an outage."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + seconds
+    while loop.time() < end:
+        await dog.check()
+        await asyncio.sleep(0.01)
+    await dog.check()
+
+
 async def test_a_busy_process_is_not_taken_for_a_redis_outage(monkeypatch, settings):
     settings.REDIS_URL = os.environ["REDIS_URL"]  # the real one: it answers the watchdog's own thread
+    settings.REDIS_DOWN_AFTER = 0.3
     monkeypatch.setattr(watchdog_module, "get_state", SlowLoopState)
     dog, consumer = Watchdog(), FakeConsumer()
     dog.on_lost.append(consumer.backend_lost)
-    for _ in range(FAILURES_TO_TRIP + 2):
-        await dog.check()
+    await _checks_for(dog, 0.6)
     assert consumer.lost == 0 and dog.healthy and dog.failures == 0
 
 
 async def test_redis_really_down_still_trips(monkeypatch, settings):
     settings.REDIS_URL = "redis://127.0.0.1:1/0"  # nothing listens: the thread's ping fails too
+    settings.REDIS_DOWN_AFTER = 0.3
     monkeypatch.setattr(watchdog_module, "get_state", SlowLoopState)
     dog, consumer = Watchdog(), FakeConsumer()
     dog.on_lost.append(consumer.backend_lost)
-    for _ in range(FAILURES_TO_TRIP):
-        await dog.check()
+    await _checks_for(dog, 0.6)
     await asyncio.sleep(0)
-    assert consumer.lost == 1 and not dog.healthy
+    assert consumer.lost >= 1 and not dog.healthy
 
 
 async def test_a_saturated_event_loop_is_not_taken_for_a_stuck_channel_layer(settings):

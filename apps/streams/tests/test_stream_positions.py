@@ -6,11 +6,11 @@ publisher last published."""
 import json
 
 import pytest
-import redis
 
 from apps.streams.protocol import epoch_day
 from apps.streams.publish import publish_snapshot
 from stocktracker.lib import keys
+from stocktracker.lib import redis as redis_lib
 from stocktracker.lib.state import get_state, reset_state
 
 DAY = "2026-11-27"
@@ -21,7 +21,7 @@ async def _publish(n, floor=None):
 
 
 def _direct(settings):
-    return redis.Redis.from_url(settings.REDIS_URL, decode_responses=True)
+    return redis_lib.sync_client(decode_responses=True)
 
 
 async def test_a_counter_that_redis_lost_starts_a_new_epoch(settings):

@@ -1,6 +1,7 @@
-"""The Redis watchdog: one slow or failed ping is not an outage; a few in a row
-close every socket with 1013; nothing stops the watch for good. And every
-Redis error reaches callers as StateUnavailable."""
+"""The Redis watchdog: one slow or failed ping is not an outage, nor are any
+number of them for less than REDIS_DOWN_AFTER (a failover); failing for that
+long closes every socket with 1013; nothing stops the watch for good. And
+every Redis error reaches callers as StateUnavailable."""
 
 import asyncio
 
@@ -8,7 +9,7 @@ import pytest
 import redis.exceptions
 
 from apps.streams import watchdog as watchdog_module
-from apps.streams.watchdog import FAILURES_TO_TRIP, Watchdog
+from apps.streams.watchdog import Watchdog
 from stocktracker.lib.state import RedisState, StateUnavailable
 
 
@@ -34,6 +35,7 @@ class FakeConsumer:
 @pytest.fixture
 def fast(monkeypatch, settings):
     settings.REDIS_URL = "redis://127.0.0.1:1/0"  # never dialled: the state is fake
+    settings.REDIS_DOWN_AFTER = 0.1
     monkeypatch.setattr(watchdog_module, "CHECK_INTERVAL", 0.01)
     monkeypatch.setattr(watchdog_module, "RETRY_INTERVAL", 0.01)
 
@@ -68,16 +70,80 @@ async def test_a_single_failed_ping_closes_nothing(fast):
     assert consumer.lost == 0 and dog.healthy
 
 
-async def test_consecutive_failed_pings_close_every_socket_with_1013(fast):
-    dog, consumer, _ = await _watch([StateUnavailable("down")] * FAILURES_TO_TRIP + [True], fast)
-    assert consumer.lost == 1
+async def test_one_failed_check_closes_nothing_however_long_it_took(fast, monkeypatch):
+    class SlowThenFine:
+        pings = 0
+
+        async def ping(self):
+            self.pings += 1
+            if self.pings == 1:
+                await asyncio.sleep(0.3)  # three times REDIS_DOWN_AFTER (0.1 s), then it fails
+                raise StateUnavailable("slow")
+            return True
+
+    state = SlowThenFine()
+    monkeypatch.setattr(watchdog_module, "get_state", lambda: state)
+    dog, consumer = Watchdog(), FakeConsumer()
+    dog.on_lost.append(consumer.backend_lost)
+    dog.start()
+    try:
+        await asyncio.sleep(0.6)
+    finally:
+        dog.task.cancel()
+    assert consumer.lost == 0 and dog.healthy
+
+
+class Outage:
+    """Every ping fails for `seconds`, then every ping answers."""
+
+    def __init__(self, seconds):
+        self.until = asyncio.get_running_loop().time() + seconds
+        self.pings = self.failed = 0
+
+    async def ping(self):
+        self.pings += 1
+        if asyncio.get_running_loop().time() < self.until:
+            self.failed += 1
+            raise StateUnavailable("down")
+        return True
+
+
+async def _outage(monkeypatch, seconds, watch_for):
+    state = Outage(seconds)
+    monkeypatch.setattr(watchdog_module, "get_state", lambda: state)
+    dog, consumer = Watchdog(), FakeConsumer()
+    dog.on_lost.append(consumer.backend_lost)
+    refused = []
+    dog.start()
+    try:
+        while asyncio.get_running_loop().time() < state.until:
+            refused.append(not dog.healthy)
+            await asyncio.sleep(0.01)
+        await asyncio.sleep(watch_for)
+    finally:
+        dog.task.cancel()
+    return dog, consumer, state, any(refused)
+
+
+async def test_failed_checks_for_less_than_redis_down_after_close_nothing(fast, monkeypatch, settings):
+    settings.REDIS_DOWN_AFTER = 2
+    dog, consumer, state, refused = await _outage(monkeypatch, 0.5, watch_for=0.1)
+    assert state.failed >= 10  # far more failed checks in a row than a blip
+    assert refused  # new sockets were refused meanwhile
+    assert consumer.lost == 0 and dog.healthy
+
+
+async def test_failing_for_redis_down_after_closes_every_socket_with_1013(fast, monkeypatch, settings):
+    settings.REDIS_DOWN_AFTER = 0.3
+    dog, consumer, _, _ = await _outage(monkeypatch, 0.5, watch_for=0.1)
+    assert consumer.lost >= 1
     assert dog.healthy  # the good ping after the outage lets connections in again
 
 
 async def test_an_unexpected_error_counts_as_a_failed_ping_and_the_watch_goes_on(fast):
-    errors = [RuntimeError("bug")] * FAILURES_TO_TRIP
-    dog, consumer, state = await _watch([*errors, True], fast)
-    assert consumer.lost == 1 and dog.healthy and not state.results
+    errors = [RuntimeError("bug")] * 30  # 30 checks 0.01 s apart: longer than REDIS_DOWN_AFTER (0.1 s)
+    dog, consumer, state = await _watch([*errors, True], fast, seconds=1.0)
+    assert consumer.lost >= 1 and dog.healthy and not state.results
     assert not dog.task.done() or dog.task.cancelled()
 
 

@@ -38,23 +38,14 @@ class RedisBase:
     failing_until = 0.0  # monotonic: calls fail at once until then (see _call)
 
     def __init__(self, url):
-        import redis.asyncio as aioredis
+        from .. import redis as redis_lib
 
-        # Short timeouts: a Redis outage must turn into a quick 1013, never a
-        # hang. Callers wait for a free connection: a burst of connects
-        # queues rather than fail with "Too many connections" (which would
-        # read as Redis being down).
-        pool = aioredis.BlockingConnectionPool.from_url(
-            url,
-            max_connections=REDIS_POOL_SIZE,
-            timeout=settings.REDIS_SOCKET_TIMEOUT,
-            socket_timeout=settings.REDIS_SOCKET_TIMEOUT,
-            socket_connect_timeout=settings.REDIS_CONNECT_TIMEOUT,
-            socket_keepalive=True,
-            health_check_interval=15,
-            decode_responses=True,
-        )
-        self.redis = aioredis.Redis(connection_pool=pool)
+        # One server or the master behind Sentinel (lib/redis.py). Short
+        # timeouts: a Redis outage must turn into a quick 1013, never a hang.
+        # Callers wait for a free connection: a burst of connects queues
+        # rather than fail with "Too many connections" (which would read as
+        # Redis being down).
+        self.redis = redis_lib.async_client(url, max_connections=REDIS_POOL_SIZE)
         self._scripts = {}
 
     def script(self, source):
