@@ -447,7 +447,7 @@ class StreamingSource(SSISource):
 
     async def _take(self, day, parts):
         for part in parts:
-            started = time.monotonic()
+            started, closed = time.monotonic(), not self.live
             # What the hub sent since its last drop is newer than any REST answer;
             # what it sent before may have missed updates: REST replaces that.
             since = self.hub.last_drop if self.hub.up else time.monotonic()
@@ -469,7 +469,7 @@ class StreamingSource(SSISource):
                 code = part.split(":", 1)[1]
                 self.board.apply_rest_index(code, await self.client.daily_index(code, day), since)
             self.have.add(part)
-            if not self.live:
+            if closed and not self.live:  # asked for after the close: the close's snapshot
                 self.closed_have.add(part)
             self.taken_at[part] = started
             self._progress.set()
