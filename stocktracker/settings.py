@@ -237,7 +237,7 @@ if not SSI_STREAM_URL.startswith(("http://", "https://")):
 # false: REST polling alone (no streaming hub).
 SSI_STREAMING = _read("SSI_STREAMING", "bool", True)
 # Symbols one hub link subscribes at most (a link per channel string): SSI
-# publishes no per-link limit; the whole market (~1,850) fits one ~12 KB string.
+# publishes no per-link limit; the whole market (~1,850) is one ~9 KB call.
 SSI_HUB_SYMBOLS_PER_LINK = _positive("SSI_HUB_SYMBOLS_PER_LINK", "int", 2000, minimum=1)
 FEED_SOURCE = _choice(
     "FEED_SOURCE", "ssi" if SSI_CONSUMER_ID and SSI_CONSUMER_SECRET else "simulator", ("ssi", "simulator")
