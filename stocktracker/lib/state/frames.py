@@ -39,32 +39,50 @@ def new_incarnation():
     return secrets.token_hex(3)
 
 
+def counter_step(day, incarnation, last_epoch, last_seq):
+    """Lua that takes the next position of the counter hash KEYS[1]: sets
+    `epoch`, `seq`, and `fresh` (true when the epoch is new, or the counter
+    was raised to the caller's floor: nothing before `seq` carries over).
+    The arguments are Lua expressions (ARGV[n])."""
+    return f"""
+local fresh = false
+local inc = redis.call('HGET', KEYS[1], 'inc')
+if not inc then
+  inc = {incarnation}
+  redis.call('HSET', KEYS[1], 'inc', inc, 'day', {day}, 'seq', 0)
+  fresh = true
+end
+if redis.call('HGET', KEYS[1], 'day') ~= {day} then
+  redis.call('HSET', KEYS[1], 'day', {day}, 'seq', 0)
+  fresh = true
+end
+local epoch = {day} .. '{EPOCH_SEP}' .. inc
+local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
+local floor = tonumber({last_seq})
+if epoch == {last_epoch} and seq <= floor then
+  seq = floor + 1
+  redis.call('HSET', KEYS[1], 'seq', seq)
+  fresh = true
+end
+"""
+
+
 # KEYS: [counter hash, latest key, fence key]; ARGV: day, frame head, mid,
 # tail, fence token ('' = unfenced), a new incarnation (used if the counter
 # is gone), the caller's last epoch ('' = none) and its last seq there.
 # Returns {seq, epoch}, or {-1, ''} when fenced.
-_PUBLISH = """
+_PUBLISH = (
+    """
 if ARGV[5] ~= '' and redis.call('GET', KEYS[3]) ~= ARGV[5] then
   return {-1, ''}
 end
-local inc = redis.call('HGET', KEYS[1], 'inc')
-if not inc then
-  inc = ARGV[6]
-  redis.call('HSET', KEYS[1], 'inc', inc, 'day', ARGV[1], 'seq', 0)
-end
-if redis.call('HGET', KEYS[1], 'day') ~= ARGV[1] then
-  redis.call('HSET', KEYS[1], 'day', ARGV[1], 'seq', 0)
-end
-local epoch = ARGV[1] .. '{sep}' .. inc
-local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
-local floor = tonumber(ARGV[8])
-if epoch == ARGV[7] and seq <= floor then
-  seq = floor + 1
-  redis.call('HSET', KEYS[1], 'seq', seq)
-end
+"""
+    + counter_step("ARGV[1]", "ARGV[6]", "ARGV[7]", "ARGV[8]")
+    + """
 redis.call('SET', KEYS[2], ARGV[2] .. epoch .. ARGV[3] .. seq .. ARGV[4])
 return {seq, epoch}
-""".replace("{sep}", EPOCH_SEP)
+"""
+)
 
 # KEYS: [feed key, fence key]; ARGV: feed record, fence token ('' = unfenced).
 # Returns 0 when fenced (nothing written), else 1.

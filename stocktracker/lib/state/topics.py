@@ -17,7 +17,7 @@ import collections
 
 from .. import keys
 from .base import Fenced
-from .frames import EPOCH_SEP, epoch_of, new_incarnation
+from .frames import counter_step, epoch_of, new_incarnation
 
 DELTA_WINDOW = 600  # deltas kept per topic: 10 minutes at one a second
 
@@ -25,29 +25,14 @@ DELTA_WINDOW = 600  # deltas kept per topic: 10 minutes at one a second
 # snapshot's head, mid, tail, the delta's head, mid, mid2, tail ('' = no delta
 # given), fence token, new incarnation, the caller's last epoch, its last seq,
 # window size. Returns {seq, epoch, delta written (0/1)}, or {-1, '', 0} when fenced.
-_PUBLISH = """
+_PUBLISH = (
+    """
 if ARGV[9] ~= '' and redis.call('GET', KEYS[4]) ~= ARGV[9] then
   return {-1, '', 0}
 end
-local fresh = false
-local inc = redis.call('HGET', KEYS[1], 'inc')
-if not inc then
-  inc = ARGV[10]
-  redis.call('HSET', KEYS[1], 'inc', inc, 'day', ARGV[1], 'seq', 0)
-  fresh = true
-end
-if redis.call('HGET', KEYS[1], 'day') ~= ARGV[1] then
-  redis.call('HSET', KEYS[1], 'day', ARGV[1], 'seq', 0)
-  fresh = true
-end
-local epoch = ARGV[1] .. '{sep}' .. inc
-local seq = redis.call('HINCRBY', KEYS[1], 'seq', 1)
-local floor = tonumber(ARGV[12])
-if epoch == ARGV[11] and seq <= floor then
-  seq = floor + 1
-  redis.call('HSET', KEYS[1], 'seq', seq)
-  fresh = true
-end
+"""
+    + counter_step("ARGV[1]", "ARGV[10]", "ARGV[11]", "ARGV[12]")
+    + """
 redis.call('SET', KEYS[2], ARGV[2] .. epoch .. ARGV[3] .. seq .. ARGV[4])
 if fresh or ARGV[5] == '' or seq == 1 then
   redis.call('DEL', KEYS[3])
@@ -56,7 +41,8 @@ end
 redis.call('RPUSH', KEYS[3], ARGV[5] .. epoch .. ARGV[6] .. seq .. ARGV[7] .. (seq - 1) .. ARGV[8])
 redis.call('LTRIM', KEYS[3], -tonumber(ARGV[13]), -1)
 return {seq, epoch, 1}
-""".replace("{sep}", EPOCH_SEP)
+"""
+)
 
 
 def _text(parts, epoch, seq, prev=None):
