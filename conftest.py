@@ -195,8 +195,13 @@ class Processes:
         proc.ws_url = f"ws://127.0.0.1:{port}"
         return proc
 
-    def worker(self, *args, **env):
-        return self._start([sys.executable, "manage.py", "runworker", *args], "runworker", self.env(**env))
+    def worker(self, *args, market_now=None, **env):
+        """A runworker process; `market_now` (an aware datetime) sets its market
+        clock, which then moves with the wall clock (tests/clocked_worker.py)."""
+        if market_now is None:
+            return self._start([sys.executable, "manage.py", "runworker", *args], "runworker", self.env(**env))
+        command = [sys.executable, "tests/clocked_worker.py", *args]
+        return self._start(command, "runworker", self.env(TEST_MARKET_NOW=market_now.isoformat(), **env))
 
     def stop(self, proc, sig=signal.SIGTERM, timeout=15):
         if proc.poll() is None:

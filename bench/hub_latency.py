@@ -143,6 +143,7 @@ async def main(args):
             FEED_PUBLISH_INTERVAL=str(args.interval),
             FEED_IN_PROCESS="false",
             PYTHONUNBUFFERED="1",
+            TEST_MARKET_NOW=morning.isoformat(),  # the worker's market clock: the hub is held in trading hours only
         )
         port = free_port()
         web = start(
@@ -151,7 +152,7 @@ async def main(args):
             "hub-daphne",
             logdir,
         )
-        worker = start([PY, "manage.py", "runworker"], env, "hub-worker", logdir)
+        worker = start([PY, "tests/clocked_worker.py"], env, "hub-worker", logdir)
         try:
             wait_port(port, web)
             frames = {stream: [] for stream in ("market", "foreign", "index")}

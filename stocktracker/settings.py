@@ -232,6 +232,9 @@ if not SSI_STREAM_URL.startswith(("http://", "https://")):
     raise ImproperlyConfigured(f"SSI_STREAM_URL={SSI_STREAM_URL!r} must start with http:// or https://.")
 # false: REST polling alone (no streaming hub).
 SSI_STREAMING = _read("SSI_STREAMING", "bool", True)
+# Symbols one hub link subscribes at most (a link per channel string): SSI
+# publishes no per-link limit; the whole market (~1,850) is one ~9 KB call.
+SSI_HUB_SYMBOLS_PER_LINK = _positive("SSI_HUB_SYMBOLS_PER_LINK", "int", 2000, minimum=1)
 FEED_SOURCE = _choice(
     "FEED_SOURCE", "ssi" if SSI_CONSUMER_ID and SSI_CONSUMER_SECRET else "simulator", ("ssi", "simulator")
 )
@@ -252,12 +255,18 @@ def _dates(name):
         try:
             days.add(datetime.date.fromisoformat(text.strip()))
         except ValueError:
-            raise ImproperlyConfigured(f"{name}: {text.strip()!r} is not a date: use YYYY-MM-DD.") from None
+            raise ImproperlyConfigured(f"{name}={text.strip()!r} is not a date: use YYYY-MM-DD.") from None
     return frozenset(days)
 
 
-# Exchange closures announced after the pinned `holidays` package was released.
+# The exchanges' own notices win over the `holidays` package: closures
+# announced after it was released, and days it closes that the exchanges
+# trade (MARKET_OPEN_DATES, any date, weekends included).
 MARKET_CLOSED_DATES = _dates("MARKET_CLOSED_DATES")
+MARKET_OPEN_DATES = _dates("MARKET_OPEN_DATES")
+if MARKET_OPEN_DATES & MARKET_CLOSED_DATES:
+    _both = ",".join(sorted(d.isoformat() for d in MARKET_OPEN_DATES & MARKET_CLOSED_DATES))
+    raise ImproperlyConfigured(f"MARKET_OPEN_DATES={_both!r} are also in MARKET_CLOSED_DATES: a day is open or closed.")
 EXTRA_SYMBOLS = [s.strip().upper() for s in _read("EXTRA_SYMBOLS", "list", []) if s.strip()]
 SIMULATOR_CLOCK = _choice("SIMULATOR_CLOCK", "demo" if EMBEDDED else "wall", ("demo", "wall"))
 SIMULATOR_SEED = _read("SIMULATOR_SEED", "int", 20261127)

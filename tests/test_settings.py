@@ -32,6 +32,9 @@ def manage(*args, **env):
         ("LOG_FORMAT", "xml"),
         ("REDIS_SOCKET_TIMEOUT", "forever"),
         ("REDIS_CONNECT_TIMEOUT", "0"),
+        ("MARKET_OPEN_DATES", "24/11/2026"),
+        ("SSI_HUB_SYMBOLS_PER_LINK", "0"),
+        ("MARKET_CLOSED_DATES", "2026-13-01"),
         ("REDIS_DOWN_AFTER", "1"),
         ("REDIS_DOWN_AFTER", "soon"),
         ("WS_IPV6_PREFIX", "129"),
@@ -43,6 +46,12 @@ def test_a_bad_value_stops_start_up_naming_the_variable(name, value):
     assert result.returncode != 0
     assert f"{name}=" in result.stderr
     assert "ImproperlyConfigured" in result.stderr
+
+
+def test_a_date_both_open_and_closed_stops_start_up_naming_both_variables():
+    result = manage("check", MARKET_OPEN_DATES="2026-11-24,2026-12-05", MARKET_CLOSED_DATES="2026-11-24")
+    assert result.returncode != 0
+    assert "MARKET_OPEN_DATES='2026-11-24'" in result.stderr and "MARKET_CLOSED_DATES" in result.stderr
 
 
 def test_debug_off_without_a_secret_key_refuses_to_start():

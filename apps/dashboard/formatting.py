@@ -10,6 +10,7 @@ PHASES = {
     "continuous": "Continuous",
     "lunch": "Lunch break",
     "atc": "ATC",
+    "plo": "PLO",
     "closed": "Closed",
 }
 

@@ -2,10 +2,12 @@
 and VN30 futures codes (see docs/asyncapi.yaml and the SSI reference, section 6).
 
 Pure functions of aware datetimes in Asia/Ho_Chi_Minh; no I/O. A trading day
-is a weekday that is neither a Vietnamese public holiday (the `holidays`
-package: Tết, Hùng Kings, 30/4, 1/5, 2/9 and the government's swapped days
-off, which the exchanges also close for) nor in MARKET_CLOSED_DATES (closures
-announced after the pinned package was released).
+follows the exchanges' notices first: MARKET_OPEN_DATES and MARKET_CLOSED_DATES
+(settings, for what is announced after a release), then EXCHANGE_NOTICES
+(what the exchanges published and the `holidays` package disagrees with), then
+a weekday that is not a Vietnamese public holiday (the `holidays` package:
+Tết, Hùng Kings, 30/4, 1/5, 2/9 and the government's swapped days off, which
+the exchanges also close for).
 """
 
 import datetime as dt
@@ -17,8 +19,9 @@ from django.conf import settings
 
 VN = ZoneInfo("Asia/Ho_Chi_Minh")
 
-PHASES = ("pre_open", "ato", "continuous", "lunch", "atc", "closed")
-OPEN_PHASES = ("ato", "continuous", "lunch", "atc")
+# `plo`: HNX's post-close session (14:45-15:00, orders at the closing price).
+PHASES = ("pre_open", "ato", "continuous", "lunch", "atc", "plo", "closed")
+OPEN_PHASES = ("ato", "continuous", "lunch", "atc", "plo")
 
 BAND = {"HOSE": 0.07, "HNX": 0.10, "UPCOM": 0.15, "DER": 0.07}
 
@@ -52,6 +55,7 @@ SESSIONS = {
         ("11:30", "13:00", "lunch"),
         ("13:00", "14:30", "continuous"),
         ("14:30", "14:45", "atc"),
+        ("14:45", "15:00", "plo"),
     ],
     "UPCOM": [
         ("09:00", "11:30", "continuous"),
@@ -82,6 +86,15 @@ def vn_now():
     return dt.datetime.now(VN)
 
 
+# The exchanges' published calendars where the `holidays` package differs:
+# date -> (open?, the notice). Settings still win (a later notice).
+EXCHANGE_NOTICES = {
+    # "Vietnam Cultural Day" (Politburo Resolution 80) is a holiday in the
+    # package, but not on HOSE's 2026 trading calendar (09/12/2025) nor HNX's.
+    dt.date(2026, 11, 24): (True, "HOSE and HNX 2026 trading calendars: a trading day"),
+}
+
+
 @lru_cache(maxsize=64)
 def _public_holidays(year):
     return frozenset(holidays.country_holidays("VN", years=year))
@@ -89,11 +102,18 @@ def _public_holidays(year):
 
 def is_holiday(day):
     """A weekday on which the exchanges are closed."""
-    return day in _public_holidays(day.year) or day in settings.MARKET_CLOSED_DATES
+    return day.weekday() < 5 and not is_trading_day(day)
 
 
 def is_trading_day(day):
-    return day.weekday() < 5 and not is_holiday(day)
+    if day in settings.MARKET_OPEN_DATES:
+        return True
+    if day in settings.MARKET_CLOSED_DATES:
+        return False
+    notice = EXCHANGE_NOTICES.get(day)
+    if notice is not None:
+        return notice[0]
+    return day.weekday() < 5 and day not in _public_holidays(day.year)
 
 
 def previous_trading_day(day):
@@ -150,7 +170,15 @@ def session_code(phase_name):
     return SESSION_CODES[phase_name]
 
 
-SESSION_CODES = {"pre_open": None, "ato": "ATO", "continuous": "LO", "lunch": "BREAK", "atc": "ATC", "closed": "C"}
+SESSION_CODES = {
+    "pre_open": None,
+    "ato": "ATO",
+    "continuous": "LO",
+    "lunch": "BREAK",
+    "atc": "ATC",
+    "plo": "PLO",  # SSI's own code for HNX's post-close session is not documented
+    "closed": "C",
+}
 
 
 def is_active(moment):
@@ -158,6 +186,32 @@ def is_active(moment):
     trading day: the hours in which a feed polls at full speed."""
     local = moment.astimezone(VN)
     return is_trading_day(local.date()) and dt.time(8, 40) <= local.time() < dt.time(15, 5)
+
+
+# Trading stretches of a trading day (start, end): the hours in which no
+# planned reconnect of an upstream link may happen.
+TRADING_STRETCHES = ((dt.time(8, 40), dt.time(11, 30)), (dt.time(13, 0), dt.time(15, 0)))
+
+
+def is_quiet(moment):
+    """No board trades: not a trading day, before 08:40, lunch, or from 15:00."""
+    local = moment.astimezone(VN)
+    if not is_trading_day(local.date()):
+        return True
+    return not any(start <= local.time() < end for start, end in TRADING_STRETCHES)
+
+
+def next_stretch(moment):
+    """(start, end) aware datetimes of the trading stretch in progress or next
+    today; None when none is left today (or it is not a trading day)."""
+    local = moment.astimezone(VN)
+    if not is_trading_day(local.date()):
+        return None
+    for start, end in TRADING_STRETCHES:
+        if local.time() < end:
+            day = local.date()
+            return dt.datetime.combine(day, start, tzinfo=VN), dt.datetime.combine(day, end, tzinfo=VN)
+    return None
 
 
 def tick_size(price, board="HOSE"):

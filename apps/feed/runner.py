@@ -126,6 +126,9 @@ class Feed:
             self.last_data = None
             await self._prepare()
             return {}  # zero-cost idle: no upstream data request, nothing built or serialized
+        want_topics = getattr(self.source, "want_topics", None)
+        if want_topics is not None:
+            want_topics(topics_wanted)  # the SSI hub then carries the whole market
         data = await self.source.fetch(needs)
         self.stats["fetches"] += 1
         day = data.trading_date.isoformat()

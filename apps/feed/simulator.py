@@ -471,7 +471,7 @@ class SimDay:
 
     def _transitions(self, t, before, after):
         """The auctions match when their session ends: HOSE's ATO at 09:15, the
-        ATCs at 14:45 (UPCOM has none), the future's ATO at 09:00."""
+        ATCs at 14:45 (UPCOM has none; HNX goes on to its PLO), the future's ATO at 09:00."""
         rng = self.rng
         for stock in self.stocks.values():
             was, now = before[stock.board], after[stock.board]
@@ -481,7 +481,7 @@ class SimDay:
                 stock.move(rng, t, self.m)
                 stock.opened = True
                 stock.trade(rng, max(1, int(stock.lots * rng.uniform(8, 20))))
-            elif was == "atc" and now == "closed" and stock.opened:
+            elif was == "atc" and now in ("closed", "plo") and stock.opened:
                 stock.move(rng, t, self.m)
                 stock.closed = True
                 stock.trade(rng, max(1, int(stock.lots * rng.uniform(20, 50))))

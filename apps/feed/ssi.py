@@ -147,6 +147,8 @@ class SSIClient:
         self.clock = clock
         self.token = None
         self.refresh_at = 0.0
+        self.expires_at = 0.0  # the token's exp (on `clock`)
+        self.fetched_at = -float("inf")
         self.requests = 0  # HTTP requests sent, token requests included
         self._token_lock = asyncio.Lock()  # REST and the hub's links share one token
 
@@ -179,6 +181,7 @@ class SSIClient:
             now = self.clock()
             exp = jwt_exp(token) or now + 1800  # unreadable exp: assume half an hour
             self.token = token
+            self.expires_at, self.fetched_at = exp, now
             self.refresh_at = exp - min(REFRESH_MARGIN_S, max(0.0, (exp - now) / 2))
             if exp > now:
                 break
@@ -285,55 +288,92 @@ class SSIClient:
             raise _Retry(f"status {status}: {message}")
         raise SSIError(f"SSI refused the request: {status} {message}".strip(), retryable=False, status=status)
 
+    async def _page(self, name, params, page, page_size):
+        """(rows, totalRecord or None) of one page; the old spec's `dataList` is `data`."""
+        body = await self.get(name, {**params, "pageIndex": page, "pageSize": page_size})
+        fields = lower_keys(body)
+        data = fields.get("data")
+        if data is None or data == "":
+            data = fields.get("datalist") or []
+        if not isinstance(data, list):
+            raise SSIError(f"SSI {name}: `data` is not a list", retryable=True)
+        try:
+            total = int(fields.get("totalrecord"))
+        except (TypeError, ValueError):
+            total = None
+        return [row for row in data if isinstance(row, dict)], total
+
     async def get_list(self, name, params, *, page_size=100):
         """Every row of a list endpoint, following pages (at most 10, as SSI allows)."""
         rows = []
         for page in range(1, PAGE_LIMIT + 1):
-            body = await self.get(name, {**params, "pageIndex": page, "pageSize": page_size})
-            fields = lower_keys(body)
-            data = fields.get("data")
-            if data is None or data == "":
-                data = []
-            if not isinstance(data, list):
-                raise SSIError(f"SSI {name}: `data` is not a list", retryable=True)
-            rows.extend(row for row in data if isinstance(row, dict))
-            total = fields.get("totalrecord")
-            try:
-                total = int(total)
-            except (TypeError, ValueError):
-                total = len(rows)
-            if len(data) < page_size or len(rows) >= total:
+            data, total = await self._page(name, params, page, page_size)
+            rows.extend(data)
+            if len(data) < page_size or len(rows) >= (len(rows) if total is None else total):
                 break
         return rows
 
+    async def get_nested(self, name, params, keys, *, page_size=100, key_of=("symbol", "stocksymbol")):
+        """(outer rows, items) of an endpoint whose rows nest a list (`keys`: its
+        spellings, e.g. RepeatedInfo), following pages. SSI pages the nested items
+        (a page holds `page_size` of them); totalRecord counts them in one sample
+        and the outer rows in another, so a full page always asks for the next,
+        and a page that brings nothing new ends it."""
+        outer, items, seen = [], [], set()
+        for page in range(1, PAGE_LIMIT + 1):
+            data, total = await self._page(name, params, page, page_size)
+            found = []
+            for row in data:
+                fields = lower_keys(row)
+                nested = next((fields[k] for k in keys if isinstance(fields.get(k), list)), None)
+                if nested is None:
+                    found.append(row)  # a flat row (the old spec's shape)
+                    continue
+                outer.append(row)
+                found.extend(item for item in nested if isinstance(item, dict))
+            new = []
+            for item in found:
+                key = pick(lower_keys(item), key_of)
+                key = str(key).strip().upper() if key is not None else id(item)
+                if key not in seen:
+                    seen.add(key)
+                    new.append(item)
+            items.extend(new)
+            if len(found) < page_size or not new or (total is not None and total >= len(found) and len(items) >= total):
+                break
+        return outer, items
+
     # --- one function per endpoint -----------------------------------------------
 
-    async def index_components(self, index_code):
+    async def index_components(self, index_code, *, page_size=100):
         """Constituent symbols of an index (nested `IndexComponent[].StockSymbol`)."""
-        rows = await self.get_list("IndexComponents", {"indexCode": index_code}, page_size=100)
+        _, items = await self.get_nested(
+            "IndexComponents", {"indexCode": index_code}, ("indexcomponent", "indexcomponentlist"), page_size=page_size
+        )
         symbols = []
-        for row in rows:
-            fields = lower_keys(row)
-            nested = fields.get("indexcomponent") or []
-            items = nested if isinstance(nested, list) else []
-            if not items and fields.get("stocksymbol"):
-                items = [row]  # the old PDF's flat shape
-            for item in items:
-                symbol = pick(lower_keys(item), ("stocksymbol", "symbol"))
-                if symbol and str(symbol).strip().upper() not in symbols:
-                    symbols.append(str(symbol).strip().upper())
+        for item in items:
+            symbol = pick(lower_keys(item), ("stocksymbol", "symbol"))
+            if symbol and str(symbol).strip().upper() not in symbols:
+                symbols.append(str(symbol).strip().upper())
         return symbols
 
-    async def securities_details(self, market_code, symbol=None):
+    async def securities_details(self, market_code, symbol=None, *, page_size=100):
         """Reference rows (`RepeatedInfo` items, flattened)."""
         params = {"market": market_code}
         if symbol:
             params["symbol"] = symbol
-        items = []
-        for row in await self.get_list("SecuritiesDetails", params, page_size=100):
-            nested = lower_keys(row).get("repeatedinfo") or lower_keys(row).get("repeatedinfolist") or []
-            items.extend(item for item in nested if isinstance(item, dict))
+        _, items = await self.get_nested(
+            "SecuritiesDetails", params, ("repeatedinfo", "repeatedinfolist"), page_size=page_size
+        )
         return items
+
+    async def securities(self, market_code, *, page_size=1000):
+        """The symbols listed on a market: `Market`, `Symbol`, `StockName`, `StockEnName`."""
+        return await self.get_list("Securities", {"market": market_code}, page_size=page_size)
+
+    async def index_list(self, exchange, *, page_size=1000):
+        """The indices of an exchange: `IndexCode`, `IndexName`, `Exchange`."""
+        return await self.get_list("IndexList", {"exchange": exchange}, page_size=page_size)
 
     async def daily_stock_price(self, day, *, market_code=None, symbol=None, page_size=1000):
         params = {"fromDate": ssi_date(day), "toDate": ssi_date(day)}

@@ -85,7 +85,8 @@ def quote_row(instrument, raw, *, vn30=None, phase=None):
     avg = price_of(get("AvgPrice"))
     if avg is None and volume and value and not futures:
         avg = round(value / volume)
-    projected = price_of(get("EstMatchedPrice")) if phase in ("ato", "atc") else None
+    session = _code(get("TradingSession"))
+    projected = price_of(get("EstMatchedPrice")) if _in_auction(session, phase) else None
     row = {
         "symbol": instrument.symbol,
         "exchange": instrument.exchange,
@@ -117,9 +118,10 @@ def quote_row(instrument, raw, *, vn30=None, phase=None):
         "foreign_values_exact": instrument.exchange != "HOSE" or bool(get("ForeignValuesExact")),
         "foreign_room": _number(get("CurrentRoom")),
         "room_total": _number(get("TotalRoom")),
-        "session": _code(get("TradingSession")),
+        "session": session,
+        "session_raw": _raw(get("TradingSessionRaw")),
         "status": _code(get("TradingStatus")),
-        "status_raw": get("TradingStatusRaw"),
+        "status_raw": _raw(get("TradingStatusRaw")),
         "underlying": instrument.underlying,
         "exercise_price": instrument.exercise_price,
         "exercise_ratio": instrument.exercise_ratio,
@@ -130,7 +132,22 @@ def quote_row(instrument, raw, *, vn30=None, phase=None):
     return row
 
 
-def index_row(info, raw):
+def _in_auction(session, phase):
+    """An opening or closing auction is on: the symbol's own session says so,
+    or, when it says nothing, the exchange's clock (`phase`)."""
+    if session is not None:
+        return session in ("ATO", "ATC")
+    return phase in ("ato", "atc")
+
+
+def _raw(value):
+    """An upstream code we do not know, as text (the hub may send a number)."""
+    return None if value is None else str(value)[:20]
+
+
+def index_row(info, raw, *, phase=None):
+    """The catalogue's index row; `phase`: the index's exchange's phase (MI
+    frames carry no session of their own in SSI's samples)."""
     get = raw.get
     value = r.to_float(get("IndexValue"))
     prior = r.to_float(get("PriorIndexValue"))
@@ -147,7 +164,7 @@ def index_row(info, raw):
         "name": info.name or get("IndexName") or info.code,
         "exchange": info.exchange,
         "value": value,
-        "projected": r.to_float(get("IndexValEst")) if _code(get("TradingSession")) in ("ATO", "ATC") else None,
+        "projected": r.to_float(get("IndexValEst")) if _in_auction(_code(get("TradingSession")), phase) else None,
         "prior": prior,
         "change": change,
         "change_pct": change_pct,
@@ -232,6 +249,7 @@ class TopicBook:
         self.published = {}  # topic -> data last published (the snapshot a delta applies to)
         self.flows = {group: deque() for group in catalogue.FOREIGN_GROUPS}  # (ms, buy value, sell value)
         self.status = None
+        self.phases = None
 
     def changes(self, board, moment, *, symbols, indices, source_ms):
         """[(topic, snapshot data, delta data or None)] for every topic that
@@ -239,6 +257,12 @@ class TopicBook:
         out = []
         day = market.trading_date(moment).isoformat()
         phases = {exchange: market.phase(moment, exchange) for exchange in catalogue.EXCHANGES}
+        if phases != self.phases:
+            # An auction began or ended: projected values appear or clear
+            # although no message came for them.
+            symbols = set(symbols) | {s for s, raw in board.rows.items() if raw.get("EstMatchedPrice")}
+            indices = set(indices) | {c for c, raw in board.indices.items() if raw.get("IndexValEst")}
+            self.phases = phases
         vn30 = r.to_float((board.indices.get("VN30") or {}).get("IndexValue"))
         changed = {}  # symbol -> its quote row's changed fields
         board_changed = {}  # symbol -> its board row's changed fields
@@ -276,7 +300,7 @@ class TopicBook:
             raw = board.indices.get(code)
             if info is None or raw is None:
                 continue
-            row = index_row(info, raw)
+            row = index_row(info, raw, phase=phases.get(info.exchange))
             delta = diff(self.index_rows.get(code), row)
             if delta:
                 self.index_rows[code] = row

@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass, field
 from stocktracker.lib import catalogue, keys
 from stocktracker.lib.state import StateUnavailable, get_state
 
+from . import market
+
 log = logging.getLogger("apps.feed")
 
 # The iBoard tabs: an exchange's board shows its shares and funds; ETFs,
@@ -179,3 +181,195 @@ def check(universe):
         if not universe.group(exchange):
             problems.append(f"no instrument on {exchange}")
     return problems[:20]
+
+
+# --- the day's universe from SSI REST -----------------------------------------------
+
+MARKETS = ("HOSE", "HNX", "UPCOM", "DER")
+INDEX_EXCHANGES = ("HOSE", "HNX")
+# SecuritiesDetails SecType (the spec's table and the 2023 sample's "S").
+SEC_TYPES = {"ST": "stock", "S": "stock", "EF": "etf", "E": "etf", "CW": "cw", "MF": "fund", "OF": "fund"}
+NOT_ON_BOARDS = {"BO"}  # bonds trade on HNX's bond market, not on these boards
+# Futures by the KRX code's product (41 + product + year + month + 000).
+FUTURES_PRODUCTS = {"I1": "VN30", "I2": "VN100", "B5": "GB05", "BA": "GB10"}
+MAIN_INDICES = {
+    "VNINDEX", "VN30", "VN100", "VNMID", "VNSML", "VNALL", "VNX50", "VNXALL", "HNXINDEX", "HNX30", "HNXUPCOMINDEX",
+}  # fmt: skip
+SECTOR_INDICES = {"VNCOND", "VNCONS", "VNENE", "VNFIN", "VNHEAL", "VNIND", "VNIT", "VNMAT", "VNREAL", "VNUTI"}
+INDEX_TYPES = {"main": "main", "industry": "sector", "sector": "sector"}
+SHRINK_LIMIT = 0.5  # a universe with fewer instruments than this share of the last good one is refused
+
+
+class UniverseError(Exception):
+    """SSI's answers do not make a usable universe (the last good one stays)."""
+
+
+async def load_universe(client, day, *, page_size=1000, previous=None):
+    """The universe of trading day `day` from SSI REST (an `SSIClient`):
+    Securities and SecuritiesDetails per market, IndexList per exchange and
+    IndexComponents per index. About 8 + the number of indices requests;
+    SSIError when SSI fails, UniverseError when the answer is not usable
+    (`previous`, the last good universe, judges a shrunken one)."""
+    instruments = {}
+    for market_code in MARKETS:
+        listed = {_symbol(row): row for row in await client.securities(market_code, page_size=page_size)}
+        details = await client.securities_details(market_code, page_size=page_size)
+        detailed = {_symbol(item): item for item in details}
+        for symbol in dict.fromkeys([*listed, *detailed]):
+            if not symbol:
+                continue
+            instrument = instrument_from(market_code, listed.get(symbol), detailed.get(symbol))
+            if instrument is not None:
+                instruments[symbol] = instrument
+    indices = {}
+    for exchange in INDEX_EXCHANGES:
+        for row in await client.index_list(exchange, page_size=page_size):
+            info = index_from(row, exchange)
+            if info is not None:
+                indices.setdefault(info.code, info)
+    for code, info in list(indices.items()):
+        members = await client.index_components(code, page_size=page_size)
+        indices[code] = IndexInfo(info.code, info.name, info.exchange, info.kind, tuple(members))
+    universe = Universe(day, instruments, indices)
+    problems = check(universe)
+    if previous is not None and len(instruments) < SHRINK_LIMIT * len(previous.instruments):
+        problems.append(f"{len(instruments)} instruments, the last good universe had {len(previous.instruments)}")
+    if problems:
+        raise UniverseError("; ".join(problems))
+    return universe
+
+
+def _symbol(row):
+    fields = {str(k).lower(): v for k, v in row.items()}
+    return str(fields.get("symbol") or "").strip().upper()
+
+
+def _int(value):
+    try:
+        number = float(str(value).strip())
+    except (TypeError, ValueError):
+        return None
+    return int(number) if number == number else None
+
+
+def _date(value):
+    text = str(value or "").strip()[:10]
+    try:
+        return dt.datetime.strptime(text, "%d/%m/%Y").date()  # noqa: DTZ007 - a date, no time
+    except ValueError:
+        return None
+
+
+def _ratio(value):
+    """An exercise ratio: "5:1" (5 warrants for one share), "5", "5.0000:1"."""
+    text = str(value or "").strip()
+    try:
+        if ":" in text:
+            warrants, shares = text.split(":", 1)
+            ratio = float(warrants) / float(shares)
+        else:
+            ratio = float(text)
+    except (ValueError, ZeroDivisionError):
+        return None
+    return ratio if ratio > 0 else None
+
+
+def _futures_code(symbol):
+    """(product, year, month) of a KRX futures code (41I1G4000) or a legacy
+    VN30F2604; None for anything else."""
+    if len(symbol) == 9 and symbol.startswith("41") and symbol.endswith("000"):
+        parsed = market.parse_futures_code("41I1" + symbol[4:])
+        return (symbol[2:4], *parsed) if parsed else None
+    parsed = market.parse_futures_code(symbol)
+    return ("I1", *parsed) if parsed else None
+
+
+def _guess_type(symbol, exchange):
+    """A type when SecuritiesDetails gave none (HOSE's naming conventions)."""
+    if exchange == "DER":
+        return "futures"
+    if len(symbol) == 8 and symbol[0] == "C" and symbol[1:4].isalpha() and symbol[4:].isdigit():
+        return "cw"
+    if symbol.startswith(("E1VF", "FUE")):
+        return "etf"
+    if symbol.startswith("FUC"):
+        return "fund"
+    return "stock"
+
+
+def instrument_from(exchange, listed, detail):
+    """An Instrument from a Securities row and/or a SecuritiesDetails item; None
+    when it is not something the boards show (a bond)."""
+    fields = {str(k).lower(): v for k, v in {**(listed or {}), **(detail or {})}.items()}
+    symbol = str(fields.get("symbol") or "").strip().upper()
+    sec_type = str(fields.get("sectype") or "").strip().upper()
+    if not symbol or sec_type in NOT_ON_BOARDS or str(fields.get("marketid") or "").upper() == "HNXBOND":
+        return None
+    name = str(fields.get("symbolname") or fields.get("stockname") or "").strip()
+    name_en = str(fields.get("symbolengname") or fields.get("stockenname") or "").strip()
+    ticks = []
+    for n in range(1, 5):
+        price, tick = _number(fields.get(f"tickprice{n}")), _number(fields.get(f"tickincrement{n}"))
+        if price is not None and tick:
+            ticks.append((price, tick))
+    lot = _int(fields.get("lotsize"))
+    common = {
+        "symbol": symbol,
+        "exchange": exchange,
+        "name": name,
+        "name_en": name_en,
+        "lot": lot if lot and lot > 0 else (1 if exchange == "DER" else 100),
+        "ticks": tuple(sorted(ticks)),
+        "first_trading_date": _date(fields.get("firsttradingdate")),
+    }
+    underlying = str(fields.get("underlying") or "").strip().upper() or None
+    if exchange == "DER":
+        code = _futures_code(symbol)
+        underlying = underlying or (FUTURES_PRODUCTS.get(code[0]) if code else None)
+        bond = (code is not None and code[0].startswith("B")) or (underlying or "").startswith("GB")
+        expiry = _date(fields.get("lasttradingdate"))
+        if expiry is None and code is not None and not bond:
+            expiry = market.futures_expiry(code[1], code[2])
+        kind = "bond_futures" if bond else "futures"
+        return Instrument(**common, type=kind, underlying=underlying, expiry=expiry)
+    kind = SEC_TYPES.get(sec_type) or _guess_type(symbol, exchange)
+    shares = _int(fields.get("listedshare"))
+    if kind == "cw":
+        exercise = _int(fields.get("exerciseprice"))
+        return Instrument(
+            **common,
+            type=kind,
+            listed_shares=shares or None,
+            underlying=underlying,
+            exercise_price=exercise or None,
+            exercise_ratio=_ratio(fields.get("excerciseratio") or fields.get("exerciseratio")),
+            maturity=_date(fields.get("maturitydate")) or _date(fields.get("lasttradingdate")),
+        )
+    return Instrument(**common, type=kind, listed_shares=shares or None)
+
+
+def index_from(row, exchange):
+    """An IndexInfo (without members) from an IndexList row."""
+    fields = {str(k).lower(): v for k, v in row.items()}
+    code = str(fields.get("indexcode") or fields.get("indexid") or "").strip()
+    if not code:
+        return None
+    declared = str(fields.get("indextype") or fields.get("typeindex") or "").strip().lower()
+    kind = INDEX_TYPES.get(declared)
+    if kind is None:
+        upper = code.upper()
+        kind = "main" if upper in MAIN_INDICES else "sector" if upper in SECTOR_INDICES else "other"
+    listed_on = str(fields.get("exchange") or exchange).strip().upper()
+    exchange = "UPCOM" if "UPCOM" in code.upper() else listed_on if listed_on in ("HOSE", "HNX") else exchange
+    name = str(fields.get("indexname") or code).strip()
+    return IndexInfo(code, name, exchange, kind)
+
+
+def _number(value):
+    try:
+        number = float(str(value).strip())
+    except (TypeError, ValueError):
+        return None
+    if number != number:
+        return None
+    return int(number) if number.is_integer() else number

@@ -6,7 +6,7 @@
   const bar = document.getElementById("status");
   if (!bar) return;
   const $ = (role) => bar.querySelector(`[data-role="${role}"]`);
-  const PHASES = { pre_open: "Pre-open", ato: "ATO", continuous: "Continuous", lunch: "Lunch break", atc: "ATC", closed: "Closed" };
+  const PHASES = { pre_open: "Pre-open", ato: "ATO", continuous: "Continuous", lunch: "Lunch break", atc: "ATC", plo: "PLO", closed: "Closed" };
   let clockOffset = STK.config.server_time_ms - Date.now(); // server clock minus ours
   let publishedMs = STK.config.streams.market.published_ms;
 

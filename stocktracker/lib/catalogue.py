@@ -84,7 +84,10 @@ QUOTE_FIELDS = (
     "active_buy_volume", "active_sell_volume", "active_partial",
     "foreign_buy_volume", "foreign_sell_volume", "foreign_buy_value", "foreign_sell_value", "foreign_values_exact",
     "foreign_room", "room_total",
-    "session", "status", "status_raw",
+    # session and status: the contract's codes (docs/asyncapi.yaml Session,
+    # SSI's TradingStatus); a code SSI sends that is not one of them is null,
+    # its raw value in session_raw / status_raw (else those are null).
+    "session", "session_raw", "status", "status_raw",
     # covered warrants
     "underlying", "exercise_price", "exercise_ratio", "maturity",
     # futures

@@ -49,6 +49,15 @@ def ssi_source(fake_ssi, clock):
     return SSISource(ssi_client(fake_ssi), now=clock, extra=[], futures_override="")
 
 
+# What SSI lists rather than prices: reference data a worker may fetch with nobody watching.
+REFERENCE = ("AccessToken", "Securities", "SecuritiesDetails", "IndexList", "IndexComponents")
+
+
+def data_calls(server):
+    """The requests a fake SSI server received for market data (prices, indices, bars)."""
+    return [r for r in server.requests if r.name not in REFERENCE]
+
+
 async def subscribe(stream, conn_id="viewer-1", ttl=60):
     """Hold a subscriber lease on `stream`, as a consumer or a dashboard viewer does."""
     assert await get_state().lease_acquire(conn_id, [(subscriber_key(stream), None)], ttl) == 0

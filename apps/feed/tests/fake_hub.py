@@ -5,9 +5,11 @@ requests (`negotiate`, `start`) and the `connect` WebSocket, speaking the
 frames of the reference (section 5): `{"C":..,"S":1,"M":[]}` on open, `{}`
 keep-alives every KeepAliveTimeout / 2, `{"C":..,"M":[Broadcast, ...]}` with
 `A[0]` a JSON string whose `Content` is a JSON string again, `{"I": n}` for
-each invocation. Bearer tokens are checked against a FakeSSI's issued
-tokens; the connection token holds `+` and `/`, so a client that does not
-URL-escape it is refused at connect.
+each invocation (a SwitchChannels replaces the link's subscription, as SSI's
+own .NET client assumes; `replace_on_switch=False` adds to it instead).
+Bearer tokens are checked against a FakeSSI's issued tokens; the connection
+token holds `+` and `/`, so a client that does not URL-escape it is refused
+at connect.
 
 Failure modes, each injected for real:
 
@@ -17,6 +19,10 @@ Failure modes, each injected for real:
     hub.send_raw(text)            any frame, e.g. a malformed one
     hub.send_error(text)          an `Error` hub call
     hub.close_expired = True      links whose token expired are closed (off by default)
+    hub.reject(text, times, error_call=False)   the next SwitchChannels answer {"I":n,"E":text}
+                                  (and an `Error` call with the text, when asked)
+    hub.acknowledge = False       SwitchChannels is never answered (keep-alives go on)
+    hub.max_symbols = n           a SwitchChannels with more symbols is refused (a per-key limit)
 """
 
 import asyncio
@@ -62,6 +68,9 @@ class FakeHub:
         self.switches = []  # (link id, channel string)
         self.links = set()
         self.silent = False
+        self.acknowledge = True
+        self.max_symbols = None
+        self._rejections = []  # (text, with an Error call)
         self._refuse = 0
         self._tokens = {}  # connection token -> bearer it was negotiated with
         self._loop = None
@@ -141,6 +150,15 @@ class FakeHub:
 
     def silence(self, on=True):
         self.silent = on
+
+    def reject(self, text, times=1, *, error_call=False):
+        self._rejections.extend([(text, error_call)] * times)
+
+    def connect_times(self):
+        return [at for _, at in self.connects]
+
+    def switches_of(self, link_id):
+        return [channel for lid, channel in self.switches if lid == link_id]
 
     def subscribed(self, data_type=None):
         """Links subscribed (to `data_type`)."""
@@ -237,10 +255,20 @@ class FakeHub:
                     channel = call["A"][0]
                     self.switches.append((link.id, channel))
                     kind, _, symbols = channel.partition(":")
+                    wanted = {s.upper() for s in symbols.split("-")}
+                    refusal = self._rejections.pop(0) if self._rejections else None
+                    if refusal is None and self.max_symbols is not None and len(wanted) > self.max_symbols:
+                        refusal = (f"Too many symbols: {len(wanted)} > {self.max_symbols}", False)
+                    if refusal is not None:
+                        if refusal[1]:
+                            error = {"C": self._cursor(), "M": [{"H": HUB, "M": "Error", "A": [refusal[0]]}]}
+                            await ws.send(json.dumps(error))
+                        await ws.send(json.dumps({"I": str(call.get("I")), "E": refusal[0]}))
+                        continue
                     subs = {} if self.replace_on_switch else link.subs
-                    subs[kind] = {s.upper() for s in symbols.split("-")}
+                    subs[kind] = wanted
                     link.subs = subs
-                    if not self.silent:
+                    if not self.silent and self.acknowledge:
                         await ws.send(json.dumps({"I": str(call.get("I"))}))
                 elif not self.silent:
                     await ws.send(json.dumps({"I": str(call.get("I")), "E": "unknown method"}))
@@ -298,6 +326,16 @@ class FakeHub:
                 await asyncio.sleep(due - time.monotonic())
             times.append(await self._broadcast(group, False))
         return times
+
+
+def broadcast_frame(messages, cursor="d-0,0|B,0|C,1"):
+    """One SignalR frame of Broadcast calls as SSI sends them: `A[0]` a JSON
+    string whose `Content` is a JSON string again."""
+    calls = [
+        {"H": HUB, "M": "Broadcast", "A": [json.dumps({"DataType": kind, "Content": json.dumps(content)})]}
+        for kind, content in messages
+    ]
+    return json.dumps({"C": cursor, "M": calls})
 
 
 async def _send(link, text):

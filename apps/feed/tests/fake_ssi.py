@@ -2,8 +2,11 @@
 
 It serves the documented v2 shapes (numbers as strings, `status` as a string
 on market endpoints and an int on AccessToken, nested IndexComponent and
-RepeatedInfo), with data from the simulator, and can be told to fail the
-next request(s) in each way SSI is known or expected to fail:
+RepeatedInfo), for a synthetic whole market (fake_market.py: Securities,
+SecuritiesDetails, IndexList, IndexComponents, DailyStockPrice of every
+listed instrument) whose simulated symbols move as the simulator moves them,
+paged as SSI pages (the nested lists by their items), and can be told to fail
+the next request(s) in each way SSI is known or expected to fail:
 
     server.fail("body401")      HTTP 200 + {"status": 401, "message": "Unauthorized"}
     server.fail("http401")      HTTP 401
@@ -25,7 +28,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl, urlsplit
 
 from apps.feed import market
-from apps.feed.simulator import VN30_BASKET, Simulator
+from apps.feed.simulator import Simulator
+
+from .fake_market import SyntheticMarket
 
 CONSUMER_ID = "fake-consumer-id"
 CONSUMER_SECRET = "fake-consumer-secret"
@@ -93,6 +98,8 @@ class FakeSSI:
         self.requests = []
         self.valid_tokens = set()
         self.futures_listed = True
+        self.reference_down = False  # the reference endpoints (Securities, Index*) answer 500
+        self._market = None
         self._failures = []  # [kind, on, options]
         self._lock = threading.Lock()
         self._server = None
@@ -187,7 +194,10 @@ class FakeSSI:
         handler = getattr(self, f"_{name.lower()}", None)
         if handler is None or method != "GET":
             return 404, {}, b'{"Message":"No HTTP resource was found that matches the request URI."}'
-        return 200, {}, _json(handler(params))
+        try:
+            return 200, {}, _json(handler(params))
+        except _Answer as answer:
+            return answer.status, {}, answer.body
 
     def _token(self, body, kind):
         try:
@@ -219,41 +229,61 @@ class FakeSSI:
         message = "Success" if rows else "No data found"
         return {"data": page, "message": message, "status": status, "totalRecord": len(rows)}
 
+    @staticmethod
+    def _nested_page(row, key, items, params, default_size=10):
+        """One outer row holding a page of `items` (SSI pages a nested list by its
+        items; totalRecord counts them, as in the spec's IndexComponents sample)."""
+        page = FakeSSI._page(items, params, default_size)
+        page["data"] = [{**row, key: page["data"]}] if page["data"] else []
+        return page
+
     def _same_day(self, data, params):
         wanted = params.get("fromdate")
         return not wanted or wanted == data.trading_date.strftime("%d/%m/%Y")
 
+    @property
+    def market(self):
+        """The listing of the current trading day (made once a day)."""
+        today = market.trading_date(self.now())
+        with self._lock:
+            if self._market is None or self._market.today != today:
+                self._market = SyntheticMarket(today)
+            return self._market
+
+    def _reference(self):
+        if self.reference_down:
+            raise _Answer(500, b"<html>Service Unavailable</html>")
+
+    def _securities(self, params):
+        self._reference()
+        return self._page(self.market.securities(params.get("market", "").upper()), params)
+
+    def _indexlist(self, params):
+        self._reference()
+        return self._page(self.market.index_list(params.get("exchange", "")), params)
+
     def _indexcomponents(self, params):
-        if params.get("indexcode", "").upper() != "VN30":
+        self._reference()
+        code = params.get("indexcode", "")
+        found = next(((c, i) for c, i in self.market.indices.items() if c.lower() == code.lower()), None)
+        if found is None:
             return self._page([], params)
-        components = [{"Isin": s, "StockSymbol": s} for s in VN30_BASKET]
-        row = {"IndexCode": "VN30", "IndexName": "VN30", "Exchange": "HOSE", "TotalSymbolNo": "30"}
-        return self._page([{**row, "IndexComponent": components}], params)
+        code, (name, exchange, _, members) = found
+        components = [{"Isin": s, "StockSymbol": s} for s in members]
+        row = {"IndexCode": code, "IndexName": name, "Exchange": exchange, "TotalSymbolNo": str(len(members))}
+        return self._nested_page(row, "IndexComponent", components, params)
 
     def _securitiesdetails(self, params):
-        if params.get("market", "").upper() != "DER" or not self.futures_listed:
+        self._reference()
+        wanted = params.get("market", "").upper()
+        if wanted == "DER" and not self.futures_listed:
             return self._page([], params)
-        today = market.trading_date(self.now())
-        items = []
-        year, month = today.year, today.month
-        for _ in range(4):
-            expiry = market.futures_expiry(year, month)
-            if expiry >= today - dt.timedelta(days=40):
-                items.append(
-                    {
-                        "Symbol": market.futures_code(year, month),
-                        "SymbolName": f"VN30 futures {month:02d}/{year}",
-                        "SecType": "FU",
-                        "MarketId": "DER",
-                        "Underlying": "VN30",
-                        "LastTradingDate": expiry.strftime("%d/%m/%Y"),
-                        "ContractMultiplier": "100000",
-                        "LotSize": "1",
-                    }
-                )
-            year, month = (year + 1, 1) if month == 12 else (year, month + 1)
-        row = {"RType": "y", "ReportDate": today.strftime("%d/%m/%Y"), "TotalNoSym": str(len(items))}
-        return self._page([{**row, "RepeatedInfo": items}], params)
+        items = self.market.details(wanted, params.get("symbol", "").upper())
+        day = self.market.today.strftime("%d/%m/%Y")
+        page = self._nested_page({"RType": "y", "ReportDate": day}, "RepeatedInfo", items, params)
+        for row in page["data"]:
+            row["TotalNoSym"] = str(len(row["RepeatedInfo"]))
+        return page
 
     def _dailystockprice(self, params):
         data = self._snapshot()
@@ -261,14 +291,15 @@ class FakeSSI:
             return self._page([], params)
         wanted_market = params.get("market", "").upper()
         symbol = params.get("symbol", "").upper()
-        if wanted_market == "DER":
-            row = data.futures.row
-            rows = [stock_row_text(row)] if not symbol or symbol == row["Symbol"] else []
-            return self._page(rows, params)
-        rows = [row for row in data.stocks if not wanted_market or row["Market"] == wanted_market]
-        if symbol:
-            rows = [row for row in rows if row["Symbol"] == symbol]
-        rows = [stock_row_text(row) for row in rows]
+        listing = self.market
+        moving = {row["Symbol"]: row for row in data.stocks if row["Market"] == listing.markets.get(row["Symbol"])}
+        moving[data.futures.row["Symbol"]] = data.futures.row
+        rows = []
+        for name, exchange in listing.markets.items():
+            if (wanted_market and exchange != wanted_market) or (symbol and name != symbol):
+                continue
+            row = moving.get(name)
+            rows.append(stock_row_text(row) if row is not None else listing.daily_row(name, data.trading_date))
         if wanted_market == "HOSE" and not symbol:
             template = rows[0]
             rows += [{**template, "Symbol": f"Z{n:03d}"} for n in range(self.board_padding)]
@@ -278,6 +309,9 @@ class FakeSSI:
         data = self._snapshot()
         code = params.get("indexid", "")
         row = next((r for c, r in data.indices.items() if c.lower() == code.lower()), None)
+        listed = next((c for c in self.market.indices if c.lower() == code.lower()), None)
+        if row is None and listed is not None:
+            row = self.market.index_row(listed, data.trading_date)
         if row is None or not self._same_day(data, params):
             return self._page([], params)
         text = {key: (ssi_text(v) if isinstance(v, int | float) else v) for key, v in row.items()}
@@ -312,6 +346,12 @@ class FakeSSI:
                 )
             moment += dt.timedelta(minutes=1)
         return self._page(bars, params)
+
+
+class _Answer(Exception):
+    def __init__(self, status, body):
+        super().__init__(status)
+        self.status, self.body = status, body
 
 
 def _json(obj):

@@ -71,6 +71,7 @@ def test_a_trade_the_hub_sends_reaches_a_client_through_runworker_and_daphne(pro
             SSI_CONSUMER_SECRET=CONSUMER_SECRET,
             SSI_MAX_RPS="20",
             FEED_PUBLISH_INTERVAL="1",
+            market_now=morning,  # the hub is held in trading hours only
         )
 
         async def trades_seen():

@@ -49,7 +49,7 @@ def test_the_first_subscriber_after_a_worker_start_waits_only_for_its_data_calls
             "SSI_CONSUMER_SECRET": CONSUMER_SECRET,
             "SSI_STREAMING": "true" if path == "hub" else "false",
         }
-        worker = processes.worker(**env)
+        worker = processes.worker(market_now=morning, **env)  # the hub is held in trading hours only
         deadline = time.monotonic() + 30
         while "feed is " not in _log(worker):  # the leader's first (idle) cycle
             assert time.monotonic() < deadline and worker.poll() is None, _log(worker)

@@ -1,4 +1,5 @@
-"""The trading calendar closes on Vietnam's exchange holidays and on MARKET_CLOSED_DATES.
+"""The trading calendar follows the exchanges: their holidays and notices, MARKET_CLOSED_DATES
+and MARKET_OPEN_DATES.
 
 The expected days are the exchanges' own announcements: HOSE's 2026 calendar
 (12 closed days, announced 9 Dec 2025; HNX's Tết notice cites VNX letter
@@ -37,11 +38,50 @@ def test_an_exchange_holiday_is_closed_all_day(day):
     assert not market.is_active(at(day)) and not market.is_open(at(day))
 
 
-def test_hose_2026_closes_exactly_the_twelve_weekdays_it_announced_and_vietnam_cultural_day():
+def test_hose_2026_closes_exactly_the_twelve_weekdays_it_announced():
     weekdays = [D(2026, 1, 1) + dt.timedelta(days=n) for n in range(365)]
     closed = [day for day in weekdays if day.weekday() < 5 and not market.is_trading_day(day)]
-    # 24/11 became a paid holiday in 2026 (Politburo Resolution 80), after HOSE's calendar was published.
-    assert closed == [*HOSE_2026, D(2026, 11, 24)]
+    assert closed == HOSE_2026
+
+
+def test_vietnam_cultural_day_2026_is_a_trading_day_as_the_exchanges_announced():
+    # The `holidays` package closes 24/11/2026 (Politburo Resolution 80); HOSE's
+    # and HNX's 2026 calendars do not: the exchanges' notice wins.
+    import holidays
+
+    cultural_day = D(2026, 11, 24)
+    assert cultural_day in holidays.country_holidays("VN", years=2026)
+    assert market.is_trading_day(cultural_day)
+    assert market.phase(at(cultural_day)) == "continuous" and market.is_active(at(cultural_day))
+    assert market.trading_date(at(cultural_day)) == cultural_day
+    assert market.next_trading_day(D(2026, 11, 23)) == cultural_day
+
+
+def test_market_open_dates_force_a_holiday_or_a_weekend_open(settings):
+    holiday, saturday = D(2026, 9, 2), D(2026, 12, 5)
+    assert not market.is_trading_day(holiday) and not market.is_trading_day(saturday)
+    settings.MARKET_OPEN_DATES = frozenset({holiday, saturday})
+    assert market.is_trading_day(holiday) and market.phase(at(holiday)) == "continuous"
+    assert market.is_trading_day(saturday) and market.trading_date(at(saturday)) == saturday
+    assert market.previous_trading_day(D(2026, 9, 3)) == holiday
+    # A setting also beats an exchange notice, either way.
+    settings.MARKET_OPEN_DATES = frozenset()
+    settings.MARKET_CLOSED_DATES = frozenset({D(2026, 11, 24)})
+    assert not market.is_trading_day(D(2026, 11, 24))
+
+
+def test_hnx_post_close_session_is_its_own_phase():
+    day = D(2026, 11, 26)
+    assert "plo" in market.PHASES and "plo" in market.OPEN_PHASES
+    assert market.phase(at(day, "14:44"), "HNX") == "atc"
+    assert market.phase(at(day, "14:45"), "HNX") == "plo"
+    assert market.phase(at(day, "14:59"), "HNX") == "plo"
+    assert market.phase(at(day, "15:00"), "HNX") == "closed"
+    # HOSE has no PLO (put-through only after its ATC); UPCOM trades on to 15:00.
+    assert market.phase(at(day, "14:50"), "HOSE") == "closed"
+    assert market.phase(at(day, "14:50"), "UPCOM") == "continuous"
+    assert market.phase(at(day, "14:50"), "DER") == "closed"
+    assert market.session_code("plo") == "PLO"
 
 
 def test_the_trading_date_of_a_holiday_is_the_last_trading_day_before_it():
@@ -77,9 +117,10 @@ def test_market_closed_dates_close_a_day_announced_late(settings):
     assert market.futures_expiry(2026, 12) == D(2026, 12, 16)
 
 
-def test_a_malformed_market_closed_date_stops_start_up_naming_the_variable(monkeypatch):
+@pytest.mark.parametrize("name", ["MARKET_CLOSED_DATES", "MARKET_OPEN_DATES"])
+def test_a_malformed_market_date_stops_start_up_naming_the_variable(monkeypatch, name):
     from stocktracker import settings as project_settings
 
-    monkeypatch.setenv("MARKET_CLOSED_DATES", "2026-12-03,3/12/2026")
-    with pytest.raises(ImproperlyConfigured, match="MARKET_CLOSED_DATES"):
-        project_settings._dates("MARKET_CLOSED_DATES")
+    monkeypatch.setenv(name, "2026-12-03,3/12/2026")
+    with pytest.raises(ImproperlyConfigured, match=f"{name}='3/12/2026'"):
+        project_settings._dates(name)
