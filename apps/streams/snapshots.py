@@ -1,10 +1,11 @@
 """Latest snapshots for pages and polls, and the "viewer" leases that wake the feed.
 
 The feed works only for streams with subscribers (leases under
-`keys.subscribers(stream)`).
-A page view or a snapshot poll is a subscriber for a short while, so it takes
-a lease; if a stream has no latest frame yet it also nudges the feed and waits
-briefly for one, so the first page shows data rather than "waiting".
+`keys.subscribers(stream)`), and builds topics only while something follows
+one (`keys.TOPIC_SUBSCRIBERS`). A page view or a snapshot poll is a
+subscriber for a short while, so it takes a lease; if a stream or topic has
+no snapshot yet it also nudges the feed and waits briefly for one, so the
+first answer shows data rather than "waiting".
 """
 
 import asyncio
@@ -49,3 +50,44 @@ async def latest_texts(member, streams=catalogue.STREAMS, wait=FIRST_WAIT):
         for stream, text in zip(missing, await asyncio.gather(*(state.latest_get(s) for s in missing)), strict=True):
             texts[stream] = text
     return texts
+
+
+async def topic_text(member, topic, wait=None):
+    """The stored snapshot of `topic`, after taking a viewer lease on the
+    topics; None when the feed has none yet. Raises StateUnavailable."""
+    wait = FIRST_WAIT if wait is None else wait
+    state = get_state()
+    await get_state().lease_acquire(keys.viewer(member), [(keys.TOPIC_SUBSCRIBERS, None)], VIEWER_TTL)
+    text = await state.topic_snapshot(topic)
+    if text is None or now_ms() - published_ms(text) > WAKE_IF_OLDER_MS:
+        await wake_feed()
+    deadline = time.monotonic() + wait
+    while text is None and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+        text = await state.topic_snapshot(topic)
+    return text
+
+
+UNIVERSE_EVERY_S = 60.0  # how long a process trusts its copy of the universe's names
+_names = {"at": -UNIVERSE_EVERY_S, "day": None, "symbols": None, "indices": None}
+
+
+async def topic_exists(topic):
+    """False for a `quote:` or `index:` topic of a symbol or index that today's
+    universe (as the feed stored it) does not list; True for the rest, and
+    while no universe is stored (the feed will say)."""
+    if topic.family not in (catalogue.QUOTE, catalogue.INDEX_TOPIC):
+        return True
+    now = time.monotonic()
+    if now - _names["at"] >= UNIVERSE_EVERY_S:
+        raw = await get_state().value_get(keys.UNIVERSE)
+        _names["at"] = now
+        if raw:
+            try:
+                universe = json.loads(raw)
+                _names["symbols"] = {item["symbol"] for item in universe["instruments"]}
+                _names["indices"] = {item["code"] for item in universe["indices"]}
+            except (ValueError, KeyError, TypeError):
+                _names["symbols"] = _names["indices"] = None
+    names = _names["symbols"] if topic.family == catalogue.QUOTE else _names["indices"]
+    return names is None or topic.arg in names

@@ -6,4 +6,5 @@ from . import api, health
 urlpatterns = [
     path("metrics", health.metrics, name="metrics"),
     path("api/v1/snapshot/<str:stream>", api.snapshot, name="snapshot"),
+    path("api/v2/snapshot", api.topic_snapshot, name="topic_snapshot"),
 ]

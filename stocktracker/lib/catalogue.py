@@ -64,6 +64,14 @@ def parse_topic(name):
     raise UnknownTopic(f"unknown topic {name[:60]!r}")
 
 
+def stream_of(family):
+    """The v1 stream whose scope grants `family` (None: every token may follow it)."""
+    for stream, families in FAMILIES_OF_STREAM.items():
+        if family in families:
+            return stream
+    return None
+
+
 def topic(family, arg=None):
     return str(Topic(family, arg))
 
